@@ -1,0 +1,15 @@
+"""gradprom_jax: task-driven medical image quality enhancement with gradient promotion (GradProm).
+
+The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here; models, data and the
+training system live in their own modules.
+"""
+from gradprom_jax.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
+                                    cosine_similarity, enhance_only, find_combiner_state,
+                                    get_combiner, gradprom, joint, pcgrad)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COMBINERS", "CombinerState", "GradPromState", "combiner_metrics", "cosine_similarity",
+    "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "joint", "pcgrad",
+]

@@ -1,0 +1,106 @@
+"""The combiners GradProm is compared with, with GradProm's call signature so a config swaps them by name.
+
+Each takes the enhancement gradient g_e as ``updates`` and the task gradient g_t as the keyword-only
+extra argument ``task_grads``, and keeps a :class:`CombinerState` (the cosine is measured and logged by
+all of them, so runs of every method can be compared on the same plots).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradprom_jax.combiners import gradient_geometry as geometry
+from gradprom_jax.combiners.gradprom import check_task_grads
+from gradprom_jax.combiners.state import init_combiner_state, next_combiner_state
+
+
+def joint(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformationExtraArgs:
+  """Plain joint training: always ``g_e + task_weight · g_t``.
+
+  The gradient of L_enh + λ L_task: the baseline of the GradProm paper's figure, and what task-driven
+  enhancement models train with (e.g. ESTR, Liu et al. 2023). Its direction can point uphill for L_enh
+  when ⟨g_e, g_t⟩ < -‖g_e‖²/λ.
+
+  >>> import jax.numpy as jnp
+  >>> tx = joint(task_weight=0.5)
+  >>> g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([-4.0, 2.0])
+  >>> tx.update(g_e, tx.init(g_e), task_grads=g_t)[0]
+  Array([-1.,  1.], dtype=float32)
+  """
+  def init_fn(params):
+    return init_combiner_state(params)
+
+  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
+    del params, extra_args
+    check_task_grads(updates, task_grads, "joint")
+    weight = jnp.asarray(task_weight, jnp.float32)
+    combined = jax.tree.map(lambda e, t: geometry.add_scaled(e, t, weight), updates, task_grads)
+    cosine = geometry.cosine_similarity(updates, task_grads)
+    return combined, next_combiner_state(state, cosine, jnp.ones([], jnp.float32))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def pcgrad(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformationExtraArgs:
+  """Gradient surgery: when λg_t conflicts with g_e, drop its component along g_e, then add it.
+
+  PCGrad, Yu et al. 2020, "Gradient Surgery for Multi-Task Learning" (arXiv:2001.06782), in the
+  asymmetric form for a main task and an auxiliary one: only the auxiliary gradient is projected,
+
+      g_t' = g_t - min(0, ⟨g_t, g_e⟩) / ‖g_e‖² · g_e,     d = g_e + λ g_t'
+
+  so ⟨d, g_e⟩ ≥ ‖g_e‖² as with GradProm, but the conflicting task gradient still contributes its
+  component orthogonal to g_e. The state's ``gate`` is 1 when no projection was needed.
+
+  >>> import jax.numpy as jnp
+  >>> tx = pcgrad()
+  >>> g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([-1.0, 1.0])
+  >>> tx.update(g_e, tx.init(g_e), task_grads=g_t)[0]
+  Array([1., 1.], dtype=float32)
+  """
+  def init_fn(params):
+    return init_combiner_state(params)
+
+  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
+    del params, extra_args
+    check_task_grads(updates, task_grads, "pcgrad")
+    coefficient = geometry.squared_norm_ratio_projection(
+        jax.tree.leaves(task_grads), jax.tree.leaves(updates))
+    # Project only a conflicting gradient (negative coefficient); an agreeing one is kept whole.
+    removed = jnp.minimum(coefficient, 0.0)
+    weight = jnp.asarray(task_weight, jnp.float32)
+
+    def combine(e, t):
+      e32, t32 = e.astype(jnp.float32), t.astype(jnp.float32)
+      projected = t32 - removed * e32
+      return geometry.add_scaled(e32, projected, weight).astype(e.dtype)
+
+    combined = jax.tree.map(combine, updates, task_grads)
+    cosine = geometry.cosine_similarity(updates, task_grads)
+    no_conflict = (coefficient >= 0).astype(jnp.float32)
+    return combined, next_combiner_state(state, cosine, no_conflict)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def enhance_only() -> optax.GradientTransformationExtraArgs:
+  """Enhancement-only training: returns g_e and ignores the task gradient (the recogniser never
+  influences the enhancer). ``task_grads`` is optional; when given, its cosine with g_e is still logged.
+
+  >>> import jax.numpy as jnp
+  >>> tx = enhance_only()
+  >>> g_e = jnp.array([1.0, 0.0])
+  >>> tx.update(g_e, tx.init(g_e), task_grads=-g_e)[0]
+  Array([1., 0.], dtype=float32)
+  """
+  def init_fn(params):
+    return init_combiner_state(params)
+
+  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
+    del params, extra_args
+    cosine = (jnp.zeros([], jnp.float32) if task_grads is None
+              else geometry.cosine_similarity(updates, task_grads))
+    return updates, next_combiner_state(state, cosine, jnp.zeros([], jnp.float32))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,101 @@
+"""Inner products, norms and cosines of gradient pytrees, robust to scale, dtype and non-finite values.
+
+Every combiner decides by the geometry of two gradients ``g_e`` (enhancement) and ``g_t`` (task). The
+decision must not depend on the gradients' dtype or magnitude: bfloat16 gradients are upcast to float32,
+and each tree is divided by its largest absolute entry before squaring, so gradients of 1e-30 (whose
+squares underflow float32) still give the right cosine. A block whose cosine is undefined (a zero or
+non-finite gradient) reports a cosine of 0.
+
+A *block* is the unit a decision is made on: the whole tree (``granularity="global"``, one cosine, as in
+Du et al. 2018) or each array on its own (``granularity="per_leaf"``, one cosine per parameter array).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+Granularity = Literal["global", "per_leaf"]
+GRANULARITIES = ("global", "per_leaf")
+
+
+def check_granularity(granularity: str) -> None:
+  if granularity not in GRANULARITIES:
+    raise ValueError(
+        f"Unknown granularity {granularity!r}; expected one of {GRANULARITIES}.")
+
+
+def _max_abs(leaves: list[jax.Array]) -> jax.Array:
+  """The largest finite |entry| over ``leaves`` (float32 scalar; 0 for an empty or all-zero list)."""
+  maxima = [jnp.max(jnp.abs(jnp.where(jnp.isfinite(x), x, 0)), initial=0.0).astype(jnp.float32)
+            for x in leaves]
+  return jnp.max(jnp.stack(maxima)) if maxima else jnp.zeros([], jnp.float32)
+
+
+def _rescaled(leaves: list[jax.Array]) -> list[jax.Array]:
+  """``leaves`` in float32, divided by their joint max |entry| so squares cannot underflow."""
+  scale = _max_abs(leaves)
+  safe_scale = jnp.where(scale > 0, scale, 1.0)
+  return [x.astype(jnp.float32) / safe_scale for x in leaves]
+
+
+def _cosine_of_leaves(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
+  a, b = _rescaled(a), _rescaled(b)
+  dot = sum((jnp.vdot(x, y) for x, y in zip(a, b)), jnp.zeros([], jnp.float32))
+  norm_a = jnp.sqrt(sum((jnp.vdot(x, x) for x in a), jnp.zeros([], jnp.float32)))
+  norm_b = jnp.sqrt(sum((jnp.vdot(y, y) for y in b), jnp.zeros([], jnp.float32)))
+  denominator = norm_a * norm_b
+  defined = (denominator > 0) & jnp.isfinite(dot) & jnp.isfinite(denominator)
+  cosine = dot / jnp.where(defined, denominator, 1.0)
+  # Rounding can push |cos| a hair above 1; the clip keeps logged values in [-1, 1].
+  return jnp.where(defined, jnp.clip(cosine, -1.0, 1.0), 0.0)
+
+
+def cosine_similarity(a: Any, b: Any, granularity: Granularity = "global") -> Any:
+  """Cosine similarity of two gradient trees, in float32, 0 where undefined.
+
+  Args:
+    a: a pytree of arrays.
+    b: a pytree of arrays with the same structure and shapes as ``a``.
+    granularity: ``"global"`` for one cosine over the flattened trees, ``"per_leaf"`` for a tree (with
+      ``a``'s structure) of one cosine per leaf.
+
+  Returns:
+    A float32 scalar, or a pytree of float32 scalars for ``"per_leaf"``.
+
+  >>> import jax.numpy as jnp
+  >>> g_e = {"w": jnp.array([1.0, 0.0]), "b": jnp.array([1.0])}
+  >>> g_t = {"w": jnp.array([0.0, 1.0]), "b": jnp.array([-1.0])}
+  >>> print(f"{cosine_similarity(g_e, g_t):.3f}")
+  -0.500
+  >>> print({k: float(v) for k, v in cosine_similarity(g_e, g_t, "per_leaf").items()})
+  {'b': -1.0, 'w': 0.0}
+  """
+  check_granularity(granularity)
+  if granularity == "global":
+    return _cosine_of_leaves(jax.tree.leaves(a), jax.tree.leaves(b))
+  return jax.tree.map(lambda x, y: _cosine_of_leaves([x], [y]), a, b)
+
+
+def squared_norm_ratio_projection(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
+  """⟨a, b⟩ / ‖b‖² in float32 (0 where ‖b‖ = 0): the coefficient of ``a``'s projection onto ``b``.
+
+  Computed as ⟨a, b̂⟩ / (s‖b̂‖²) with b̂ = b / s, s = max|b|, so tiny ``b`` does not underflow.
+  """
+  scale = _max_abs(b)
+  safe_scale = jnp.where(scale > 0, scale, 1.0)
+  b_hat = [y.astype(jnp.float32) / safe_scale for y in b]
+  dot = sum((jnp.vdot(x.astype(jnp.float32), y) for x, y in zip(a, b_hat)), jnp.zeros([], jnp.float32))
+  norm_sq = sum((jnp.vdot(y, y) for y in b_hat), jnp.zeros([], jnp.float32))
+  defined = (norm_sq > 0) & jnp.isfinite(dot)
+  return jnp.where(defined, dot / jnp.where(defined, norm_sq * safe_scale, 1.0), 0.0)
+
+
+def add_scaled(e: jax.Array, t: jax.Array, weight: jax.Array) -> jax.Array:
+  """``e + weight * t`` in float32, cast back to ``e.dtype``; exactly ``e`` where ``weight == 0``.
+
+  The ``where`` (rather than a multiply by 0) keeps a non-finite ``t`` out of a closed gate's output.
+  """
+  combined = e.astype(jnp.float32) + weight * t.astype(jnp.float32)
+  return jnp.where(weight != 0, combined, e.astype(jnp.float32)).astype(e.dtype)

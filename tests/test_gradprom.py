@@ -1,0 +1,184 @@
+"""GradProm's rule, its descent guarantee and its numerics."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gradprom_jax import combiner_metrics, gradprom, joint, pcgrad
+
+VARIANTS = [dict(mode="hard"), dict(mode="soft"), dict(mode="hard", granularity="per_leaf"),
+            dict(mode="soft", granularity="per_leaf"), dict(mode="hard", threshold=0.3),
+            dict(mode="hard", task_weight=5.0)]
+
+
+def random_tree(rng, shapes, scale=1.0):
+  return {f"layer{i}": jnp.asarray(rng.normal(size=s) * scale, jnp.float32)
+          for i, s in enumerate(shapes)}
+
+
+def vdot(a, b):
+  return sum(float(np.vdot(np.float64(x), np.float64(y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def apply(tx, g_e, g_t):
+  out, _ = tx.update(g_e, tx.init(g_e), task_grads=g_t)
+  return out
+
+
+shapes_strategy = st.lists(
+    st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple), min_size=1, max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=shapes_strategy, seed=st.integers(0, 2**31 - 1),
+       correlation=st.floats(-1.0, 1.0), variant=st.sampled_from(VARIANTS))
+def test_update_is_never_less_steep_than_the_enhancement_gradient(shapes, seed, correlation, variant):
+  rng = np.random.default_rng(seed)
+  g_e = random_tree(rng, shapes)
+  noise = random_tree(rng, shapes, scale=3.0)
+  # Mix g_e into g_t so that aligned, opposed and orthogonal task gradients all occur.
+  g_t = jax.tree.map(lambda e, n: correlation * 3.0 * e + (1 - abs(correlation)) * n, g_e, noise)
+  d = apply(gradprom(**variant), g_e, g_t)
+  norm_sq = vdot(g_e, g_e)
+  assert vdot(d, g_e) >= norm_sq - 1e-5 * (1.0 + norm_sq)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=shapes_strategy, seed=st.integers(0, 2**31 - 1))
+def test_joint_training_can_point_uphill_where_gradprom_cannot(shapes, seed):
+  """Sanity check of the property above: it is not vacuous, joint training violates it."""
+  rng = np.random.default_rng(seed)
+  g_e = random_tree(rng, shapes)
+  g_t = jax.tree.map(lambda e: -3.0 * e, g_e)
+  assert vdot(apply(joint(), g_e, g_t), g_e) < 0
+  assert vdot(apply(gradprom(), g_e, g_t), g_e) == pytest.approx(vdot(g_e, g_e), rel=1e-6)
+
+
+def test_gate_opens_for_aligned_and_closes_for_opposed_gradients():
+  g_e = {"w": jnp.array([1.0, 2.0, -1.0])}
+  tx = gradprom()
+  out, state = tx.update(g_e, tx.init(g_e), task_grads=g_e)
+  np.testing.assert_allclose(out["w"], 2 * g_e["w"])
+  assert float(state.gate) == 1.0 and float(state.cosine) == pytest.approx(1.0)
+  out, state = tx.update(g_e, tx.init(g_e), task_grads=jax.tree.map(jnp.negative, g_e))
+  np.testing.assert_array_equal(out["w"], g_e["w"])
+  assert float(state.gate) == 0.0 and float(state.cosine) == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("threshold, g_t", [(0.0, [0.0, 1.0]), (0.96, [4.0, 3.0])])
+def test_gate_stays_closed_when_cosine_equals_threshold(threshold, g_t):
+  g_e = jnp.array([1.0, 0.0]) if threshold == 0.0 else jnp.array([3.0, 4.0])
+  g_t = jnp.array(g_t)
+  out, state = gradprom(threshold=threshold).update(g_e, gradprom().init(g_e), task_grads=g_t)
+  assert float(state.cosine) == np.float32(threshold)
+  assert float(state.gate) == 0.0
+  np.testing.assert_array_equal(out, g_e)
+  # Nudging the task gradient towards g_e opens the gate.
+  out, state = gradprom(threshold=threshold).update(g_e, gradprom().init(g_e),
+                                                    task_grads=g_t + 0.01 * g_e)
+  assert float(state.gate) == 1.0
+
+
+def test_per_leaf_decides_each_leaf_on_its_own():
+  g_e = {"aligned": jnp.array([1.0, 1.0]), "opposed": jnp.array([2.0, 0.0])}
+  g_t = {"aligned": jnp.array([2.0, 1.0]), "opposed": jnp.array([-1.0, 0.1])}
+  tx = gradprom(granularity="per_leaf")
+  out, state = tx.update(g_e, tx.init(g_e), task_grads=g_t)
+  np.testing.assert_allclose(out["aligned"], g_e["aligned"] + g_t["aligned"])
+  np.testing.assert_array_equal(out["opposed"], g_e["opposed"])
+  assert state.gate == {"aligned": 1.0, "opposed": 0.0}
+  assert state.promoted == {"aligned": 1, "opposed": 0}
+  assert float(combiner_metrics(state)["gate"]) == 0.5
+  # The global rule sees one cosine over both leaves (positive here) and adds everything.
+  out_global = apply(gradprom(), g_e, g_t)
+  np.testing.assert_allclose(out_global["opposed"], g_e["opposed"] + g_t["opposed"])
+
+
+def test_soft_gate_weights_by_cosine_and_task_weight_scales():
+  g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0])
+  cos = 1 / np.sqrt(2)
+  np.testing.assert_allclose(apply(gradprom(mode="soft"), g_e, g_t), g_e + cos * g_t, rtol=1e-6)
+  np.testing.assert_allclose(apply(gradprom(task_weight=0.25), g_e, g_t), g_e + 0.25 * g_t)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e30])
+def test_zero_tiny_and_huge_gradients_stay_finite(variant, scale):
+  rng = np.random.default_rng(0)
+  g_e = random_tree(rng, [(3,), (2, 2)], scale=scale)
+  g_t = jax.tree.map(lambda x: 2 * x, g_e)   # aligned: the gate must open whenever g_e != 0
+  tx = gradprom(**variant)
+  out, state = tx.update(g_e, tx.init(g_e), task_grads=g_t)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((out, state)))
+  expected_open = 1.0 if scale else 0.0
+  assert float(combiner_metrics(state)["gate"]) == pytest.approx(expected_open)
+
+
+def test_zero_task_gradient_leaves_update_unchanged():
+  g_e = {"w": jnp.array([0.3, -2.0])}
+  for variant in VARIANTS:
+    out = apply(gradprom(**variant), g_e, {"w": jnp.zeros(2)})
+    np.testing.assert_array_equal(out["w"], g_e["w"])
+
+
+def test_non_finite_task_gradient_keeps_the_gate_closed():
+  g_e = {"w": jnp.array([1.0, 2.0])}
+  for bad in (jnp.nan, jnp.inf):
+    out, state = gradprom().update(g_e, gradprom().init(g_e), task_grads={"w": jnp.array([bad, 1.0])})
+    np.testing.assert_array_equal(out["w"], g_e["w"])
+    assert float(state.gate) == 0.0 and np.isfinite(float(state.cosine))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bfloat16_gradients_keep_their_dtype_and_agree_with_float32(variant):
+  rng = np.random.default_rng(1)
+  g_e = random_tree(rng, [(8,), (4, 4)])
+  g_t = jax.tree.map(lambda x: x + 0.5, g_e)
+  as_bf16 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.bfloat16), tree)
+  out16 = apply(gradprom(**variant), as_bf16(g_e), as_bf16(g_t))
+  out32 = apply(gradprom(**variant), g_e, g_t)
+  for a, b in zip(jax.tree.leaves(out16), jax.tree.leaves(out32)):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.float32(a), b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_state_structure_shapes_and_dtypes_are_stable(variant):
+  rng = np.random.default_rng(2)
+  g_e, g_t = random_tree(rng, [(3,), (2, 5)]), random_tree(rng, [(3,), (2, 5)])
+  tx = gradprom(**variant)
+  state = tx.init(g_e)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    _, new_state = update(g_e, state, task_grads=g_t)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
+      assert (old.shape, old.dtype) == (new.shape, new.dtype)
+    state = new_state
+  assert int(state.count) == 3
+
+
+def test_counts_promoted_updates_and_logs_the_rate():
+  g_e = jnp.array([1.0, 0.0])
+  tx = gradprom()
+  state = tx.init(g_e)
+  for g_t in ([1.0, 0.0], [-1.0, 0.0], [1.0, 1.0], [0.0, 1.0]):
+    _, state = tx.update(g_e, state, task_grads=jnp.array(g_t))
+  assert int(state.count) == 4 and int(state.promoted) == 2
+  assert float(combiner_metrics(state)["gate_open_rate"]) == 0.5
+
+
+def test_missing_or_mismatched_task_grads_give_clear_errors():
+  g_e = {"w": jnp.ones(2)}
+  tx = gradprom()
+  with pytest.raises(ValueError, match="needs the task gradient"):
+    tx.update(g_e, tx.init(g_e))
+  with pytest.raises(ValueError, match="same tree structure"):
+    tx.update(g_e, tx.init(g_e), task_grads={"v": jnp.ones(2)})
+  with pytest.raises(ValueError, match="granularity"):
+    gradprom(granularity="per_layer")
+  with pytest.raises(ValueError, match="gate mode"):
+    gradprom(mode="weighted")
