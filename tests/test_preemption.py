@@ -1,0 +1,93 @@
+"""Tests for gradprom_jax.preemption: signals set the flag, handlers are restored, Ctrl-C twice aborts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import pytest
+
+from gradprom_jax.checkpointing import Checkpointer
+from gradprom_jax.preemption import PreemptionGuard
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_sets_flag_and_loop_stops(sig):
+  steps_run = []
+  with PreemptionGuard() as guard:
+    for step in range(100):
+      if step == 3:
+        os.kill(os.getpid(), sig)
+      if guard.should_stop_all_hosts():
+        break
+      steps_run.append(step)
+  assert steps_run == [0, 1, 2]
+  assert guard.signal_name == sig.name
+
+
+def test_previous_handlers_are_restored():
+  calls = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+  try:
+    with PreemptionGuard():
+      assert signal.getsignal(signal.SIGTERM) != previous
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert calls == [signal.SIGTERM]
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_second_sigint_aborts():
+  with PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert guard.should_stop()
+    with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+      os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_request_stop_without_signal():
+  guard = PreemptionGuard()
+  assert not guard.should_stop()
+  guard.request_stop()
+  assert guard.should_stop()
+
+
+_LOOP = """
+import sys, time
+import jax.numpy as jnp
+from gradprom_jax.checkpointing import Checkpointer
+from gradprom_jax.preemption import PreemptionGuard
+
+ckpt = Checkpointer(sys.argv[1], save_interval_steps=1000)
+state = {"w": jnp.zeros(3)}
+with PreemptionGuard() as guard:
+  print("ready", flush=True)
+  for step in range(10**9):
+    state = {"w": state["w"] + 1}
+    time.sleep(0.01)
+    if guard.should_stop_all_hosts():
+      ckpt.save(step, state, force=True)
+      break
+ckpt.close()
+print("saved", step, flush=True)
+"""
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
+  process = subprocess.Popen([sys.executable, "-c", _LOOP, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == "ready"
+  time.sleep(0.2)
+  start = time.monotonic()
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=30)
+  elapsed = time.monotonic() - start
+  assert process.returncode == 0
+  assert elapsed < 10, f"took {elapsed:.1f} s to stop"
+  saved_step = int(out.split()[-1])
+  with Checkpointer(tmp_path, save_interval_steps=1000) as ckpt:
+    assert ckpt.latest_step() == saved_step
+    restored, _ = ckpt.restore_latest({"w": jnp.zeros(3)})
+  assert float(restored["w"][0]) == saved_step + 1
