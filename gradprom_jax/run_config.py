@@ -1,0 +1,165 @@
+"""The run's config in its workdir: written at the first start, checked on every restart.
+
+Resuming a workdir with a different config would silently splice two experiments into one
+curve. `check_or_save_config` writes ``config.json`` at the first start; on a restart it compares
+the new config with the stored one and refuses with the differing keys (``old -> new``) unless
+``overwrite=True``, in which case the old file is kept as ``config.<UTC time>.json`` for the record.
+
+Keys that may legitimately change on resume are ignored (`RESUMABLE_KEYS`, fnmatch patterns over
+dotted keys): the overwrite switch itself, how often to log/evaluate/checkpoint, the run length
+(extending a finished run), and the multi-host launch settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fnmatch
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gradprom_jax.checkpointing import WorkdirError
+
+CONFIG_FILENAME = "config.json"
+
+RESUMABLE_KEYS = (
+    "overwrite",
+    "*every_steps",
+    "*_every",
+    "num_train_steps",
+    "total_steps",
+    "distributed.*",
+)
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run with a different config."""
+
+
+def _to_plain(config: Any) -> Any:
+  """ConfigDict / dataclass / mapping -> nested dicts of JSON values (tuples become lists)."""
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict.
+    config = config.to_dict()
+  elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+    config = dataclasses.asdict(config)
+  if isinstance(config, Mapping):
+    return {str(k): _to_plain(v) for k, v in config.items()}
+  if isinstance(config, (list, tuple)):
+    return [_to_plain(v) for v in config]
+  if config is None or isinstance(config, (bool, int, float, str)):
+    return config
+  return str(config)  # Callables, enums, paths: their text is what identifies them.
+
+
+def flatten_config(config: Any) -> dict[str, Any]:
+  """Nested config -> {"dotted.key": JSON value}.
+
+  >>> flatten_config({"model": {"width": 32, "depths": (2, 2)}, "lr": 1e-3})
+  {'model.width': 32, 'model.depths': [2, 2], 'lr': 0.001}
+  """
+  flat = {}
+
+  def visit(prefix: str, node: Any) -> None:
+    if isinstance(node, dict) and node:
+      for key, value in node.items():
+        visit(f"{prefix}.{key}" if prefix else key, value)
+    else:
+      flat[prefix] = node
+
+  visit("", _to_plain(config))
+  return flat
+
+
+def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
+  """Lines ``key: old -> new`` for every differing dotted key not matching an `ignore` pattern.
+
+  >>> config_differences({"lr": 0.1, "log_every_steps": 10, "seed": 0},
+  ...                    {"lr": 0.2, "log_every_steps": 50})
+  ['lr: 0.1 -> 0.2', 'seed: 0 -> <missing>']
+  """
+  old_flat, new_flat = flatten_config(old), flatten_config(new)
+  ignore = tuple(ignore)
+  missing = object()
+
+  def show(value: Any) -> str:
+    return "<missing>" if value is missing else repr(value)
+
+  lines = []
+  for key in sorted(old_flat.keys() | new_flat.keys()):
+    if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
+      continue
+    before, after = old_flat.get(key, missing), new_flat.get(key, missing)
+    if before != after:
+      lines.append(f"{key}: {show(before)} -> {show(after)}")
+  return lines
+
+
+def check_or_save_config(workdir: str | os.PathLike[str], config: Any, *, overwrite: bool = False,
+                         ignore: Iterable[str] = RESUMABLE_KEYS, write: bool = True) -> Path:
+  """Saves `config` as ``workdir/config.json``, or checks it against the one already there.
+
+  Args:
+    workdir: the run's directory (created if needed).
+    config: a ConfigDict, dataclass or mapping.
+    overwrite: resume even if the stored config differs (the old file is kept, renamed).
+    ignore: fnmatch patterns of dotted keys allowed to differ.
+    write: whether this process writes the file (pass ``jax.process_index() == 0``); all
+      processes check.
+
+  Returns:
+    The path of ``config.json``.
+
+  Raises:
+    ConfigMismatchError: the stored config differs and `overwrite` is False.
+    WorkdirError: the workdir cannot be written.
+
+  >>> import tempfile
+  >>> workdir = tempfile.mkdtemp()
+  >>> check_or_save_config(workdir, {"lr": 0.1}).name
+  'config.json'
+  >>> try:
+  ...   check_or_save_config(workdir, {"lr": 0.2})
+  ... except ConfigMismatchError as e:
+  ...   print(str(e).splitlines()[1])
+    lr: 0.1 -> 0.2
+  """
+  path = Path(workdir) / CONFIG_FILENAME
+  if path.exists():
+    stored = json.loads(path.read_text())
+    differences = config_differences(stored, config, ignore=ignore)
+    if not differences:
+      return path
+    listing = "\n  ".join(differences)
+    if not overwrite:
+      raise ConfigMismatchError(
+          f"Workdir {str(workdir)!r} holds a run with a different config "
+          f"(stored {CONFIG_FILENAME} -> this command):\n  {listing}\n"
+          "Use another --workdir, or pass --config.overwrite=True to resume it with the new "
+          "config anyway.")
+    logging.warning("Resuming %s with a changed config (overwrite=True):\n  %s", workdir, listing)
+    if write:
+      stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+      _guard_io(path, lambda: path.rename(path.with_name(f"config.{stamp}.json")))
+  if write:
+    _guard_io(path, lambda: _write_atomically(path, json.dumps(_to_plain(config), indent=2)))
+  return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+  """Writes via a temporary file and a rename, so a crash never leaves half a config.json."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  temporary.write_text(text + "\n")
+  os.replace(temporary, path)
+
+
+def _guard_io(path: Path, action) -> None:
+  try:
+    action()
+  except OSError as e:
+    raise WorkdirError(f"Cannot write {str(path)!r} ({e.strerror or e}); "
+                       "pass a writable --workdir or free some space") from e
