@@ -1,0 +1,125 @@
+"""grain input pipelines: shuffled, augmented, endless training batches and padded evaluation batches.
+
+Each process (host) reads only its own shard of the source (`ds[process_index::process_count]`) and
+gets `global_batch_size // process_count` examples per batch. Every random choice (order, flips,
+crops) is derived from the seed and the element index, so the stream is deterministic and its
+iterator state (`get_state` / `set_state`) resumes exactly where it left off.
+"""
+import functools
+from typing import Any, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from gradprom_jax.data.registry import Dataset
+
+
+def _process_layout(global_batch_size: int, process_index: int | None, process_count: int | None):
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, process_count={process_count})")
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
+                     f"process_count {process_count}")
+  return process_index, process_count, global_batch_size // process_count
+
+
+def to_arrays(example: dict[str, Any]) -> dict[str, np.ndarray]:
+  """A decoded TFDS example -> the shared conventions: float32 image in [0, 1], int32 mask (H, W) and label.
+
+  >>> out = to_arrays({"image": np.full((2, 2, 3), 255, np.uint8), "mask": np.ones((2, 2, 1), np.uint8)})
+  >>> out["image"].max(), out["mask"].shape, out["mask"].dtype
+  (np.float32(1.0), (2, 2), dtype('int32'))
+  """
+  out = {"image": np.asarray(example["image"], np.float32) / np.float32(255)}
+  if "mask" in example:
+    out["mask"] = np.asarray(example["mask"], np.int32)[..., 0]
+  if "label" in example:
+    out["label"] = np.int32(example["label"])
+  return out
+
+
+def random_flip_and_crop(example: dict[str, np.ndarray], rng: np.random.Generator, *,
+                         patch_size: Sequence[int] | None, flip: bool = True) -> dict[str, np.ndarray]:
+  """Random horizontal/vertical flips (unless `flip=False`) and a random `patch_size` crop, applied identically to the mask.
+
+  >>> ex = {"image": np.zeros((8, 8, 3), np.float32), "mask": np.zeros((8, 8), np.int32)}
+  >>> out = random_flip_and_crop(ex, np.random.default_rng(0), patch_size=(4, 6))
+  >>> out["image"].shape, out["mask"].shape
+  ((4, 6, 3), (4, 6))
+  """
+  height, width = example["image"].shape[:2]
+  crop_h, crop_w = (height, width) if patch_size is None else patch_size
+  if crop_h > height or crop_w > width:
+    raise ValueError(f"patch_size {tuple(patch_size)} larger than the images ({height}, {width})")
+  top = rng.integers(0, height - crop_h + 1)
+  left = rng.integers(0, width - crop_w + 1)
+  flip_h, flip_v = rng.integers(0, 2, size=2) * flip
+  out = dict(example)
+  for key in ("image", "mask"):
+    if key in out:
+      x = out[key][top:top + crop_h, left:left + crop_w]
+      x = x[:, ::-1] if flip_h else x
+      x = x[::-1] if flip_v else x
+      out[key] = np.ascontiguousarray(x)
+  return out
+
+
+def make_train_loader(dataset: Dataset, *, global_batch_size: int, seed: int,
+                      patch_size: Sequence[int] | None = None, augment: bool = True,
+                      process_index: int | None = None, process_count: int | None = None,
+                      num_workers: int = 0, split: str = "train") -> grain.IterDataset:
+  """Endless training batches for this process: shuffled each epoch, flipped and cropped, deterministic.
+
+  Iterate it (`it = iter(loader)`); `it.get_state()` / `it.set_state(state)` checkpoint the position.
+  Yields `{"image": float32 (B, h, w, C), "mask"?: int32 (B, h, w), "label"?: int32 (B,)}` with
+  B = global_batch_size // process_count and (h, w) = patch_size or the image size.
+  """
+  process_index, process_count, batch_size = _process_layout(global_batch_size, process_index, process_count)
+  source = dataset.sources[split]
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  if len(ds) < batch_size:
+    raise ValueError(f"{split} shard of process {process_index} has {len(ds)} examples, fewer than the "
+                     f"per-process batch size {batch_size}")
+  ds = ds.seed(seed).shuffle().repeat().map(to_arrays)
+  if augment or patch_size is not None:  # augment=False still crops to patch_size, without flips.
+    ds = ds.random_map(functools.partial(random_flip_and_crop, patch_size=patch_size, flip=augment))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if num_workers > 0:
+    return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ds.to_iter_dataset()
+
+
+def make_eval_loader(dataset: Dataset, split: str, *, global_batch_size: int,
+                     process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
+  """One pass over `split` in fixed-shape batches; the padded tail is flagged by `"valid"` (B,) bool.
+
+  Every process yields the same number of batches (padding included), so collective ops stay in step.
+
+  >>> import tempfile
+  >>> from gradprom_jax.data import default_data_config, load_dataset
+  >>> config = default_data_config()
+  >>> config.data_dir = tempfile.mkdtemp()
+  >>> config.image_size, config.num_train, config.num_validation, config.num_test = (16, 16), 4, 3, 2
+  >>> batches = list(make_eval_loader(load_dataset(config), "validation", global_batch_size=2))
+  >>> [b["valid"].tolist() for b in batches]
+  [[True, True], [True, False]]
+  """
+  process_index, process_count, batch_size = _process_layout(global_batch_size, process_index, process_count)
+  source = dataset.sources[split]
+  num_examples = len(source)
+  padded = -(-num_examples // global_batch_size) * global_batch_size
+  padding = None
+
+  def load(index: int) -> dict[str, np.ndarray]:
+    nonlocal padding
+    if index < num_examples:
+      return {**to_arrays(source[index]), "valid": np.bool_(True)}
+    if padding is None:  # Zeros shaped like a real example, so every batch has one shape.
+      padding = {k: np.zeros_like(v) for k, v in to_arrays(source[0]).items()}
+    return {**padding, "valid": np.bool_(False)}
+
+  indices = grain.MapDataset.range(padded)[process_index::process_count]
+  return indices.map(load).batch(batch_size)

@@ -1,0 +1,112 @@
+"""`load_dataset`: dataset name -> TFDS builder, built on first use, returned as random-access sources."""
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from gradprom_jax.data import records_builder
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A built dataset: random-access sources per split plus what a model needs to know about it.
+
+  `skipped` lists the bad inputs skipped by the build that just ran (empty when reusing a build).
+  """
+  name: str
+  sources: Mapping[str, object]
+  class_names: tuple[str, ...] | None
+  image_shape: tuple[int, int, int]
+  has_mask: bool
+  skipped: tuple[str, ...] = ()
+
+  @property
+  def num_classes(self) -> int:
+    return 0 if self.class_names is None else len(self.class_names)
+
+  @property
+  def has_label(self) -> bool:
+    return self.class_names is not None
+
+
+def _files_builder(builder_cls, **options) -> Callable:
+  """A factory: data config -> file-based builder named by the config's shared keys plus `options`."""
+  def make(config: ml_collections.ConfigDict, data_dir: str):
+    image_size = None if config.image_size is None else tuple(config.image_size)
+    class_names = None if config.class_names is None else tuple(config.class_names)
+    builder_config = records_builder.make_config(
+        manual_dir=config.manual_dir, image_size=image_size, split_seed=config.split_seed,
+        split_fractions=tuple(config.split_fractions), skip_bad=config.skip_bad, class_names=class_names,
+        options={key: config[key] for key in options})
+    return builder_cls(config=builder_config, data_dir=data_dir, file_format="array_record")
+  return make
+
+
+def _registry() -> dict[str, Callable]:
+  # Imported here so that importing gradprom_jax.data does not register every TFDS builder up front.
+  from gradprom_jax.data import (chest_xray, image_folder, isic, kvasir_seg, medmnist, ph2,
+                                 synthetic_lesions)
+  return {
+      "synthetic_lesions": synthetic_lesions.make_builder,
+      "image_folder": _files_builder(image_folder.ImageFolder, id_column=..., label_column=...,
+                                     mask_pattern=..., num_channels=...),
+      "ph2": _files_builder(ph2.Ph2),
+      "isic": _files_builder(isic.Isic, isic_task=...),
+      "kvasir_seg": _files_builder(kvasir_seg.KvasirSeg),
+      "chest_xray": _files_builder(chest_xray.ChestXray),
+      "medmnist": _files_builder(medmnist.Medmnist, medmnist_file=...),
+  }
+
+
+DATASET_NAMES = ("synthetic_lesions", "image_folder", "ph2", "isic", "kvasir_seg", "chest_xray", "medmnist")
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """The TFDS data dir: the config's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return str(Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser())
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+  """Builds the dataset named by `config.name` (once; later calls reuse the files) and opens its splits.
+
+  >>> import tempfile
+  >>> from gradprom_jax.data.config import default_data_config
+  >>> config = default_data_config()
+  >>> config.data_dir = tempfile.mkdtemp()
+  >>> config.image_size, config.num_train, config.num_validation, config.num_test = (16, 16), 4, 2, 2
+  >>> dataset = load_dataset(config)
+  >>> len(dataset.sources["train"]), dataset.image_shape, dataset.num_classes, dataset.has_mask
+  (4, (16, 16, 3), 3, True)
+  """
+  registry = _registry()
+  if config.name not in registry:
+    raise ValueError(f"unknown dataset {config.name!r}; valid names: {', '.join(DATASET_NAMES)}")
+  builder = registry[config.name](config, resolve_data_dir(config.data_dir))
+  skipped = ()
+  if not builder.is_prepared():
+    logging.info("Building %s (%s) into %s", config.name, builder.builder_config.name, builder.data_dir)
+    manual_dir = getattr(builder.builder_config, "manual_dir", None)
+    # TFDS prints its own banner on stdout; keep stdout for the caller and log it instead.
+    with contextlib.redirect_stdout(io.StringIO()) as banner:
+      builder.download_and_prepare(
+          file_format="array_record",
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    logging.info("%s", banner.getvalue().strip())
+    skipped = tuple(getattr(getattr(builder, "bad_inputs", None), "messages", ()))
+    if skipped:
+      logging.warning("%s: skipped %d bad inputs (skip_bad=True)", config.name, len(skipped))
+  features = builder.info.features
+  label = features["label"] if "label" in features else None
+  return Dataset(
+      name=config.name,
+      sources=builder.as_data_source(),
+      class_names=None if label is None else tuple(label.names),
+      image_shape=tuple(features["image"].shape),
+      has_mask="mask" in features,
+      skipped=skipped)
