@@ -1,0 +1,147 @@
+"""U-Nets: a residual enhancer for same-size restoration and a segmenter.
+
+Both share one encoder-decoder body (`UNet`). Normalisation is GroupNorm, not
+BatchNorm: there are no mutable batch statistics, so the train step stays a
+pure function of (params, batch), evaluation equals training-mode inference,
+and small per-device batches are fine.
+
+Any input size works: the encoder max-pools with SAME padding and the decoder
+resizes to the skip connection's exact size, so odd sizes such as 7x7 (a 28x28
+image at level 3) need no cropping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gradprom_jax import degradations
+
+
+def group_norm(features: int) -> nn.GroupNorm:
+  """GroupNorm with up to 8 groups, as many as divide `features`.
+
+  >>> group_norm(12).num_groups
+  4
+  """
+  return nn.GroupNorm(num_groups=math.gcd(features, 8))
+
+
+class ConvBlock(nn.Module):
+  """Two 3x3 convolutions, each followed by GroupNorm and SiLU."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for _ in range(2):
+      x = nn.Conv(self.features, (3, 3))(x)
+      x = nn.silu(group_norm(self.features)(x))
+    return x
+
+
+class UNet(nn.Module):
+  """Encoder-decoder with skip connections, `num_levels` resolutions.
+
+  Features double at each coarser level: `features`, 2 `features`, ...
+  The last layer is a 1x1 convolution to `out_channels`, zero-initialised
+  when `zero_init_output` (so a residual model starts as the identity).
+
+  >>> import jax
+  >>> net = UNet(out_channels=2, features=4, num_levels=3)
+  >>> x = jnp.zeros((1, 28, 28, 1))
+  >>> variables = jax.eval_shape(net.init, jax.random.key(0), x)  # Shapes only.
+  >>> jax.eval_shape(net.apply, variables, x).shape
+  (1, 28, 28, 2)
+  """
+  out_channels: int
+  features: int = 32
+  num_levels: int = 3
+  zero_init_output: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.num_levels < 1:
+      raise ValueError(f"num_levels must be >= 1, got {self.num_levels}")
+    skips = []
+    for level in range(self.num_levels - 1):
+      x = ConvBlock(self.features * 2**level)(x)
+      skips.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = ConvBlock(self.features * 2**(self.num_levels - 1))(x)
+    for level in reversed(range(self.num_levels - 1)):
+      skip = skips[level]
+      # Bilinear resize to the skip's own size handles odd sizes exactly.
+      x = jax.image.resize(x, (*skip.shape[:3], x.shape[-1]), "bilinear")
+      x = ConvBlock(self.features * 2**level)(jnp.concatenate([x, skip], -1))
+    kernel_init = (nn.initializers.zeros if self.zero_init_output
+                   else nn.linear.default_kernel_init)
+    return nn.Conv(self.out_channels, (1, 1), kernel_init=kernel_init)(x)
+
+
+class UNetEnhancer(nn.Module):
+  """Image enhancer: a U-Net predicting a residual added to its input.
+
+  With `scale` > 1 the input is first upsampled bicubically by `scale`, so the
+  U-Net works at the output resolution (as SRCNN/VDSR do). The output layer is
+  zero-initialised: at initialisation the enhancer returns its (upsampled)
+  input, i.e. the "no enhancement" reference. The output is clipped to [0, 1]
+  at evaluation (`train=False`), not in training, where clipping would zero
+  the gradient of out-of-range pixels.
+
+  Attributes:
+    channels: image channels (1 grey, 3 RGB).
+    scale: upsampling factor (1 for denoising / deblurring).
+    features: width of the finest level.
+    num_levels: resolutions of the U-Net.
+
+  >>> import jax
+  >>> model = UNetEnhancer(channels=1, scale=2, features=4, num_levels=2)
+  >>> x = jnp.full((2, 8, 8, 1), 0.5)
+  >>> params = model.init(jax.random.key(0), x)
+  >>> y = model.apply(params, x)
+  >>> y.shape, y.dtype, round(float(y.mean()), 4)
+  ((2, 16, 16, 1), dtype('float32'), 0.5)
+  """
+  channels: int
+  scale: int = 1
+  features: int = 32
+  num_levels: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    if x.shape[-1] != self.channels:
+      raise ValueError(f"UNetEnhancer(channels={self.channels}) got an input "
+                       f"with {x.shape[-1]} channels, shape {x.shape}")
+    base = degradations.upsample(x, self.scale) if self.scale > 1 else x
+    residual = UNet(self.channels, self.features, self.num_levels,
+                    zero_init_output=True)(base)
+    out = base + residual
+    return out if train else jnp.clip(out, 0.0, 1.0)
+
+
+class UNetSegmenter(nn.Module):
+  """Segmenter: a U-Net returning per-pixel logits (N, H, W, num_classes).
+
+  `num_classes=2` (background, lesion) for a binary mask with softmax
+  cross-entropy; `num_classes=1` for a single sigmoid channel (BCE).
+  `train` is accepted for a uniform interface; the model has no dropout or
+  batch statistics, so it does not change the output.
+
+  >>> import jax
+  >>> model = UNetSegmenter(num_classes=3, features=4, num_levels=2)
+  >>> x = jnp.zeros((2, 12, 10, 3))
+  >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)  # Shapes only.
+  >>> jax.eval_shape(model.apply, variables, x)
+  ShapeDtypeStruct(shape=(2, 12, 10, 3), dtype=float32)
+  """
+  num_classes: int
+  features: int = 32
+  num_levels: int = 3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    del train  # No train/eval difference: see the class docstring.
+    return UNet(self.num_classes, self.features, self.num_levels)(x)
