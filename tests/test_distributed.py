@@ -1,0 +1,82 @@
+"""Tests for gradprom_jax.distributed: detection, argument checks, and a real 2-process CPU run."""
+
+import os
+import subprocess
+import sys
+
+import portpicker
+import pytest
+
+from gradprom_jax import distributed
+
+_WORKER = """
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from gradprom_jax.distributed import initialize_distributed
+
+address, process_id = sys.argv[1], int(sys.argv[2])
+config = {"mode": "explicit", "coordinator_address": address, "num_processes": 2,
+          "process_id": process_id}
+assert initialize_distributed(config)
+assert initialize_distributed(config)  # Idempotent.
+# Each process contributes its id + 1 on each of its 2 devices: sum = 2 * (1 + 2) = 6.
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+local = np.full((jax.local_device_count(),), process_id + 1, np.float32)
+global_array = multihost_utils.host_local_array_to_global_array(local, mesh,
+                                                                jax.sharding.PartitionSpec("data"))
+total = jax.jit(jnp.sum, out_shardings=jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec()))(global_array)
+gathered = multihost_utils.process_allgather(np.int32(process_id))
+print("RESULT", jax.process_count(), jax.device_count(), float(total), sorted(gathered.tolist()),
+      flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_on_localhost_sum_across_hosts():
+  port = portpicker.pick_unused_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  workers = [subprocess.Popen([sys.executable, "-c", _WORKER, f"localhost:{port}", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  try:
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+  finally:
+    for worker in workers:
+      worker.kill()
+  for worker, (out, err) in zip(workers, outputs):
+    assert worker.returncode == 0, err[-3000:]
+    result = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    assert result.split()[1:] == ["2", "4", "6.0", "[0,", "1]"]
+
+
+def test_auto_detection(monkeypatch):
+  for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.detect_cluster() is None
+  monkeypatch.setenv("SLURM_JOB_ID", "123")
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert distributed.detect_cluster() is None  # A one-task SLURM job is a single process.
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed.detect_cluster() == "slurm"
+  monkeypatch.delenv("SLURM_JOB_ID")
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1v-0,t1v-1")
+  assert distributed.detect_cluster() == "tpu"
+
+
+def test_auto_without_cluster_stays_single_process(monkeypatch):
+  monkeypatch.setattr(distributed, "detect_cluster", lambda: None)
+  assert distributed.initialize_distributed({"mode": "auto"}) is False
+  assert distributed.initialize_distributed(None) is False
+
+
+def test_bad_configs_raise_clear_errors():
+  with pytest.raises(ValueError, match="'cluster'"):
+    distributed.initialize_distributed({"mode": "cluster"})
+  with pytest.raises(ValueError, match="num_processes, process_id"):
+    distributed.initialize_distributed({"mode": "explicit", "coordinator_address": "h:1"})
