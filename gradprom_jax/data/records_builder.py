@@ -123,6 +123,10 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
       split.sort(key=lambda r: r.key)  # Filesystem order must not change the split.
     all_splits = splits_lib.complete_splits(shipped, strata, fractions=config.split_fractions,
                                             seed=config.split_seed)
+    empty = [name for name, records in all_splits.items() if not records]
+    if empty:
+      raise ValueError(f"{self.name}: splits {empty} would be empty; found {sum(map(len, shipped.values()))} "
+                       f"usable examples, split_fractions {tuple(config.split_fractions)}")
     return {name: self._generate_examples(records, name) for name, records in all_splits.items()}
 
   def _generate_examples(self, records: list[examples.Record], split: str):

@@ -1,0 +1,140 @@
+"""image_folder: a user's folder (and the real PH2 copy) builds; every bad input is named or skipped."""
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from gradprom_jax.data import BadInputError, ManualDownloadError, default_data_config, load_dataset
+
+PH2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ph2"
+
+
+def write_folder(root: Path, n=9, size=(24, 32), labels=("a", "b", "c")):
+  (root / "images").mkdir(parents=True)
+  (root / "masks").mkdir()
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"img{i}.png")
+    Image.fromarray((rng.random(size) > 0.5).astype(np.uint8) * 255).save(root / "masks" / f"img{i}_lesion.png")
+    rows.append({"image_id": f"img{i}", "diagnosis": labels[i % len(labels)]})
+  write_labels(root, rows)
+  return root
+
+
+def write_labels(root, rows):
+  with open(root / "labels.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=["image_id", "diagnosis"])
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def folder_config(manual_dir, data_dir, **overrides):
+  config = default_data_config()
+  config.name = "image_folder"
+  config.manual_dir, config.data_dir = str(manual_dir), str(data_dir)
+  config.image_size = (16, 16)
+  config.split_fractions = (1 / 3, 1 / 3, 1 / 3)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_folder_builds_with_stratified_deterministic_split(tmp_path):
+  root = write_folder(tmp_path / "raw")
+  dataset = load_dataset(folder_config(root, tmp_path / "tfds"))
+  assert dataset.class_names == ("a", "b", "c") and dataset.has_mask and dataset.image_shape == (16, 16, 3)
+  for split in ("train", "validation", "test"):
+    labels = sorted(int(dataset.sources[split][i]["label"]) for i in range(len(dataset.sources[split])))
+    assert labels == [0, 1, 2], split  # 3 per class, one per split.
+  again = load_dataset(folder_config(root, tmp_path / "tfds2"))
+  first = lambda d: d.sources["test"][0]["image"]
+  np.testing.assert_array_equal(first(dataset), first(again))
+
+
+def test_missing_folder_says_what_to_put_where(tmp_path):
+  with pytest.raises(ManualDownloadError, match="images/<id>.png"):
+    load_dataset(folder_config(tmp_path / "nowhere", tmp_path / "tfds"))
+
+
+def corrupt(root):
+  (root / "images" / "img1.png").write_bytes(b"not a png")
+
+
+def truncate(root):
+  data = (root / "images" / "img1.png").read_bytes()
+  (root / "images" / "img1.png").write_bytes(data[: len(data) // 2])
+
+
+def wrong_mask_size(root):
+  Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "img1_lesion.png")
+
+
+def unknown_label(root):
+  write_labels(root, [{"image_id": f"img{i}", "diagnosis": "zzz" if i == 1 else "abc"[i % 3]} for i in range(9)])
+
+
+def id_without_image(root):
+  write_labels(root, [{"image_id": f"img{i}", "diagnosis": "abc"[i % 3]} for i in range(10)])
+
+
+def image_without_label(root):
+  write_labels(root, [{"image_id": f"img{i}", "diagnosis": "abc"[i % 3]} for i in range(9) if i != 1])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (corrupt, r"img1.png: corrupt or truncated"),
+    (truncate, r"img1.png: corrupt or truncated"),
+    (wrong_mask_size, r"img1_lesion.png: mask size \(10, 10\)"),
+    (unknown_label, r"img1.png: label 'zzz' is not one of the classes"),
+    (id_without_image, r"labels.csv: id 'img9' has no image"),
+    (image_without_label, r"img1.png: image has no label"),
+])
+def test_bad_input_stops_the_build_naming_the_file_or_is_skipped(tmp_path, damage, message):
+  root = write_folder(tmp_path / "raw")
+  damage(root)
+  class_names = ("a", "b", "c")
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(BadInputError, match=message):
+    load_dataset(folder_config(root, data_dir, class_names=class_names))
+  # Nothing half-written: no array_record files and no dataset_info.json anywhere in data_dir.
+  assert not [p for p in data_dir.rglob("*") if p.is_file()]
+
+  dataset = load_dataset(folder_config(root, data_dir, class_names=class_names, skip_bad=True))
+  assert len(dataset.skipped) == 1 and "img" in dataset.skipped[0]
+  kept = sum(len(s) for s in dataset.sources.values())
+  assert kept == (9 if damage is id_without_image else 8)
+
+
+def test_failed_build_then_fixed_input_builds_cleanly(tmp_path):
+  root = write_folder(tmp_path / "raw")
+  good = (root / "images" / "img1.png").read_bytes()
+  corrupt(root)
+  with pytest.raises(BadInputError):
+    load_dataset(folder_config(root, tmp_path / "tfds"))
+  (root / "images" / "img1.png").write_bytes(good)
+  dataset = load_dataset(folder_config(root, tmp_path / "tfds"))
+  assert sum(len(s) for s in dataset.sources.values()) == 9
+
+
+def test_unknown_dataset_name_lists_valid_names():
+  config = default_data_config()
+  config.name = "imagenet"
+  with pytest.raises(ValueError, match="valid names: synthetic_lesions, image_folder"):
+    load_dataset(config)
+
+
+@pytest.mark.skipif(not PH2.is_dir(), reason="shared PH2 copy not present")
+def test_loads_the_shared_ph2_copy(tmp_path):
+  config = folder_config(PH2, tmp_path, image_size=(48, 64), split_fractions=(0.7, 0.15, 0.15),
+                         class_names=("common_nevus", "atypical_nevus", "melanoma"))
+  dataset = load_dataset(config)
+  sizes = {split: len(source) for split, source in dataset.sources.items()}
+  assert sum(sizes.values()) == 200 and sizes["train"] == 140
+  assert dataset.num_classes == 3 and dataset.has_mask and dataset.image_shape == (48, 64, 3)
+  labels = np.array([dataset.sources["train"][i]["label"] for i in range(sizes["train"])])
+  assert np.bincount(labels).tolist() == [56, 56, 28]  # Stratified 70% of 80/80/40.
+  mask = dataset.sources["train"][0]["mask"]
+  assert 0 < mask.mean() < 1
