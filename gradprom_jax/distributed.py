@@ -8,7 +8,8 @@ a device. Modes:
   then reads the coordinator, process count and id from that environment. A plain single-process
   run does nothing, so laptops and single-GPU jobs need no flags.
 * ``"explicit"``: use ``coordinator_address`` ("host:port" of process 0), ``num_processes``,
-  ``process_id`` and optionally ``local_device_ids``.
+  ``process_id`` and optionally ``local_device_ids`` and ``initialization_timeout`` (seconds to
+  wait for all processes; JAX's default is 300).
 * ``"off"``: never initialise.
 
 After initialisation `jax.devices()` lists every host's devices; each host must feed only its own
@@ -84,14 +85,13 @@ def initialize_distributed(config: Any = None) -> bool:
 
   kwargs: dict[str, Any] = {}
   if mode == "explicit":
-    kwargs = {name: _get(config, name) for name in
-              ("coordinator_address", "num_processes", "process_id", "local_device_ids")}
-    missing = [name for name in ("coordinator_address", "num_processes", "process_id")
-               if kwargs[name] is None]
+    required = ("coordinator_address", "num_processes", "process_id")
+    missing = [name for name in required if _get(config, name) is None]
     if missing:
       raise ValueError(f"distributed mode 'explicit' needs {', '.join(missing)} to be set")
-    if kwargs["local_device_ids"] is None:
-      del kwargs["local_device_ids"]
+    optional = ("local_device_ids", "initialization_timeout")
+    kwargs = {name: _get(config, name) for name in required + optional
+              if _get(config, name) is not None}
     source = f"explicit coordinator {kwargs['coordinator_address']}"
   else:
     cluster = detect_cluster()

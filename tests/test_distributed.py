@@ -19,7 +19,7 @@ from gradprom_jax.distributed import initialize_distributed
 
 address, process_id = sys.argv[1], int(sys.argv[2])
 config = {"mode": "explicit", "coordinator_address": address, "num_processes": 2,
-          "process_id": process_id}
+          "process_id": process_id, "initialization_timeout": 30}
 assert initialize_distributed(config)
 assert initialize_distributed(config)  # Idempotent.
 # Each process contributes its id + 1 on each of its 2 devices: sum = 2 * (1 + 2) = 6.
@@ -37,20 +37,28 @@ jax.distributed.shutdown()
 """
 
 
-def test_two_processes_on_localhost_sum_across_hosts():
-  port = portpicker.pick_unused_port()
+def _run_workers(port: int, timeout: float) -> list[tuple[int, str, str]]:
+  """Runs the two workers; returns (returncode, stdout, stderr) each, killing both on a hang."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
          "JAX_PLATFORMS": "cpu"}
   workers = [subprocess.Popen([sys.executable, "-c", _WORKER, f"localhost:{port}", str(i)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
   try:
-    outputs = [worker.communicate(timeout=120) for worker in workers]
+    workers[0].wait(timeout)
+    workers[1].wait(timeout)
+  except subprocess.TimeoutExpired:
+    pass
   finally:
     for worker in workers:
       worker.kill()
-  for worker, (out, err) in zip(workers, outputs):
-    assert worker.returncode == 0, err[-3000:]
+  return [(worker.wait(), worker.stdout.read(), worker.stderr.read()) for worker in workers]
+
+
+def test_two_processes_on_localhost_sum_across_hosts():
+  results = _run_workers(portpicker.pick_unused_port(), timeout=60)
+  for process_id, (returncode, out, err) in enumerate(results):
+    assert returncode == 0, f"worker {process_id} failed:\n{err[-3000:]}"
     result = next(line for line in out.splitlines() if line.startswith("RESULT"))
     assert result.split()[1:] == ["2", "4", "6.0", "[0,", "1]"]
 
