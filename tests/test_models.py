@@ -67,16 +67,22 @@ def test_segmenter_shapes_and_dtypes(num_classes, channels):
 ])
 def test_enhancer_starts_as_bicubic_and_clips_only_in_evaluation(model):
   x = jax.random.uniform(KEY, (2, 6, 6, 3))
-  params = jax.jit(model.init)(KEY, x)
-  apply = jax.jit(model.apply, static_argnames="train")
+
+  @jax.jit  # One compilation for the whole check.
+  def outputs(x):
+    params = model.init(KEY, x)
+    # Large random weights push outputs out of range.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(KEY, len(leaves))
+    wild = jax.tree.unflatten(treedef, [3 * jax.random.normal(k, leaf.shape)
+                                        for k, leaf in zip(keys, leaves)])
+    return (model.apply(params, x), model.apply(wild, x, train=True),
+            model.apply(wild, x, train=False))
+
+  initial, raw, clipped = outputs(x)
   # Zero-initialised output layer: the untrained enhancer is the no-enhancement reference.
-  np.testing.assert_allclose(apply(params, x), degradations.upsample(x, 2), atol=1e-6)
-  # Large random weights push outputs out of range: clipped in evaluation, raw in training.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(KEY, len(leaves))
-  wild = jax.tree.unflatten(treedef, [3 * jax.random.normal(k, leaf.shape)
-                                      for k, leaf in zip(keys, leaves)])
-  raw, clipped = apply(wild, x, train=True), apply(wild, x, train=False)
+  np.testing.assert_allclose(initial, degradations.upsample(x, 2), atol=1e-6)
+  # Clipped in evaluation, raw in training.
   assert float(raw.min()) < 0.0 or float(raw.max()) > 1.0
   np.testing.assert_allclose(clipped, jnp.clip(raw, 0.0, 1.0))
 
@@ -85,10 +91,14 @@ def test_classifier_examples_are_independent():
   # GroupNorm normalises per example: one image's logits do not depend on its batch mates.
   model = ResNetClassifier(num_classes=2, stage_sizes=(1, 1), features=4)
   x = jax.random.uniform(KEY, (4, 16, 16, 1))
-  params = jax.jit(model.init)(KEY, x)
-  apply = jax.jit(model.apply)
-  together = apply(params, x)
-  np.testing.assert_allclose(apply(params, x.at[1:].set(0.0))[0], together[0], rtol=1e-5, atol=1e-6)
+
+  @jax.jit
+  def logits(x):
+    params = model.init(KEY, x)
+    return model.apply(params, x), model.apply(params, x.at[1:].set(0.0))
+
+  together, alone = logits(x)
+  np.testing.assert_allclose(alone[0], together[0], rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(together[0] - together[1]).max()) > 0  # Not a constant function.
 
 

@@ -61,9 +61,9 @@ class EDSR(nn.Module):
   >>> import jax
   >>> model = EDSR(channels=3, scale=4, features=8, num_blocks=1)
   >>> x = jnp.full((1, 6, 5, 3), 0.25)
-  >>> y = model.apply(model.init(jax.random.key(0), x), x)
-  >>> y.shape, y.dtype, round(float(y.mean()), 4)
-  ((1, 24, 20, 3), dtype('float32'), 0.25)
+  >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)  # Shapes only.
+  >>> jax.eval_shape(model.apply, variables, x)
+  ShapeDtypeStruct(shape=(1, 24, 20, 3), dtype=float32)
   """
   channels: int
   scale: int
@@ -76,12 +76,13 @@ class EDSR(nn.Module):
     if x.shape[-1] != self.channels:
       raise ValueError(f"EDSR(channels={self.channels}) got an input with "
                        f"{x.shape[-1]} channels, shape {x.shape}")
+    steps = upsampling_steps(self.scale)  # Validates the scale before any work.
     head = nn.Conv(self.features, (3, 3))(x)
     y = head
     for _ in range(self.num_blocks):
       y = ResidualBlock(self.features, self.residual_scale)(y)
     y = nn.Conv(self.features, (3, 3))(y) + head
-    for factor in upsampling_steps(self.scale):
+    for factor in steps:
       y = nn.Conv(self.features * factor**2, (3, 3))(y)
       y = dm_pix.depth_to_space(y, factor)
     detail = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(y)

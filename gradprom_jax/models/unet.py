@@ -100,10 +100,9 @@ class UNetEnhancer(nn.Module):
   >>> import jax
   >>> model = UNetEnhancer(channels=1, scale=2, features=4, num_levels=2)
   >>> x = jnp.full((2, 8, 8, 1), 0.5)
-  >>> params = model.init(jax.random.key(0), x)
-  >>> y = model.apply(params, x)
-  >>> y.shape, y.dtype, round(float(y.mean()), 4)
-  ((2, 16, 16, 1), dtype('float32'), 0.5)
+  >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)  # Shapes only.
+  >>> jax.eval_shape(model.apply, variables, x)
+  ShapeDtypeStruct(shape=(2, 16, 16, 1), dtype=float32)
   """
   channels: int
   scale: int = 1
