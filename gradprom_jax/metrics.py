@@ -153,7 +153,7 @@ class EnhancementMetrics:
     return {"psnr": self.psnr_sum / count, "ssim": self.ssim_sum / count}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # Array fields: compare `compute()` results instead.
 class SegmentationMetrics:
   """Dice, IoU and pixel accuracy over a whole evaluation set.
 
@@ -269,7 +269,7 @@ def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float:
   return float((rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # Array fields: compare `compute()` results instead.
 class ClassificationMetrics:
   """Accuracy, balanced accuracy, macro-F1 and ROC AUC over a whole set.
 
