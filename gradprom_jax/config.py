@@ -1,0 +1,162 @@
+"""Every option of a training run, with its default, in one `ml_collections.ConfigDict`.
+
+Config files in ``configs/`` start from :func:`base_config` and override a few fields, as the Flax
+examples do; any field can be overridden on the command line (``--config.method=joint``). Lists of
+valid values live here too, so a bad config fails before anything is compiled.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from gradprom_jax.data.config import default_data_config
+
+METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage")
+RECOGNITION_TASKS = ("segmentation", "classification")
+PARALLEL_MODES = ("mesh", "pmap")
+RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The defaults: embedded synthetic lesions, ×4 super-resolution + lesion segmentation, GradProm.
+
+  >>> config = base_config()
+  >>> config.method, config.task.recognition, config.task.degradation
+  ('gradprom', 'segmentation', 'downsample(scale=4)')
+  """
+  config = ml_collections.ConfigDict()
+  # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage.
+  config.method = "gradprom"
+  config.seed = 0
+  config.num_train_steps = 1500
+  # Global batch size over all devices and hosts.
+  config.batch_size = 8
+  config.log_every = 25
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 3
+  # Data parallelism: "mesh" (jit over a Mesh with NamedSharding) or "pmap" (jax.pmap + lax.pmean).
+  config.parallel = "mesh"
+  # Resume even if the workdir holds a run of a different config.
+  config.overwrite = False
+  # Consecutive non-finite steps tolerated (each is skipped) before training stops with an error.
+  config.max_nonfinite_steps = 10
+  # Test examples drawn in samples.png.
+  config.num_samples = 6
+  # λ: weight of the task loss in the enhancer's update (all methods but enhance_only).
+  config.task_weight = 1.0
+
+  config.data = default_data_config()
+  config.data.patch_size = (96, 128)
+
+  config.task = ml_collections.ConfigDict()
+  # Low quality simulated on device from the high-quality batch; see gradprom_jax.degradations.
+  config.task.degradation = "downsample(scale=4)"
+  config.task.recognition = "segmentation"
+  # Enhancement loss: l1 | mse | charbonnier, plus ssim_weight · (1 − SSIM).
+  config.task.enhancement_loss = "l1"
+  config.task.ssim_weight = 0.0
+  # Segmentation: cross-entropy + dice_weight · soft Dice. Classification: label smoothing.
+  config.task.dice_weight = 1.0
+  config.task.label_smoothing = 0.0
+  # Per-class loss weights (tuple, one per class) or None.
+  config.task.class_weights = ml_collections.config_dict.placeholder(tuple)
+
+  # GradProm's options (see gradprom_jax.combiners.gradprom).
+  config.gradprom = ml_collections.ConfigDict()
+  config.gradprom.granularity = "global"   # global | per_leaf
+  config.gradprom.mode = "hard"            # hard | soft
+  config.gradprom.threshold = 0.0
+
+  config.model = ml_collections.ConfigDict()
+  # Everything but `name` is passed to the model's constructor.
+  config.model.enhancer = ml_collections.ConfigDict(
+      {"name": "edsr", "features": 32, "num_blocks": 4})
+  config.model.recognizer = ml_collections.ConfigDict(
+      {"name": "unet_segmenter", "features": 16, "num_levels": 3})
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.enhancer_lr = 1e-3
+  config.optim.recognizer_lr = 1e-3
+  config.optim.warmup_steps = 50
+  config.optim.weight_decay = 1e-4
+  # Global-norm clipping after the combiner (None: no clipping).
+  config.optim.clip_norm = 1.0
+
+  # The recogniser: what it trains on, optional pre-training on high-quality images, freezing.
+  config.recognizer = ml_collections.ConfigDict()
+  config.recognizer.train_on = "enhanced"   # enhanced | high_quality | both
+  config.recognizer.pretrain_steps = 0      # steps on high-quality images before joint training
+  config.recognizer.frozen = False          # never update the recogniser (after pre-training)
+
+  # two_stage: the fraction of num_train_steps spent training the enhancer alone.
+  config.two_stage = ml_collections.ConfigDict()
+  config.two_stage.enhancer_fraction = 0.5
+
+  # Multi-host: see gradprom_jax.distributed.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.mode = "auto"   # auto | off | explicit
+  config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
+  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
+  config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+  return config
+
+
+def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks ``config`` in place to a seconds-long run: tiny models, a few steps, small images.
+
+  For real datasets the images are resized to 64 pixels on their longer side at build time.
+  """
+  config.num_train_steps = 6
+  config.batch_size = 4
+  config.log_every = 2
+  config.eval_every = 3
+  config.checkpoint_every = 3
+  config.num_samples = 2
+  config.optim.warmup_steps = 1
+  config.recognizer.pretrain_steps = min(config.recognizer.pretrain_steps, 1)
+  scale = 4 if "scale=4" in config.task.degradation else 2 if "scale=2" in config.task.degradation else 1
+  if config.data.name == "synthetic_lesions":
+    config.data.image_size = (32, 32)
+    config.data.num_train, config.data.num_validation, config.data.num_test = 12, 4, 4
+  elif config.data.image_size is not None:
+    height, width = config.data.image_size
+    factor = 64 / max(height, width)
+    multiple = 8 * scale
+    config.data.image_size = tuple(max(multiple, round(s * factor / multiple) * multiple)
+                                   for s in (height, width))
+  config.data.patch_size = None
+  for model in (config.model.enhancer, config.model.recognizer):
+    if "features" in model:
+      model.features = 8
+  if "num_blocks" in config.model.enhancer:
+    config.model.enhancer.num_blocks = 1
+  if "num_levels" in config.model.enhancer:
+    config.model.enhancer.num_levels = 2
+  if "num_levels" in config.model.recognizer:
+    config.model.recognizer.num_levels = 2
+  if "stage_sizes" in config.model.recognizer:
+    config.model.recognizer.stage_sizes = (1, 1)
+  return config
+
+
+def parse_config_args(arg: str | None, valid: tuple[str, ...]) -> set[str]:
+  """The comma-separated options after ``file.py:`` (e.g. ``configs/ph2.py:classification,smoke``).
+
+  >>> sorted(parse_config_args("smoke,classification", ("smoke", "classification")))
+  ['classification', 'smoke']
+  """
+  options = {a.strip() for a in (arg or "").split(",") if a.strip()}
+  unknown = options - set(valid)
+  if unknown:
+    raise ValueError(f"Unknown config option(s) {sorted(unknown)}; valid: {', '.join(valid)}.")
+  return options
+
+
+def classification_recognizer() -> ml_collections.ConfigDict:
+  """A small ResNet classifier, the default recogniser of classification configs."""
+  return ml_collections.ConfigDict({"name": "resnet", "features": 16, "stage_sizes": (1, 1, 1, 1)})
+
+
+def denoising_enhancer() -> ml_collections.ConfigDict:
+  """A residual U-Net, the default enhancer of same-size (denoising) configs."""
+  return ml_collections.ConfigDict({"name": "unet", "features": 16, "num_levels": 3})

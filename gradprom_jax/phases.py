@@ -1,0 +1,84 @@
+"""The phases of a run: which model is updated, from what, during which steps.
+
+Every method is a sequence of phases over the global step counter ``[0, num_train_steps)``:
+
+* optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
+* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only``: one joint phase in which the enhancer is
+  updated by the method's combiner and the recogniser by its own loss;
+* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs.
+
+Each phase is compiled once into its own train step (the phase is a static argument).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A contiguous range of steps trained the same way.
+
+  Attributes:
+    name: shown in logs and metrics.
+    start, end: the phase covers global steps ``start <= step < end``.
+    enhancer_gradient: how the enhancer is updated: ``"none"`` (frozen), ``"enhancement"`` (g_e
+      only), ``"summed"`` (one pull-back of the summed cotangent: exactly g_e + λ g_t, the cheap way
+      to train jointly), or ``"separate"`` (g_e and g_t pulled back apart and combined by the
+      combiner, e.g. GradProm).
+    update_recognizer: whether the recogniser is updated in this phase.
+    recognizer_input: what the recogniser is trained on: "enhanced", "high_quality" or "both".
+  """
+  name: str
+  start: int
+  end: int
+  enhancer_gradient: str
+  update_recognizer: bool
+  recognizer_input: str
+
+  @property
+  def needs_enhancer(self) -> bool:
+    return self.enhancer_gradient != "none" or self.recognizer_input != "high_quality"
+
+
+def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
+  """The phases ``config`` trains through, in order, covering ``[0, num_train_steps)``.
+
+  >>> from gradprom_jax.config import base_config
+  >>> config = base_config()
+  >>> config.num_train_steps, config.recognizer.pretrain_steps = 100, 10
+  >>> [(p.name, p.start, p.end, p.enhancer_gradient) for p in make_phases(config)]
+  [('recognizer_pretrain', 0, 10, 'none'), ('gradprom', 10, 100, 'separate')]
+  >>> config.method = "two_stage"
+  >>> [(p.name, p.start, p.end) for p in make_phases(config)]
+  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 55), ('recognizer', 55, 100)]
+  """
+  total, pretrain = config.num_train_steps, config.recognizer.pretrain_steps
+  phases = []
+  if pretrain > 0:
+    phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
+                        update_recognizer=True, recognizer_input="high_quality"))
+  if config.method == "two_stage":
+    middle = pretrain + round(config.two_stage.enhancer_fraction * (total - pretrain))
+    phases.append(Phase("enhancer", pretrain, middle, enhancer_gradient="enhancement",
+                        update_recognizer=False, recognizer_input="enhanced"))
+    phases.append(Phase("recognizer", middle, total, enhancer_gradient="none",
+                        update_recognizer=not config.recognizer.frozen, recognizer_input="enhanced"))
+  else:
+    gradient = {"gradprom": "separate", "pcgrad": "separate", "joint": "summed",
+                "enhance_only": "enhancement"}[config.method]
+    if config.get("measure_baseline_cosine", False) and config.method in ("joint", "enhance_only"):
+      gradient = "separate"   # the same update, with g_e and g_t pulled back apart to log their cosine
+    phases.append(Phase(config.method, pretrain, total, enhancer_gradient=gradient,
+                        update_recognizer=not config.recognizer.frozen,
+                        recognizer_input=config.recognizer.train_on))
+  return tuple(p for p in phases if p.end > p.start)
+
+
+def phase_at(phases: tuple[Phase, ...], step: int) -> Phase:
+  """The phase that contains ``step``."""
+  for phase in phases:
+    if phase.start <= step < phase.end:
+      return phase
+  raise ValueError(f"step {step} is outside every phase {[(p.start, p.end) for p in phases]}")

@@ -1,0 +1,203 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` runs a whole experiment.
+
+Resumable at any moment: running it again on the same workdir continues from the newest checkpoint
+(parameters, optimiser states with GradProm's counters, step, RNG and the data iterator position).
+
+Workdir outputs:
+  config.json        the run's config (a different config refuses to resume unless overwrite)
+  checkpoints/       orbax checkpoints, every ``checkpoint_every`` steps and at the end
+  metrics.jsonl      one JSON object per logging step and per evaluation
+  tensorboard/       TensorBoard event files
+  results.json       test-set metrics of the system and of the two references
+  samples.png        degraded | enhanced | high quality | prediction, for a few test examples
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gradprom_jax import data as data_lib
+from gradprom_jax import evaluation, parallel as parallel_lib, visualization
+from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory
+from gradprom_jax.config_validation import validate_config
+from gradprom_jax.distributed import initialize_distributed
+from gradprom_jax.metric_logging import MetricLogger
+from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.phases import make_phases, phase_at
+from gradprom_jax.preemption import PreemptionGuard
+from gradprom_jax.run_config import check_or_save_config
+from gradprom_jax.system import TaskDrivenSystem, create_system
+from gradprom_jax.train_state import TrainState, create_train_state
+from gradprom_jax.train_step import make_train_step
+
+RESULTS_FILENAME = "results.json"
+SAMPLES_FILENAME = "samples.png"
+
+
+class NonFiniteTrainingError(RuntimeError):
+  """Too many consecutive steps had non-finite losses or gradients."""
+
+
+def build_system(config: ml_collections.ConfigDict, dataset: Any) -> TaskDrivenSystem:
+  """The system ``config`` describes for ``dataset``'s images and classes."""
+  if config.task.recognition == "segmentation":
+    num_classes = getattr(dataset, "num_mask_classes", 2)
+  else:
+    num_classes = dataset.num_classes
+  return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes)
+
+
+def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, image_shape,
+                  enhancer_tx, recognizer_tx) -> TrainState:
+  enhancer_params, recognizer_params = system.init_params(
+      jax.random.key(config.seed), tuple(image_shape))
+  return create_train_state(seed=config.seed, enhancer_params=enhancer_params,
+                            recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
+                            recognizer_tx=recognizer_tx)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, dataset: Any,
+                  config: ml_collections.ConfigDict, parallel: parallel_lib.DataParallel) -> None:
+  """Draws the first test examples; every process computes (it is a collective), process 0 writes."""
+  devices = parallel.num_devices
+  batch_size = -(-max(config.num_samples, 1) // devices) * devices
+  loader = data_lib.make_eval_loader(dataset, "test", global_batch_size=batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  local_batch = next(iter(loader))
+  batch = parallel.put_batch(local_batch)
+  predict_step = jax.jit(evaluation.make_predict_step(system))
+  out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
+  host_batch = evaluation.to_host(batch)
+  keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
+  probabilities = out["probabilities"][keep]
+  if system.recognition == "segmentation":
+    predictions, targets = probabilities.argmax(-1), host_batch["mask"][keep]
+  else:
+    predictions, targets = probabilities, host_batch["label"][keep]
+  if jax.process_index() == 0:
+    visualization.save_sample_grid(
+        path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
+        high_quality=host_batch["image"][keep], predictions=predictions, targets=targets,
+        task=system.recognition, class_names=getattr(dataset, "class_names", None))
+
+
+def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
+  """The eval batch: the train batch rounded up to a multiple of the device count."""
+  devices = parallel.num_devices
+  return -(-config.batch_size // devices) * devices
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """Trains and evaluates as ``config`` says, writing everything to ``workdir``.
+
+  Returns:
+    The test results (also in ``results.json``), or None if the run was preempted (SIGTERM/SIGINT):
+    then a checkpoint was saved and running again resumes.
+  """
+  initialize_distributed(config.distributed)
+  parallel = parallel_lib.DataParallel(config.parallel)
+  validate_config(config, num_devices=parallel.num_devices)
+  is_main = jax.process_index() == 0
+  workdir = ensure_writable_directory(workdir)
+  check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
+
+  dataset = data_lib.load_dataset(config.data)
+  system = build_system(config, dataset)
+  train_size = config.data.patch_size or dataset.image_shape[:2]
+  system.degradation.check_image_size(*dataset.image_shape[:2])
+  system.degradation.check_image_size(*train_size)
+  phases = make_phases(config)
+  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
+  state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)
+  state = jax.device_put(state, parallel.replicated)
+
+  train_iter = iter(data_lib.make_train_loader(
+      dataset, global_batch_size=config.batch_size, seed=config.seed,
+      patch_size=config.data.patch_size, process_index=jax.process_index(),
+      process_count=jax.process_count()))
+  checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=config.checkpoint_every,
+                              max_to_keep=config.keep_checkpoints)
+  restored = checkpointer.restore_latest(state, train_iter)
+  if restored is not None:
+    state, start_step = restored
+    logging.info("Resuming from step %d.", start_step)
+  start_step = int(jax.device_get(state.step))
+
+  train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
+  eval_step = jax.jit(evaluation.make_eval_step(system))
+  eval_batch_size = _eval_batch_size(config, parallel)
+
+  def run_evaluation(split: str, global_state: TrainState) -> dict[str, float]:
+    loader = data_lib.make_eval_loader(dataset, split, global_batch_size=eval_batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+    return evaluation.evaluate(system, eval_step, global_state, loader, parallel.put_batch,
+                               eval_batch_size)
+
+  device_state = parallel.put_state(state)
+  logger = MetricLogger(workdir, total_steps=config.num_train_steps, start_step=start_step,
+                        enabled=is_main)
+  started, timed_steps = time.time(), 0
+  with logger, PreemptionGuard() as guard:
+    for step in range(start_step, config.num_train_steps):
+      phase = phase_at(phases, step)
+      if phase.name not in train_steps:
+        train_steps[phase.name] = parallel.compile_step(make_train_step(
+            system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
+            task_weight=config.task_weight, axis_name=parallel.axis_name))
+      device_state, step_metrics = train_steps[phase.name](
+          device_state, parallel.put_batch(next(train_iter)))
+      timed_steps += 1
+      done = step + 1
+      is_last = done == config.num_train_steps
+      if done % config.log_every == 0 or is_last:
+        host_metrics = parallel.metrics_to_host(step_metrics)
+        streak = int(jax.device_get(parallel.global_state(device_state).nonfinite_streak))
+        elapsed = time.time() - started
+        host_metrics.update(steps_per_second=timed_steps / max(elapsed, 1e-9),
+                            nonfinite_streak=streak)
+        logger.log_train(done, {"phase": phases.index(phase), **host_metrics})
+        started, timed_steps = time.time(), 0
+        if streak >= config.max_nonfinite_steps:
+          checkpointer.wait_until_finished()
+          raise NonFiniteTrainingError(
+              f"{streak} consecutive steps up to step {done} had non-finite losses or gradients "
+              f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
+              f"last good checkpoint in {checkpointer.directory} is intact.")
+      if done % config.eval_every == 0 and not is_last:
+        logger.log_eval(done, run_evaluation("validation", parallel.global_state(device_state)))
+      if done % config.checkpoint_every == 0 or is_last:
+        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last)
+      if guard.should_stop_all_hosts():
+        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        logging.warning("Stopped by %s at step %d; checkpoint saved.", guard.signal_name, done)
+        return None
+
+    state = parallel.global_state(device_state)
+    checkpointer.wait_until_finished()
+    results = run_evaluation("test", state)
+    logger.log_eval(config.num_train_steps, results, prefix="test")
+  checkpointer.close()
+  results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
+                 nonfinite_steps=int(jax.device_get(state.nonfinite_total)))
+  if is_main:
+    _write_json(workdir / RESULTS_FILENAME, results)
+  _save_samples(workdir / SAMPLES_FILENAME, system, state, dataset, config, parallel)
+  return results

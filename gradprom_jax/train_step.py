@@ -1,0 +1,170 @@
+"""One training step, as a pure function of (state, batch): the paper's algorithm box.
+
+    x_lq = degrade(x_hq)                          on device, seeded per example
+    y, pullback = vjp(enhancer_θ, x_lq)           ONE enhancer forward pass
+    ∂L_enh/∂y, ∂L_task/∂y, ∇φ L_task              losses on the enhanced image y
+    g_e, g_t = pullback(∂L_enh/∂y), pullback(∂L_task/∂y)     (vmapped: one batched backward)
+    θ ← θ + enhancer_tx(g_e, task_grads=g_t)      GradProm or a baseline combiner, then AdamW
+    φ ← φ + recognizer_tx(∇φ L_task)
+
+The data-parallel wrapper is applied outside (:mod:`gradprom_jax.parallel`): under ``jax.pmap`` the
+step is given ``axis_name`` and averages every gradient across devices *before* the combiner, so all
+devices take the same gating decision; under ``jax.jit`` on a mesh gradients are already global.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradprom_jax.combiners import combiner_metrics, find_combiner_state
+from gradprom_jax.phases import Phase
+from gradprom_jax.system import TaskDrivenSystem
+from gradprom_jax.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, recognizer_params: Any,
+                             low_quality: jax.Array, batch: Batch) -> dict[str, Any]:
+  """g_e = ∇θ L_enh and g_t = ∇θ L_task from one enhancer forward pass.
+
+  Both cotangents at the enhanced image are pulled back through the same ``jax.vjp`` closure,
+  vmapped, so the enhancer's activations are computed once and its backward pass is batched.
+
+  Returns:
+    A dict with ``enhancement_loss``, ``task_loss``, ``enhanced``, ``enhancement_grads`` (g_e),
+    ``task_grads`` (g_t, unweighted) and ``recognizer_grads`` (∇φ L_task on the enhanced image).
+  """
+  enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
+  enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
+      enhanced, batch["image"])
+  task_loss, (recognizer_grads, d_task) = jax.value_and_grad(
+      lambda phi, y: system.task_loss(system.recognize(phi, y, train=True), batch),
+      argnums=(0, 1))(recognizer_params, enhanced)
+  both = jax.vmap(lambda cotangent: pullback(cotangent)[0])(jnp.stack([d_enhancement, d_task]))
+  return {
+      "enhancement_loss": enhancement_loss, "task_loss": task_loss, "enhanced": enhanced,
+      "enhancement_grads": jax.tree.map(lambda g: g[0], both),
+      "task_grads": jax.tree.map(lambda g: g[1], both),
+      "recognizer_grads": recognizer_grads,
+  }
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
+def _learning_rate(opt_state: Any) -> jax.Array:
+  """The current learning rate of the (single) ``inject_hyperparams`` optimiser in ``opt_state``."""
+  is_injected = lambda x: isinstance(x, optax.InjectStatefulHyperparamsState)
+  injected = [s for s in jax.tree.leaves(opt_state, is_leaf=is_injected) if is_injected(s)]
+  return jnp.asarray(injected[0].hyperparams["learning_rate"], jnp.float32)
+
+
+def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
+                    enhancer_tx: optax.GradientTransformationExtraArgs,
+                    recognizer_tx: optax.GradientTransformation, task_weight: float,
+                    axis_name: str | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """The train step of ``phase``: ``(state, batch) -> (state, metrics)``.
+
+  A step whose losses or gradients are not finite changes neither parameters nor optimiser states;
+  it only increments ``step`` and the non-finite counters (the loop stops after too many in a row).
+
+  Args:
+    system: the models, degradation and losses.
+    phase: what this step updates, and how (see :class:`~gradprom_jax.phases.Phase`).
+    enhancer_tx, recognizer_tx: the two optimisers (the combiner is inside ``enhancer_tx``).
+    task_weight: λ, used where the step itself sums the task cotangent (``"summed"`` phases);
+      ``"separate"`` phases leave λ to the combiner.
+    axis_name: the ``pmap`` axis to average gradients over, or None under ``jit``.
+  """
+  def mean_over_devices(tree):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+  def train_step(state: TrainState, batch: Batch):
+    high_quality = batch["image"]
+    num_local = high_quality.shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * num_local
+    example_ids = offset + jnp.arange(num_local)
+    key = jax.random.fold_in(state.key, state.step)
+    metrics, recognizer_terms = {}, []
+    enhancement_grads = task_grads = None
+
+    def task_loss_fn(phi, images):
+      return system.task_loss(system.recognize(phi, images, train=True), batch)
+
+    if phase.needs_enhancer:
+      low_quality = system.degrade(key, high_quality, example_ids)
+      if phase.enhancer_gradient == "separate":
+        out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
+                                       low_quality, batch)
+        enhancement_grads, task_grads = out["enhancement_grads"], out["task_grads"]
+        recognizer_grads_on_enhanced = out["recognizer_grads"]
+        metrics.update(enhancement_loss=out["enhancement_loss"], task_loss=out["task_loss"])
+      elif phase.enhancer_gradient in ("summed", "enhancement"):
+        enhanced, pullback = jax.vjp(
+            lambda p: system.enhance(p, low_quality, train=True), state.enhancer_params)
+        enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
+            enhanced, high_quality)
+        task_loss, (recognizer_grads_on_enhanced, d_task) = jax.value_and_grad(
+            task_loss_fn, argnums=(0, 1))(state.recognizer_params, enhanced)
+        # By linearity of the pull-back, one backward pass gives g_e + λ g_t.
+        cotangent = (d_enhancement + task_weight * d_task if phase.enhancer_gradient == "summed"
+                     else d_enhancement)
+        enhancement_grads = pullback(cotangent)[0]
+        metrics.update(enhancement_loss=enhancement_loss, task_loss=task_loss)
+      else:   # frozen enhancer: the recogniser learns on its (evaluation-mode) outputs
+        enhanced = system.enhance(state.enhancer_params, low_quality, train=False)
+        metrics["task_loss"], recognizer_grads_on_enhanced = jax.value_and_grad(task_loss_fn)(
+            state.recognizer_params, enhanced)
+      if phase.recognizer_input in ("enhanced", "both"):
+        recognizer_terms.append(recognizer_grads_on_enhanced)
+    if phase.recognizer_input in ("high_quality", "both") and phase.update_recognizer:
+      metrics["task_loss_high_quality"], grads = jax.value_and_grad(task_loss_fn)(
+          state.recognizer_params, high_quality)
+      recognizer_terms.append(grads)
+
+    # Under pmap, average before any decision: every device must gate on the same global cosine.
+    enhancement_grads, task_grads, recognizer_terms, metrics = mean_over_devices(
+        (enhancement_grads, task_grads, recognizer_terms, metrics))
+    finite = _all_finite((enhancement_grads, task_grads, recognizer_terms, metrics))
+
+    new_state = state
+    if enhancement_grads is not None:
+      extra = {} if task_grads is None else {"task_grads": task_grads}
+      updates, opt_state = enhancer_tx.update(enhancement_grads, state.enhancer_opt_state,
+                                              state.enhancer_params, **extra)
+      new_state = new_state.replace(
+          enhancer_params=optax.apply_updates(state.enhancer_params, updates),
+          enhancer_opt_state=opt_state)
+      metrics["enhancement_grad_norm"] = optax.tree.norm(enhancement_grads)
+      metrics["enhancer_lr"] = _learning_rate(opt_state)
+      if task_grads is not None:
+        metrics["task_grad_norm"] = optax.tree.norm(task_grads)
+      combiner_state = find_combiner_state(opt_state)
+      if combiner_state is not None:
+        metrics.update(combiner_metrics(combiner_state))
+    if phase.update_recognizer and recognizer_terms:
+      recognizer_grads = jax.tree.map(lambda *g: sum(g) / len(g), *recognizer_terms)
+      updates, opt_state = recognizer_tx.update(recognizer_grads, state.recognizer_opt_state,
+                                                state.recognizer_params)
+      new_state = new_state.replace(
+          recognizer_params=optax.apply_updates(state.recognizer_params, updates),
+          recognizer_opt_state=opt_state)
+      metrics["recognizer_lr"] = _learning_rate(opt_state)
+
+    # Skip a non-finite step: keep the old parameters and optimiser states.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+    new_state = new_state.replace(
+        step=state.step + 1, nonfinite_streak=streak,
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+    metrics["nonfinite"] = (~finite).astype(jnp.float32)
+    return new_state, metrics
+
+  return train_step

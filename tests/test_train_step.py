@@ -1,0 +1,200 @@
+"""The train step: shared-forward gradients, phases, non-finite skipping, and data parallelism."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradprom_jax.config import base_config
+from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.parallel import DataParallel
+from gradprom_jax.phases import make_phases
+from gradprom_jax.system import create_system
+from gradprom_jax.train_state import create_train_state
+from gradprom_jax.train_step import make_train_step, shared_forward_gradients
+
+IMAGE = (16, 16, 3)
+
+
+def tiny_config(method="gradprom", recognition="segmentation", **overrides):
+  config = base_config()
+  config.method = method
+  config.num_train_steps = 20
+  config.task.recognition = recognition
+  config.task.degradation = "downsample(scale=2) > gaussian_noise(sigma=0.05)"
+  config.model.enhancer = {"name": "edsr", "features": 4, "num_blocks": 1}
+  if recognition == "segmentation":
+    config.model.recognizer = {"name": "unet_segmenter", "features": 4, "num_levels": 2}
+  else:
+    config.model.recognizer = {"name": "resnet", "features": 4, "stage_sizes": (1,)}
+  config.optim.warmup_steps = 1
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def make_batch(seed, batch_size=8, recognition="segmentation"):
+  rng = np.random.default_rng(seed)
+  batch = {"image": rng.uniform(size=(batch_size, *IMAGE)).astype(np.float32)}
+  if recognition == "segmentation":
+    batch["mask"] = (batch["image"][..., 0] > 0.5).astype(np.int32)
+  else:
+    batch["label"] = rng.integers(0, 3, size=batch_size).astype(np.int32)
+  return batch
+
+
+def setup(config, num_classes=2):
+  system = create_system(config, channels=IMAGE[-1], num_classes=num_classes)
+  phases = make_phases(config)
+  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
+  enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
+  state = create_train_state(seed=0, enhancer_params=enhancer_params,
+                             recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
+                             recognizer_tx=recognizer_tx)
+  return system, phases, enhancer_tx, recognizer_tx, state
+
+
+def test_shared_forward_gradients_equal_two_separate_grads():
+  config = tiny_config()
+  system, _, _, _, state = setup(config)
+  batch = jax.tree.map(jnp.asarray, make_batch(0))
+  low_quality = system.degrade(jax.random.key(1), batch["image"], jnp.arange(8))
+  out = jax.jit(shared_forward_gradients, static_argnums=0)(
+      system, state.enhancer_params, state.recognizer_params, low_quality, batch)
+
+  def enhancement_loss(theta):
+    return system.enhancement_loss(system.enhance(theta, low_quality, train=True), batch["image"])
+
+  def task_loss(theta, phi):
+    enhanced = system.enhance(theta, low_quality, train=True)
+    return system.task_loss(system.recognize(phi, enhanced, train=True), batch)
+
+  g_e = jax.jit(jax.grad(enhancement_loss))(state.enhancer_params)
+  g_t, g_phi = jax.jit(jax.grad(task_loss, argnums=(0, 1)))(state.enhancer_params,
+                                                            state.recognizer_params)
+  for name, expected in (("enhancement_grads", g_e), ("task_grads", g_t), ("recognizer_grads", g_phi)):
+    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(expected))
+    for a, b in zip(jax.tree.leaves(out[name]), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+  assert float(out["enhancement_loss"]) == pytest.approx(float(enhancement_loss(state.enhancer_params)), rel=1e-6)
+
+
+def test_shared_forward_runs_the_enhancer_forward_once():
+  """Counted in the jaxpr: one enhancer forward (its first conv appears once among forward convs)."""
+  config = tiny_config()
+  system, _, _, _, state = setup(config)
+  batch = jax.tree.map(jnp.asarray, make_batch(0))
+  low_quality = system.degrade(jax.random.key(1), batch["image"], jnp.arange(8))
+  # The forward of the enhancer's first conv is the one conv of the low-quality input with a
+  # (3, 3, channels, features) kernel; a second forward pass would add another.
+  jaxpr = jax.make_jaxpr(lambda e, r: shared_forward_gradients(system, e, r, low_quality, batch))(
+      state.enhancer_params, state.recognizer_params)
+  kernel_shape = (3, 3, IMAGE[-1], config.model.enhancer.features)
+  first_layer_forwards = [
+      eqn for eqn in jaxpr.eqns if eqn.primitive.name == "conv_general_dilated"
+      and eqn.invars[0].aval.shape == low_quality.shape
+      and eqn.invars[1].aval.shape == kernel_shape]
+  assert len(first_layer_forwards) == 1
+
+  def two_forwards(e, r):   # what the naive implementation does: the count must change
+    enhancement = jax.grad(lambda t: system.enhancement_loss(
+        system.enhance(t, low_quality, train=True), batch["image"]))(e)
+    task = jax.grad(lambda t: system.task_loss(system.recognize(
+        r, system.enhance(t, low_quality, train=True), train=True), batch))(e)
+    return enhancement, task
+  naive = jax.make_jaxpr(two_forwards)(state.enhancer_params, state.recognizer_params)
+  assert len([eqn for eqn in naive.eqns if eqn.primitive.name == "conv_general_dilated"
+              and eqn.invars[0].aval.shape == low_quality.shape
+              and eqn.invars[1].aval.shape == kernel_shape]) == 2
+
+
+@pytest.mark.parametrize("method, gradient", [("gradprom", "separate"), ("pcgrad", "separate"),
+                                              ("joint", "summed"), ("enhance_only", "enhancement")])
+def test_every_method_trains_both_models_and_logs(method, gradient):
+  config = tiny_config(method)
+  system, phases, enhancer_tx, recognizer_tx, state = setup(config)
+  assert phases[-1].enhancer_gradient == gradient
+  step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+  new_state, _ = step(state, make_batch(0))   # warm-up: the first learning rate is 0
+  new_state, metrics = step(new_state, make_batch(1))
+  assert int(new_state.step) == 2
+  assert float(metrics["enhancer_lr"]) > 0 and float(metrics["recognizer_lr"]) > 0
+  for old, new in ((state.enhancer_params, new_state.enhancer_params),
+                   (state.recognizer_params, new_state.recognizer_params)):
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+  assert np.isfinite(float(metrics["enhancement_loss"])) and np.isfinite(float(metrics["task_loss"]))
+  if gradient == "separate":
+    assert {"cosine", "gate", "gate_open_rate", "task_grad_norm"} <= set(metrics)
+
+
+def test_joint_summed_cotangent_equals_joint_combiner_on_separate_gradients():
+  """The cheap joint step (one pull-back of the summed cotangent) is exactly g_e + λ g_t."""
+  batch = make_batch(3)
+  results = []
+  for measure in (False, True):
+    config = tiny_config("joint", task_weight=0.7)
+    config.measure_baseline_cosine = measure
+    system, phases, enhancer_tx, recognizer_tx, state = setup(config)
+    step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                   recognizer_tx=recognizer_tx, task_weight=0.7))
+    results.append(step(state, batch)[0].enhancer_params)
+  for a, b in zip(*map(jax.tree.leaves, results)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_stage_phases_update_one_model_each():
+  config = tiny_config("two_stage")
+  system, phases, enhancer_tx, recognizer_tx, state = setup(config)
+  assert [p.name for p in phases] == ["enhancer", "recognizer"]
+  for phase, frozen in zip(phases, ("recognizer_params", "enhancer_params")):
+    step = jax.jit(make_train_step(system, phase, enhancer_tx=enhancer_tx,
+                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+    new_state, _ = step(state, make_batch(1))
+    new_state, _ = step(new_state, make_batch(2))
+    for a, b in zip(jax.tree.leaves(getattr(state, frozen)), jax.tree.leaves(getattr(new_state, frozen))):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_batch_is_skipped_and_counted():
+  config = tiny_config()
+  system, phases, enhancer_tx, recognizer_tx, state = setup(config)
+  step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+  batch = make_batch(0)
+  batch["image"][0, 0, 0, 0] = np.nan
+  new_state, metrics = step(state, batch)
+  assert float(metrics["nonfinite"]) == 1.0
+  assert int(new_state.step) == 1 and int(new_state.nonfinite_streak) == 1
+  for a, b in zip(jax.tree.leaves((state.enhancer_params, state.enhancer_opt_state)),
+                  jax.tree.leaves((new_state.enhancer_params, new_state.enhancer_opt_state))):
+    np.testing.assert_array_equal(a, b)
+  new_state, _ = step(new_state, make_batch(1))
+  assert int(new_state.nonfinite_streak) == 0 and int(new_state.nonfinite_total) == 1
+
+
+@pytest.mark.parametrize("recognition", ["segmentation", "classification"])
+def test_mesh_and_pmap_equal_one_device(recognition):
+  if jax.device_count() < 4:
+    pytest.skip("needs 4 devices")
+  config = tiny_config("gradprom", recognition)
+  num_classes = 2 if recognition == "segmentation" else 3
+  system, phases, enhancer_tx, recognizer_tx, state = setup(config, num_classes)
+  batches = [make_batch(i, recognition=recognition) for i in range(3)]
+
+  def run(step_fn, place_state, place_batch, read):
+    s = place_state(jax.tree.map(jnp.copy, state))   # steps donate their input state
+    for batch in batches:
+      s, _ = step_fn(s, place_batch(batch))
+    return read(s)
+
+  single = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+  expected = run(single, lambda s: jax.device_put(s, jax.devices()[0]), lambda b: b, lambda s: s)
+  for mode in ("mesh", "pmap"):
+    parallel = DataParallel(mode)
+    step = parallel.compile_step(make_train_step(
+        system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
+        task_weight=1.0, axis_name=parallel.axis_name))
+    got = run(step, parallel.put_state, parallel.put_batch, parallel.global_state)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=mode)
