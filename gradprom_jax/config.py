@@ -27,12 +27,12 @@ def base_config() -> ml_collections.ConfigDict:
   # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage.
   config.method = "gradprom"
   config.seed = 0
-  config.num_train_steps = 1500
+  config.num_train_steps = 500
   # Global batch size over all devices and hosts.
   config.batch_size = 8
   config.log_every = 25
-  config.eval_every = 500
-  config.checkpoint_every = 500
+  config.eval_every = 250
+  config.checkpoint_every = 250
   config.keep_checkpoints = 3
   # Data parallelism: "mesh" (jit over a Mesh with NamedSharding) or "pmap" (jax.pmap + lax.pmean).
   config.parallel = "mesh"

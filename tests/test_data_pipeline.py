@@ -96,3 +96,21 @@ def test_eval_loader_covers_the_split_once_with_padding(dataset, process_count):
       images += [img.tobytes() for img in batch["image"][batch["valid"]]]
   expected = {(np.asarray(split[i]["image"], np.float32) / 255).tobytes() for i in range(len(split))}
   assert len(images) == 5 and set(images) == expected
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_global_batches_do_not_depend_on_the_process_count(dataset, process_count):
+  """What makes 2 hosts x 2 devices train exactly like 1 host x 4 devices."""
+  single = take(iter(make_train_loader(dataset, global_batch_size=4, seed=3, patch_size=(16, 16))), 4)
+  shards = [take(iter(make_train_loader(dataset, global_batch_size=4, seed=3, patch_size=(16, 16),
+                                        process_index=p, process_count=process_count)), 4)
+            for p in range(process_count)]
+  for step, batch in enumerate(single):
+    for key in ("image", "mask", "label"):
+      np.testing.assert_array_equal(np.concatenate([s[step][key] for s in shards]), batch[key])
+  single_eval = list(make_eval_loader(dataset, "validation", global_batch_size=4))
+  shard_eval = [list(make_eval_loader(dataset, "validation", global_batch_size=4, process_index=p,
+                                      process_count=process_count)) for p in range(process_count)]
+  for step, batch in enumerate(single_eval):
+    for key in ("image", "valid"):
+      np.testing.assert_array_equal(np.concatenate([s[step][key] for s in shard_eval]), batch[key])

@@ -1,11 +1,13 @@
 """grain input pipelines: shuffled, augmented, endless training batches and padded evaluation batches.
 
-Each process (host) reads only its own shard of the source (`ds[process_index::process_count]`) and
-gets `global_batch_size // process_count` examples per batch. Every random choice (order, flips,
-crops) is derived from the seed and the element index, so the stream is deterministic and its
-iterator state (`get_state` / `set_state`) resumes exactly where it left off.
+The global batch is the same whatever the number of processes: every process computes the same
+shuffled order of the whole source, global batch k is the examples at stream positions
+[k·G, (k+1)·G), and process p reads (and decodes) only its contiguous slice [k·G + p·B, k·G + (p+1)·B)
+of it (B = G / process_count). Every random choice (order, flips, crops) is derived from the seed and
+the global stream position, so one process with 4 devices and 2 processes with 2 devices each see
+the same batches, and the iterator state (`get_state` / `set_state`) resumes exactly where it left off.
 """
-import functools
+import sys
 from typing import Any, Sequence
 
 import grain
@@ -79,14 +81,24 @@ def make_train_loader(dataset: Dataset, *, global_batch_size: int, seed: int,
   """
   process_index, process_count, batch_size = _process_layout(global_batch_size, process_index, process_count)
   source = dataset.sources[split]
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  if len(ds) < batch_size:
-    raise ValueError(f"{split} shard of process {process_index} has {len(ds)} examples, fewer than the "
-                     f"per-process batch size {batch_size}")
-  ds = ds.seed(seed).shuffle().repeat().map(to_arrays)
-  if augment or patch_size is not None:  # augment=False still crops to patch_size, without flips.
-    ds = ds.random_map(functools.partial(random_flip_and_crop, patch_size=patch_size, flip=augment))
-  ds = ds.batch(batch_size, drop_remainder=True)
+  if len(source) < global_batch_size:
+    raise ValueError(f"{split} split has {len(source)} examples, fewer than the global batch size "
+                     f"{global_batch_size}")
+  order = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+
+  def stream_position(local_index: int) -> int:
+    batch, offset = divmod(local_index, batch_size)
+    return batch * global_batch_size + process_index * batch_size + offset
+
+  def load(local_index: int) -> dict[str, np.ndarray]:
+    position = stream_position(local_index)
+    example = to_arrays(source[order[position]])
+    if augment or patch_size is not None:  # augment=False still crops to patch_size, without flips.
+      rng = np.random.default_rng([seed, position])
+      example = random_flip_and_crop(example, rng, patch_size=patch_size, flip=augment)
+    return example
+
+  ds = grain.MapDataset.range(0, sys.maxsize).map(load).batch(batch_size, drop_remainder=True)
   if num_workers > 0:
     return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds.to_iter_dataset()
@@ -95,6 +107,8 @@ def make_train_loader(dataset: Dataset, *, global_batch_size: int, seed: int,
 def make_eval_loader(dataset: Dataset, split: str, *, global_batch_size: int,
                      process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
   """One pass over `split` in fixed-shape batches; the padded tail is flagged by `"valid"` (B,) bool.
+
+  Global batch k holds examples k·G … (k+1)·G - 1 in source order, whatever the process count.
 
   Every process yields the same number of batches (padding included), so collective ops stay in step.
 
@@ -121,5 +135,7 @@ def make_eval_loader(dataset: Dataset, split: str, *, global_batch_size: int,
       padding = {k: np.zeros_like(v) for k, v in to_arrays(source[0]).items()}
     return {**padding, "valid": np.bool_(False)}
 
-  indices = grain.MapDataset.range(padded)[process_index::process_count]
-  return indices.map(load).batch(batch_size)
+  # Global batch k holds examples [k·G, (k+1)·G); this process reads its contiguous slice of each.
+  local = grain.MapDataset.range(padded // process_count).map(
+      lambda j: (j // batch_size) * global_batch_size + process_index * batch_size + j % batch_size)
+  return local.map(load).batch(batch_size)
