@@ -1,22 +1,49 @@
 r"""Trains and evaluates a task-driven enhancement system; intentionally short.
 
-All logic lives in `gradprom_jax.train`; this file only parses flags.
+All logic lives in `gradprom_jax.train`; this file parses flags and turns expected failures into
+one clear message and an exit status.
 
   python experiments/main.py --config configs/default.py --workdir workdirs/default
   python experiments/main.py --config configs/ph2.py:smoke --workdir /tmp/ph2 --config.method=joint
 
 Running the same command again resumes from the workdir's newest checkpoint.
+
+Exit status:
+  0    finished: results.json written.
+  1    a runtime failure (unwritable or full workdir, no restorable checkpoint, too many non-finite
+       steps, a bad input file, a dataset's raw files missing); the message says what to fix.
+  2    a bad command or config (unknown key, bad value, a workdir holding another config): one line
+       on stderr, raised before anything is compiled, and nothing written to the workdir (except
+       for the config-mismatch case, where the workdir is another run's and is left untouched).
+  143  stopped by SIGTERM/SIGINT (cluster preemption): a checkpoint was saved; run the same command
+       again to resume. Not 0, so that a scheduler or a retry loop never takes a preempted run for
+       a finished one; 143 = 128 + SIGTERM is what a shell reports for a SIGTERM'd process.
 """
+import contextlib
+import sys
+
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
 from gradprom_jax import train
+from gradprom_jax.checkpointing import CheckpointRestoreError, WorkdirError
+from gradprom_jax.config_validation import ConfigError, unknown_key_message, validate_config
+from gradprom_jax.data import BadInputError, ManualDownloadError
+from gradprom_jax.distributed import initialize_distributed
+from gradprom_jax.run_config import ConfigMismatchError
+
+EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, EXIT_PREEMPTED = 1, 2, 143
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file; `file.py:smoke` shrinks it to a seconds-long run.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_USAGE_ERRORS = (ConfigError, ConfigMismatchError)
+_RUNTIME_ERRORS = (WorkdirError, CheckpointRestoreError, train.NonFiniteTrainingError,
+                   BadInputError, ManualDownloadError)
 
 
 class _HideLibraryInfo(logging.logging.Filter):
@@ -27,13 +54,70 @@ class _HideLibraryInfo(logging.logging.Filter):
         name in record.pathname for name in ("/orbax/", "/tensorflow_datasets/", "/grain/"))
 
 
+def _exit(status: int, message: str) -> None:
+  print(f"{sys.argv[0]}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _last_line(text: str) -> str:
+  """The informative line of a multi-line flag error (the exception at the end of a traceback)."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else repr(text)
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+  """The message for the first ``--config.key=value`` whose key the config file does not define."""
+  config_args = [a.split("=", 1)[1] if a.startswith("--config=") else following
+                 for a, following in zip(argv, argv[1:] + [""]) if a.split("=")[0] == "--config"]
+  if not config_args:
+    return None
+  try:
+    config = flags.FLAGS["config"].parser.parse(config_args[-1])
+  except Exception:  # pylint: disable=broad-except  # The file itself is broken: say that instead.
+    return None
+  for arg in argv:
+    if arg.startswith("--config."):
+      message = unknown_key_message(config, arg[len("--config."):].split("=", 1)[0])
+      if message:
+        return message
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every error as one line and exit status 2 (not a traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    # ml_collections raises AttributeError/KeyError (with a traceback) for an unknown override key.
+    _exit(EXIT_USAGE_ERROR, _unknown_override(argv) or _last_line(e))
+
+
+@contextlib.contextmanager
+def _expected_failures_as_exit_status():
+  try:
+    yield
+  except _USAGE_ERRORS as e:
+    _exit(EXIT_USAGE_ERROR, str(e))
+  except _RUNTIME_ERRORS as e:
+    _exit(EXIT_RUNTIME_ERROR, f"{type(e).__name__}: {e}")
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_HideLibraryInfo())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    _exit(EXIT_USAGE_ERROR, f"unexpected arguments: {argv[1:]}")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  with _expected_failures_as_exit_status():
+    # Quiet until the config is known to be good, so that a bad one prints exactly one line.
+    logging.set_verbosity(logging.WARNING)
+    validate_config(config, num_devices=1)  # Everything but the device count, before touching JAX.
+    initialize_distributed(config.distributed)
+    validate_config(config, num_devices=jax.device_count())
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_HideLibraryInfo())
+    results = train.train_and_evaluate(config, workdir)
+  if results is None:
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,12 +1,24 @@
-"""Checks a config before anything is built or compiled, with one-line errors that say what to fix."""
+"""Checks a config before anything is built or compiled, with one-line errors that say what to fix.
+
+Two stages: `validate_config` needs only the config and the device count, so it runs before the
+workdir is created; `validate_config_for_dataset` needs the dataset's image shape (MedMNIST keeps its
+native size), so it runs after the dataset is opened and still before the workdir is touched.
+`unknown_key_message` turns a mistyped ``--config.xxx`` into a line naming the keys near it.
+"""
 from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
 
 import ml_collections
 
 from gradprom_jax import config as config_lib
 from gradprom_jax import degradations
+from gradprom_jax import models
 from gradprom_jax.combiners.gradient_geometry import GRANULARITIES
 from gradprom_jax.combiners.gradprom import GATE_MODES
+from gradprom_jax.data import DATASET_NAMES
+from gradprom_jax.distributed import MODES as DISTRIBUTED_MODES
 
 
 class ConfigError(ValueError):
@@ -31,6 +43,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   gradprom_jax.config_validation.ConfigError: batch_size=6 is not divisible by the number of devices (4).
   """
   _choice("method", config.method, config_lib.METHODS)
+  _choice("data.name", config.data.name, DATASET_NAMES)
+  _choice("model.enhancer.name", config.model.enhancer.name, tuple(models.ENHANCERS))
+  _choice("model.recognizer.name", config.model.recognizer.name, tuple(models.RECOGNIZERS))
+  _choice("distributed.mode", config.distributed.mode, DISTRIBUTED_MODES)
   _choice("task.recognition", config.task.recognition, config_lib.RECOGNITION_TASKS)
   _choice("parallel", config.parallel, config_lib.PARALLEL_MODES)
   _choice("recognizer.train_on", config.recognizer.train_on, config_lib.RECOGNIZER_INPUTS)
@@ -59,3 +75,60 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         degradation.check_image_size(*size)
       except ValueError as e:
         raise ConfigError(f"data.{key}={tuple(size)}: {e}") from None
+
+
+def validate_config_for_dataset(config: ml_collections.ConfigDict,
+                                image_shape: Sequence[int]) -> None:
+  """Raises :class:`ConfigError` if ``config`` cannot train on images of ``image_shape`` (H, W, C).
+
+  Catches what `validate_config` cannot see: a dataset kept at its native size (``image_size=None``)
+  that the super-resolution scale does not divide.
+
+  >>> from gradprom_jax.config import base_config
+  >>> config = base_config()
+  >>> config.task.degradation = "downsample(scale=3)"
+  >>> config.data.image_size = config.data.patch_size = None
+  >>> validate_config_for_dataset(config, (28, 28, 1))
+  Traceback (most recent call last):
+  ...
+  gradprom_jax.config_validation.ConfigError: data.image_size=(28, 28) (the dataset's native size): degradation 'downsample(scale=3)' has scale 3, which does not divide the image size 28x28
+  """
+  degradation = degradations.parse_degradation(config.task.degradation)
+  height, width = image_shape[:2]
+  sizes = {"data.image_size": ((height, width), " (the dataset's native size)"
+                               if config.data.get("image_size") is None else "")}
+  if config.data.get("patch_size") is not None:
+    sizes["data.patch_size"] = (tuple(config.data.patch_size), "")
+  for key, (size, note) in sizes.items():
+    try:
+      degradation.check_image_size(*size)
+    except ValueError as e:
+      raise ConfigError(f"{key}={tuple(size)}{note}: {e}") from None
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, dotted_key: str) -> str | None:
+  """A one-line error for ``--config.<dotted_key>`` if the key does not exist, else None.
+
+  Names the first unknown part, its close matches and the keys that do exist at that level.
+
+  >>> from gradprom_jax.config import base_config
+  >>> print(unknown_key_message(base_config(), "optim.enhancer_rl"))
+  unknown config key 'optim.enhancer_rl': did you mean 'optim.enhancer_lr'? Keys of 'optim': clip_norm, enhancer_lr, recognizer_lr, warmup_steps, weight_decay
+  >>> unknown_key_message(base_config(), "optim.enhancer_lr") is None
+  True
+  """
+  node, parents = config, []
+  for part in dotted_key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"unknown config key {dotted_key!r}: {'.'.join(parents)!r} is a value, "
+              "not a group of keys")
+    if part not in node:
+      keys = sorted(node.keys())
+      prefix = "".join(f"{p}." for p in parents)
+      near = difflib.get_close_matches(part, keys, n=3)
+      guess = (f"did you mean {' or '.join(repr(prefix + k) for k in near)}? " if near
+               else "")
+      where = f"Keys of {'.'.join(parents)!r}" if parents else "Top-level keys"
+      return f"unknown config key {dotted_key!r}: {guess}{where}: {', '.join(keys)}"
+    node, parents = node[part], parents + [part]
+  return None
