@@ -27,7 +27,7 @@ import numpy as np
 from gradprom_jax import data as data_lib
 from gradprom_jax import evaluation, parallel as parallel_lib, visualization
 from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory
-from gradprom_jax.config_validation import validate_config
+from gradprom_jax.config_validation import validate_config, validate_config_for_dataset
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
@@ -113,14 +113,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel = parallel_lib.DataParallel(config.parallel)
   validate_config(config, num_devices=parallel.num_devices)
   is_main = jax.process_index() == 0
+  # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
+  dataset = data_lib.load_dataset(config.data)
+  validate_config_for_dataset(config, dataset.image_shape)
   workdir = ensure_writable_directory(workdir)
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
 
-  dataset = data_lib.load_dataset(config.data)
   system = build_system(config, dataset)
-  train_size = config.data.patch_size or dataset.image_shape[:2]
-  system.degradation.check_image_size(*dataset.image_shape[:2])
-  system.degradation.check_image_size(*train_size)
   phases = make_phases(config)
   enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
   state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)

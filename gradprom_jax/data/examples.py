@@ -7,6 +7,7 @@ import dataclasses
 import io
 import logging
 import os
+import warnings
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -61,10 +62,16 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def _open(path) -> Image.Image:
   try:
-    image = Image.open(path)
-    image.load()  # Truncated files only fail here, not at open().
+    with warnings.catch_warnings():
+      # A header claiming more than Image.MAX_IMAGE_PIXELS pixels is a decompression bomb (or a
+      # file far larger than any image here): refuse it before decoding gigabytes.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      image = Image.open(path)
+      image.load()  # Truncated files only fail here, not at open().
   except FileNotFoundError as e:
     raise BadInputError(f"{path}: file not found") from e
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise BadInputError(f"{path}: image too large, possibly a decompression bomb ({e})") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise BadInputError(f"{path}: corrupt or truncated image ({e})") from e
   return image
