@@ -42,20 +42,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   started = time.time()
-  rows = comparison.make_rows(_METHODS.value, _VARIANTS.value)
-  runs = comparison.plan_runs(rows, [int(s) for s in _SEEDS.value], _WORKDIR.value)
-  config_args = comparison.forwarded_config_args(flags.FLAGS["config"])
-  failed = []
-  if _RUN.value:
-    failed = comparison.run_all(runs, config_args)
-  # Each gradprom row's gate threshold, drawn on its cosine histogram.
-  thresholds = {run.row.name: comparison.run_config(config_args, run).gradprom.threshold
-                for run in runs if run.row.method == "gradprom" and run.seed == runs[0].seed}
-  comparison.report(
-      _WORKDIR.value, runs, rows, command=shlex.join([sys.executable, *sys.argv]),
-      wall_seconds=time.time() - started, failed=failed, thresholds=thresholds,
-      task_metric=_TASK_METRIC.value or comparison.default_task_metric(
-          _CONFIG.value.task.recognition))
+  try:
+    rows = comparison.make_rows(_METHODS.value, _VARIANTS.value)
+    runs = comparison.plan_runs(rows, [int(s) for s in _SEEDS.value], _WORKDIR.value)
+    config_args = comparison.forwarded_config_args(flags.FLAGS["config"])
+    failed = comparison.run_all(runs, config_args) if _RUN.value else []
+    # Each gradprom row's gate threshold, drawn on its cosine histogram.
+    thresholds = {run.row.name: comparison.run_config(config_args, run).gradprom.threshold
+                  for run in runs if run.row.method == "gradprom" and run.seed == runs[0].seed}
+    comparison.report(
+        _WORKDIR.value, runs, rows, command=shlex.join([sys.executable, *sys.argv]),
+        wall_seconds=time.time() - started, failed=failed, thresholds=thresholds,
+        task_metric=_TASK_METRIC.value or comparison.default_task_metric(
+            _CONFIG.value.task.recognition))
+  except ValueError as e:   # a bad flag, variant or workdir: the message says which
+    sys.exit(f"compare.py: {e}")
   print(f"Wrote {_WORKDIR.value}/summary.md, summary.csv, runs.csv and plots/.")
   if failed:
     sys.exit(f"{len(failed)} run(s) failed: {', '.join(failed)}")

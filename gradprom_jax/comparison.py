@@ -214,7 +214,8 @@ def run_config(config_args: Sequence[str], run: PlannedRun) -> ml_collections.Co
   try:
     return load_config([*config_args, *run.config_overrides()])
   except Exception as e:  # absl's flag errors do not name the run.
-    raise ValueError(f"Bad config for {run.label}: {e}") from e
+    raise ValueError(f"Bad config for {run.label} ({' '.join(run.config_overrides())}): "
+                     f"{type(e).__name__}: {e}") from e
 
 
 # --------------------------------------------------------------------------- running
@@ -262,8 +263,15 @@ def execute_run(run: PlannedRun, config_args: Sequence[str], *,
   with open(run.workdir / RUN_LOG_FILENAME, "a", encoding="utf-8") as log:
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
     log.flush()
-    returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, check=False).returncode
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+    try:
+      returncode = process.wait()
+    except KeyboardInterrupt:
+      # Ctrl-C reached the run too: let it save its checkpoint and exit (subprocess.run would
+      # kill it), so the next invocation resumes it.
+      process.wait()
+      raise
   seconds = time.time() - started
   info["command"] = shlex.join(command)
   info["attempts"].append({"returncode": returncode, "wall_seconds": round(seconds, 2)})
