@@ -239,8 +239,13 @@ def run_status(run: PlannedRun, config: ml_collections.ConfigDict) -> str:
   results_path = run.workdir / RESULTS_FILENAME
   if results_path.exists():
     results = json.loads(results_path.read_text())
-    if results.get("num_train_steps") == config.num_train_steps:
+    done_steps = results.get("num_train_steps")
+    if done_steps == config.num_train_steps:
       return "finished"
+    if done_steps is not None and done_steps > config.num_train_steps:
+      # Resuming would re-score the longer run under the shorter run's name.
+      raise ValueError(f"{run.workdir} finished {done_steps} steps, more than the planned "
+                       f"{config.num_train_steps}. Use another comparison directory.")
   return "partial"
 
 

@@ -151,6 +151,9 @@ def test_finished_runs_are_skipped_and_a_changed_config_is_refused(tmp_path):
   # A longer run is "partial": main would extend it from its last checkpoint.
   longer = [*SMOKE_ARGS, "--config.num_train_steps=8"]
   assert comparison.run_status(runs[0], comparison.run_config(longer, runs[0])) == "partial"
+  shorter = [*SMOKE_ARGS, "--config.num_train_steps=4"]
+  with pytest.raises(ValueError, match="finished 6 steps, more than the planned 4"):
+    comparison.run_status(runs[0], comparison.run_config(shorter, runs[0]))
   with pytest.raises(ValueError, match="task_weight: 1.0 -> 0.5"):
     comparison.run_all(runs, [*SMOKE_ARGS, "--config.task_weight=0.5"], main_script=never_run)
 
