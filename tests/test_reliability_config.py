@@ -1,0 +1,146 @@
+"""Bad commands fail fast through `experiments/main.py`: one line on stderr, exit status 2, nothing
+written to the workdir and nothing compiled; a workdir holding another config, or one that cannot be
+written, is refused with a message naming what is wrong."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from gradprom_jax import train
+from gradprom_jax.config_validation import ConfigError, unknown_key_message
+from gradprom_jax.run_config import check_or_save_config
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = REPO / "experiments" / "main.py"
+
+# name -> (extra flags, a fragment the one-line error must contain). The test session simulates 4
+# CPU devices (conftest), which subprocesses inherit.
+BAD_COMMANDS = {
+    "unknown_key": (["--config.optim.enhancer_rl=1e-3"],
+                    "unknown config key 'optim.enhancer_rl': did you mean 'optim.enhancer_lr'?"),
+    "unknown_top_level_key": (["--config.metod=joint"], "did you mean 'method'"),
+    "bad_value_type": (["--config.batch_size=four"], "--config.batch_size=four"),
+    "unknown_method": (["--config.method=gradpromm"], "method='gradpromm' is not one of gradprom"),
+    "unknown_dataset": (["--config.data.name=ph3"], "data.name='ph3' is not one of"),
+    "scale_does_not_divide": (["--config.task.degradation=downsample(scale=3)"],
+                              "scale 3, which does not divide the image size 32x32"),
+    "batch_not_divisible": (["--config.batch_size=6"],
+                            "batch_size=6 is not divisible by the number of devices (4)"),
+    "unknown_config_option": ([], "Unknown config option(s) ['smok']"),
+}
+
+
+def _command(workdir: Path, data_dir: Path, *extra: str, option: str = "smoke") -> list[str]:
+  return [sys.executable, str(MAIN), "--config", f"{REPO}/configs/default.py:{option}",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def bad_command_runs(tmp_path_factory):
+  """Runs every bad command at once (they are independent; import time dominates).
+
+  JAX_LOG_COMPILES=1 makes JAX log a WARNING line for every compilation (checked by hand on a good
+  run), so "exactly one line on stderr" also proves that nothing was compiled.
+  """
+  root = tmp_path_factory.mktemp("bad_commands")
+  processes = {}
+  for name, (extra, _) in BAD_COMMANDS.items():
+    option = "smok" if name == "unknown_config_option" else "smoke"
+    command = _command(root / name, root / "tfds", *extra, option=option)
+    processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, cwd=REPO,
+                                       env={**os.environ, "JAX_LOG_COMPILES": "1"})
+  outputs = {name: (p.communicate(timeout=300), p.returncode) for name, p in processes.items()}
+  return root, outputs
+
+
+@pytest.mark.parametrize("name", sorted(BAD_COMMANDS))
+def test_bad_command_is_one_line_exit_2_and_writes_nothing(bad_command_runs, name):
+  root, outputs = bad_command_runs
+  (stdout, stderr), status = outputs[name]
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert status == 2, stderr[-2000:]
+  assert len(lines) == 1, stderr[-2000:]
+  assert lines[0].startswith(f"{MAIN}: error: ")
+  assert BAD_COMMANDS[name][1] in lines[0]
+  assert not stdout
+  assert not (root / name).exists()
+
+
+def test_config_errors_are_raised_before_jit_and_before_the_workdir(tmp_path, monkeypatch):
+  def no_jit(*args, **kwargs):
+    raise AssertionError("compiled before the config was checked")
+
+  monkeypatch.setattr(jax, "jit", no_jit)
+  monkeypatch.setattr(jax, "pmap", no_jit)
+  # MedMNIST keeps its native 28x28 size, which only the built dataset reveals; 3 does not divide it.
+  manual_dir = tmp_path / "medmnist"
+  manual_dir.mkdir()
+  images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+  labels = np.array([[0], [1], [0], [1]])
+  np.savez(manual_dir / "tiny.npz", **{f"{split}_{kind}": array for split in ("train", "val", "test")
+                                       for kind, array in (("images", images), ("labels", labels))})
+  config = default.get_config("classification,smoke")
+  config.data.update(name="medmnist", manual_dir=str(manual_dir), medmnist_file="tiny.npz",
+                     image_size=None, num_channels=1, data_dir=str(tmp_path / "tfds"))
+  config.task.degradation = "downsample(scale=3)"
+  with pytest.raises(ConfigError, match=r"data.image_size=\(28, 28\) \(the dataset's native size\)"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_unknown_key_message_names_the_group_and_near_keys():
+  config = default.get_config("smoke")
+  assert unknown_key_message(config, "gradprom.treshold") == (
+      "unknown config key 'gradprom.treshold': did you mean 'gradprom.threshold'? "
+      "Keys of 'gradprom': granularity, mode, threshold")
+  assert "'seed' is a value" in unknown_key_message(config, "seed.value")
+  assert unknown_key_message(config, "model.enhancer.features") is None
+
+
+def test_workdir_of_another_config_is_refused_listing_the_keys(tmp_path):
+  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  other = default.get_config("smoke")
+  other.data.data_dir, other.seed, other.method = str(data_dir), 1, "joint"
+  check_or_save_config(workdir, other)
+  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+
+  completed = subprocess.run(_command(workdir, data_dir), capture_output=True, text=True,
+                             cwd=REPO, timeout=300)
+  assert completed.returncode == 2, completed.stderr[-2000:]
+  assert "holds a run with a different config" in completed.stderr
+  assert "method: 'joint' -> 'gradprom'" in completed.stderr
+  assert "seed: 1 -> 0" in completed.stderr
+  assert "--config.overwrite=True" in completed.stderr
+  assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_workdir_of_another_config_resumes_with_overwrite(tmp_path):
+  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  other = default.get_config("smoke")
+  other.data.data_dir, other.seed = str(data_dir), 1
+  check_or_save_config(workdir, other)
+  completed = subprocess.run(_command(workdir, data_dir, "--config.overwrite=True"),
+                             capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert completed.returncode == 0, completed.stderr[-2000:]
+  assert "seed: 1 -> 0" in completed.stderr   # The warning still lists what changed.
+  assert (workdir / train.RESULTS_FILENAME).exists()
+  assert len(list(workdir.glob("config.*.json"))) == 1   # The old config is kept for the record.
+
+
+def test_unwritable_workdir_is_a_one_line_error_naming_the_path(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")   # Root ignores chmod; a file in the way bites everyone.
+  workdir = blocker / "run"
+  completed = subprocess.run(_command(workdir, tmp_path / "tfds"), capture_output=True, text=True,
+                             cwd=REPO, timeout=300)
+  assert completed.returncode == 1, completed.stderr[-2000:]
+  last = completed.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"{MAIN}: error: WorkdirError: Directory {str(workdir)!r} is not writable")
+  assert "Traceback" not in completed.stderr
