@@ -1,6 +1,7 @@
 """Bad commands fail fast through `experiments/main.py`: one line on stderr, exit status 2, nothing
 written to the workdir and nothing compiled; a workdir holding another config, or one that cannot be
 written, is refused with a message naming what is wrong."""
+import json
 import os
 import subprocess
 import sys
@@ -40,36 +41,54 @@ def _command(workdir: Path, data_dir: Path, *extra: str, option: str = "smoke") 
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *extra]
 
 
-@pytest.fixture(scope="module")
-def bad_command_runs(tmp_path_factory):
-  """Runs every bad command at once (they are independent; import time dominates).
+def _other_config(data_dir: Path):
+  other = default.get_config("smoke")
+  other.data.data_dir, other.seed, other.method = str(data_dir), 1, "joint"
+  return other
 
-  JAX_LOG_COMPILES=1 makes JAX log a WARNING line for every compilation (checked by hand on a good
-  run), so "exactly one line on stderr" also proves that nothing was compiled.
+
+@pytest.fixture(scope="module")
+def main_runs(tmp_path_factory):
+  """Runs every failing command at once (they are independent; start-up time dominates).
+
+  Returns {name: (stdout, stderr, status, workdir)}. JAX_LOG_COMPILES=1 makes JAX log a WARNING line
+  for every compilation (checked by hand on a good run), so "exactly one line on stderr" also
+  proves that nothing was compiled.
   """
-  root = tmp_path_factory.mktemp("bad_commands")
-  processes = {}
+  root = tmp_path_factory.mktemp("main_runs")
+  commands = {}
   for name, (extra, _) in BAD_COMMANDS.items():
     option = "smok" if name == "unknown_config_option" else "smoke"
-    command = _command(root / name, root / "tfds", *extra, option=option)
-    processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, cwd=REPO,
-                                       env={**os.environ, "JAX_LOG_COMPILES": "1"})
-  outputs = {name: (p.communicate(timeout=300), p.returncode) for name, p in processes.items()}
-  return root, outputs
+    commands[name] = (root / name, _command(root / name, root / "tfds", *extra, option=option))
+  # A workdir holding a run of another config.
+  check_or_save_config(root / "other_config", _other_config(root / "tfds_other"))
+  commands["other_config"] = (root / "other_config",
+                              _command(root / "other_config", root / "tfds_other"))
+  # A workdir that cannot be created (as root, chmod does not bite; a file in the way does).
+  (root / "a_file").write_text("not a directory")
+  commands["unwritable"] = (root / "a_file" / "run",
+                            _command(root / "a_file" / "run", root / "tfds_unwritable"))
+  processes = {
+      name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO, env={**os.environ, "JAX_LOG_COMPILES": "1"})
+      for name, (_, command) in commands.items()}
+  outputs = {}
+  for name, process in processes.items():
+    stdout, stderr = process.communicate(timeout=300)
+    outputs[name] = (stdout, stderr, process.returncode, commands[name][0])
+  return outputs
 
 
 @pytest.mark.parametrize("name", sorted(BAD_COMMANDS))
-def test_bad_command_is_one_line_exit_2_and_writes_nothing(bad_command_runs, name):
-  root, outputs = bad_command_runs
-  (stdout, stderr), status = outputs[name]
+def test_bad_command_is_one_line_exit_2_and_writes_nothing(main_runs, name):
+  stdout, stderr, status, workdir = main_runs[name]
   lines = [line for line in stderr.splitlines() if line.strip()]
   assert status == 2, stderr[-2000:]
   assert len(lines) == 1, stderr[-2000:]
   assert lines[0].startswith(f"{MAIN}: error: ")
   assert BAD_COMMANDS[name][1] in lines[0]
   assert not stdout
-  assert not (root / name).exists()
+  assert not workdir.exists()
 
 
 def test_config_errors_are_raised_before_jit_and_before_the_workdir(tmp_path, monkeypatch):
@@ -103,44 +122,34 @@ def test_unknown_key_message_names_the_group_and_near_keys():
   assert unknown_key_message(config, "model.enhancer.features") is None
 
 
-def test_workdir_of_another_config_is_refused_listing_the_keys(tmp_path):
-  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-  other = default.get_config("smoke")
-  other.data.data_dir, other.seed, other.method = str(data_dir), 1, "joint"
-  check_or_save_config(workdir, other)
-  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
-
-  completed = subprocess.run(_command(workdir, data_dir), capture_output=True, text=True,
-                             cwd=REPO, timeout=300)
-  assert completed.returncode == 2, completed.stderr[-2000:]
-  assert "holds a run with a different config" in completed.stderr
-  assert "method: 'joint' -> 'gradprom'" in completed.stderr
-  assert "seed: 1 -> 0" in completed.stderr
-  assert "--config.overwrite=True" in completed.stderr
-  assert {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()} == before
+def test_workdir_of_another_config_is_refused_listing_the_keys(main_runs):
+  _, stderr, status, workdir = main_runs["other_config"]
+  assert status == 2, stderr[-2000:]
+  assert "holds a run with a different config" in stderr
+  assert "method: 'joint' -> 'gradprom'" in stderr
+  assert "seed: 1 -> 0" in stderr
+  assert "--config.overwrite=True" in stderr
+  assert "Compiling" not in stderr
+  assert [p.name for p in workdir.iterdir()] == ["config.json"]
+  assert json.loads((workdir / "config.json").read_text())["seed"] == 1
 
 
 @pytest.mark.slow
 def test_workdir_of_another_config_resumes_with_overwrite(tmp_path):
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-  other = default.get_config("smoke")
-  other.data.data_dir, other.seed = str(data_dir), 1
-  check_or_save_config(workdir, other)
+  check_or_save_config(workdir, _other_config(data_dir))
   completed = subprocess.run(_command(workdir, data_dir, "--config.overwrite=True"),
                              capture_output=True, text=True, cwd=REPO, timeout=600)
   assert completed.returncode == 0, completed.stderr[-2000:]
   assert "seed: 1 -> 0" in completed.stderr   # The warning still lists what changed.
+  assert "method: 'joint' -> 'gradprom'" in completed.stderr
   assert (workdir / train.RESULTS_FILENAME).exists()
   assert len(list(workdir.glob("config.*.json"))) == 1   # The old config is kept for the record.
 
 
-def test_unwritable_workdir_is_a_one_line_error_naming_the_path(tmp_path):
-  blocker = tmp_path / "a_file"
-  blocker.write_text("not a directory")   # Root ignores chmod; a file in the way bites everyone.
-  workdir = blocker / "run"
-  completed = subprocess.run(_command(workdir, tmp_path / "tfds"), capture_output=True, text=True,
-                             cwd=REPO, timeout=300)
-  assert completed.returncode == 1, completed.stderr[-2000:]
-  last = completed.stderr.strip().splitlines()[-1]
+def test_unwritable_workdir_is_a_one_line_error_naming_the_path(main_runs):
+  _, stderr, status, workdir = main_runs["unwritable"]
+  assert status == 1, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
   assert last.startswith(f"{MAIN}: error: WorkdirError: Directory {str(workdir)!r} is not writable")
-  assert "Traceback" not in completed.stderr
+  assert "Traceback" not in stderr and "Compiling" not in stderr
