@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from gradprom_jax.data.config import default_data_config
+from gradprom_jax.degradations import parse_degradation
 
 METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage")
 RECOGNITION_TASKS = ("segmentation", "classification")
@@ -17,11 +18,11 @@ RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The defaults: embedded synthetic lesions, ×4 super-resolution + lesion segmentation, GradProm.
+  """The defaults: embedded synthetic lesions, noisy ×4 super-resolution + lesion segmentation, GradProm.
 
   >>> config = base_config()
   >>> config.method, config.task.recognition, config.task.degradation
-  ('gradprom', 'segmentation', 'downsample(scale=4)')
+  ('gradprom', 'segmentation', 'downsample(scale=4) > gaussian_noise(sigma=0.05)')
   """
   config = ml_collections.ConfigDict()
   # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage.
@@ -50,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.task = ml_collections.ConfigDict()
   # Low quality simulated on device from the high-quality batch; see gradprom_jax.degradations.
-  config.task.degradation = "downsample(scale=4)"
+  config.task.degradation = "downsample(scale=4) > gaussian_noise(sigma=0.05)"
   config.task.recognition = "segmentation"
   # Enhancement loss: l1 | mse | charbonnier, plus ssim_weight · (1 − SSIM).
   config.task.enhancement_loss = "l1"
@@ -114,7 +115,7 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
   config.num_samples = 2
   config.optim.warmup_steps = 1
   config.recognizer.pretrain_steps = min(config.recognizer.pretrain_steps, 1)
-  scale = 4 if "scale=4" in config.task.degradation else 2 if "scale=2" in config.task.degradation else 1
+  scale = parse_degradation(config.task.degradation).scale
   if config.data.name == "synthetic_lesions":
     config.data.image_size = (32, 32)
     config.data.num_train, config.data.num_validation, config.data.num_test = 12, 4, 4

@@ -39,6 +39,7 @@ from gradprom_jax.train_state import TrainState, create_train_state
 from gradprom_jax.train_step import make_train_step
 
 RESULTS_FILENAME = "results.json"
+MODEL_INFO_FILENAME = "model_info.json"
 SAMPLES_FILENAME = "samples.png"
 
 
@@ -84,11 +85,8 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
   host_batch = evaluation.to_host(batch)
   keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
-  probabilities = out["probabilities"][keep]
-  if system.recognition == "segmentation":
-    predictions, targets = probabilities.argmax(-1), host_batch["mask"][keep]
-  else:
-    predictions, targets = probabilities, host_batch["label"][keep]
+  predictions = out["probabilities"][keep].argmax(-1)
+  targets = host_batch["mask" if system.recognition == "segmentation" else "label"][keep]
   if jax.process_index() == 0:
     visualization.save_sample_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
@@ -120,6 +118,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
 
   system = build_system(config, dataset)
+  if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
+    _write_json(workdir / MODEL_INFO_FILENAME, {
+        "image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
+        "class_names": list(dataset.class_names or ()), "recognition": system.recognition})
   phases = make_phases(config)
   enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
   state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)
@@ -166,10 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       is_last = done == config.num_train_steps
       if done % config.log_every == 0 or is_last:
         host_metrics = parallel.metrics_to_host(step_metrics)
-        streak = int(jax.device_get(parallel.global_state(device_state).nonfinite_streak))
-        elapsed = time.time() - started
-        host_metrics.update(steps_per_second=timed_steps / max(elapsed, 1e-9),
-                            nonfinite_streak=streak)
+        streak = int(host_metrics["nonfinite_streak"])
+        host_metrics["steps_per_second"] = timed_steps / max(time.time() - started, 1e-9)
         logger.log_train(done, {"phase": phases.index(phase), **host_metrics})
         started, timed_steps = time.time(), 0
         if streak >= config.max_nonfinite_steps:

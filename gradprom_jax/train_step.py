@@ -165,6 +165,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
         step=state.step + 1, nonfinite_streak=streak,
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
     metrics["nonfinite"] = (~finite).astype(jnp.float32)
+    metrics["nonfinite_streak"] = streak.astype(jnp.float32)
     return new_state, metrics
 
   return train_step
