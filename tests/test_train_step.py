@@ -198,3 +198,23 @@ def test_mesh_and_pmap_equal_one_device(recognition):
     got = run(step, parallel.put_state, parallel.put_batch, parallel.global_state)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=mode)
+
+
+def test_recognizer_pretraining_leaves_the_enhancer_alone_and_both_inputs_train():
+  config = tiny_config()
+  config.recognizer.pretrain_steps = 5
+  config.recognizer.train_on = "both"
+  system, phases, enhancer_tx, recognizer_tx, state = setup(config)
+  assert [(p.name, p.recognizer_input) for p in phases] == [
+      ("recognizer_pretrain", "high_quality"), ("gradprom", "both")]
+  for phase in phases:
+    step = jax.jit(make_train_step(system, phase, enhancer_tx=enhancer_tx,
+                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+    new_state, metrics = step(state, make_batch(0))
+    new_state, metrics = step(new_state, make_batch(1))
+    assert "task_loss_high_quality" in metrics
+    enhancer_changed = not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(state.enhancer_params), jax.tree.leaves(new_state.enhancer_params)))
+    assert enhancer_changed == (phase.name == "gradprom")
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(state.recognizer_params), jax.tree.leaves(new_state.recognizer_params)))
