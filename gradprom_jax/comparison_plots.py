@@ -162,7 +162,7 @@ def plot_sample_grids(path: Path, grids: Mapping[str, str | os.PathLike[str]]) -
     return None
   width = max(image.shape[1] for image in images.values()) / DPI
   heights = [image.shape[0] / DPI + 0.35 for image in images.values()]
-  figure = Figure(figsize=(width, sum(heights)), dpi=DPI)
+  figure = Figure(figsize=(width, sum(heights)), dpi=DPI, layout="compressed")
   FigureCanvasAgg(figure)
   axes_list = figure.subplots(nrows=len(images), squeeze=False,
                               gridspec_kw={"height_ratios": heights})[:, 0]
