@@ -182,7 +182,8 @@ def load_config(config_args: Sequence[str]) -> ml_collections.ConfigDict:
 
   Parsed by `ml_collections.config_flags` on private flag values, exactly as main parses them.
 
-  >>> config = load_config(["--config=configs/default.py:smoke", "--config.method=joint"])
+  >>> config_file = DEFAULT_MAIN.parents[1] / "configs" / "default.py"
+  >>> config = load_config([f"--config={config_file}:smoke", "--config.method=joint"])
   >>> config.method, config.num_train_steps
   ('joint', 6)
   """
