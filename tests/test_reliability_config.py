@@ -1,6 +1,7 @@
 """Bad commands fail fast through `experiments/main.py`: one line on stderr, exit status 2, nothing
-written to the workdir and nothing compiled; a workdir holding another config, or one that cannot be
-written, is refused with a message naming what is wrong."""
+written to the workdir and nothing compiled; a workdir holding another config, one that cannot be
+written, checkpoints that do not restore and missing raw files are refused with a message naming
+what is wrong (exit status 2 for the command, 1 for the files)."""
 import json
 import os
 import subprocess
@@ -68,6 +69,19 @@ def main_runs(tmp_path_factory):
   (root / "a_file").write_text("not a directory")
   commands["unwritable"] = (root / "a_file" / "run",
                             _command(root / "a_file" / "run", root / "tfds_unwritable"))
+  # Checkpoints exist but none restores: never start from scratch.
+  smoke = default.get_config("smoke")
+  smoke.data.data_dir = str(root / "tfds_unrestorable")
+  check_or_save_config(root / "unrestorable", smoke)
+  (root / "unrestorable" / "checkpoints" / "2" / "state").mkdir(parents=True)
+  (root / "unrestorable" / "checkpoints" / "2" / "state" / "garbage").write_text("x")
+  commands["unrestorable"] = (root / "unrestorable",
+                              _command(root / "unrestorable", root / "tfds_unrestorable"))
+  # A dataset whose raw files are not where the config says.
+  commands["manual_download"] = (root / "manual_download", [
+      sys.executable, str(MAIN), "--config", f"{REPO}/configs/image_folder.py:smoke",
+      f"--workdir={root / 'manual_download'}", f"--config.data.manual_dir={root / 'nowhere'}",
+      f"--config.data.data_dir={root / 'tfds_manual'}"])
   processes = {
       name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=REPO, env={**os.environ, "JAX_LOG_COMPILES": "1"})
@@ -153,3 +167,22 @@ def test_unwritable_workdir_is_a_one_line_error_naming_the_path(main_runs):
   last = stderr.strip().splitlines()[-1]
   assert last.startswith(f"{MAIN}: error: WorkdirError: Directory {str(workdir)!r} is not writable")
   assert "Traceback" not in stderr and "Compiling" not in stderr
+
+
+def test_unrestorable_checkpoints_stop_the_run_instead_of_starting_over(main_runs):
+  _, stderr, status, workdir = main_runs["unrestorable"]
+  assert status == 1, stderr[-2000:]
+  assert (f"{MAIN}: error: CheckpointRestoreError: 1 checkpoint(s) in "
+          f"{workdir / 'checkpoints'} exist but none could be restored") in stderr
+  assert "Traceback" not in stderr
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+  assert not (workdir / "metrics.jsonl").exists()
+
+
+def test_missing_raw_files_say_where_to_put_them_and_leave_no_workdir(main_runs):
+  _, stderr, status, workdir = main_runs["manual_download"]
+  assert status == 1, stderr[-2000:]
+  assert f"{MAIN}: error: ManualDownloadError: image_folder: manual_dir " in stderr
+  assert "images/<id>.png" in stderr
+  assert "Traceback" not in stderr
+  assert not workdir.exists()
