@@ -2,6 +2,7 @@
 written to the workdir and nothing compiled; a workdir holding another config, one that cannot be
 written, checkpoints that do not restore and missing raw files are refused with a message naming
 what is wrong (exit status 2 for the command, 1 for the files)."""
+import errno
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from configs import default
 from gradprom_jax import train
+from gradprom_jax.checkpointing import WorkdirError, ensure_writable_directory
 from gradprom_jax.config_validation import ConfigError, unknown_key_message
 from gradprom_jax.run_config import check_or_save_config
 
@@ -186,3 +188,12 @@ def test_missing_raw_files_say_where_to_put_them_and_leave_no_workdir(main_runs)
   assert "images/<id>.png" in stderr
   assert "Traceback" not in stderr
   assert not workdir.exists()
+
+
+def test_full_disk_is_a_workdir_error_naming_the_path(tmp_path, monkeypatch):
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "fsync", full_disk)   # Where a full disk shows up for a small write.
+  with pytest.raises(WorkdirError, match=rf"{tmp_path / 'run'}.*No space left on device"):
+    ensure_writable_directory(tmp_path / "run")
