@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -153,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   device_state = parallel.put_state(state)
   logger = MetricLogger(workdir, total_steps=config.num_train_steps, start_step=start_step,
                         enabled=is_main)
-  started, timed_steps = time.time(), 0
+  started, timed_steps, peak_streak = time.time(), 0, 0
   with logger, PreemptionGuard() as guard:
     for step in range(start_step, config.num_train_steps):
       phase = phase_at(phases, step)
@@ -164,18 +165,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       device_state, step_metrics = train_steps[phase.name](
           device_state, parallel.put_batch(next(train_iter)))
       timed_steps += 1
+      # The longest non-finite streak since the last log, kept on device so no step waits for the
+      # host: a streak that ends between two logs must still stop the run.
+      peak_streak = jnp.maximum(peak_streak, jnp.max(step_metrics["nonfinite_streak"]))
       done = step + 1
       is_last = done == config.num_train_steps
       if done % config.log_every == 0 or is_last:
         host_metrics = parallel.metrics_to_host(step_metrics)
-        streak = int(host_metrics["nonfinite_streak"])
+        streak, peak_streak = int(jax.device_get(peak_streak)), 0
         host_metrics["steps_per_second"] = timed_steps / max(time.time() - started, 1e-9)
         logger.log_train(done, {"phase": phases.index(phase), **host_metrics})
         started, timed_steps = time.time(), 0
         if streak >= config.max_nonfinite_steps:
           checkpointer.wait_until_finished()
           raise NonFiniteTrainingError(
-              f"{streak} consecutive steps up to step {done} had non-finite losses or gradients "
+              f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
               f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
               f"last good checkpoint in {checkpointer.directory} is intact.")
       if done % config.eval_every == 0 and not is_last:

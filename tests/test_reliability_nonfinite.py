@@ -49,31 +49,32 @@ def _trees_equal(a, b) -> bool:
 
 
 def test_nan_batches_are_skipped_counted_and_a_streak_stops_training(tmp_path, monkeypatch):
-  # Batch 1 is bad alone (skipped, training goes on); batches 3, 4 are bad in a row: with
-  # max_nonfinite_steps=2, training stops after step 5 (steps are numbered from 1).
-  _poison_batches(monkeypatch, {1, 3, 4, 5})
-  config = _smoke_config(tmp_path, max_nonfinite_steps=2, log_every=1, checkpoint_every=1,
-                         keep_checkpoints=10, eval_every=100)
+  # Steps (numbered from 1) 3, 5, 6, 7 get NaN images. Logging every 3 steps sees streaks 1 (step 3)
+  # and 2 (step 6); the streak of 3 reached at step 7 has ended by the log at step 9, and must
+  # still stop the run there (max_nonfinite_steps=3).
+  _poison_batches(monkeypatch, {2, 4, 5, 6})
+  config = _smoke_config(tmp_path, num_train_steps=9, max_nonfinite_steps=3, log_every=3,
+                         checkpoint_every=1, keep_checkpoints=10, eval_every=100)
   workdir = tmp_path / "run"
 
-  with pytest.raises(train.NonFiniteTrainingError, match=r"2 consecutive steps up to step 5"):
+  with pytest.raises(train.NonFiniteTrainingError, match=r"3 consecutive steps \(by step 9\)"):
     train.train_and_evaluate(config, str(workdir))
 
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  train_records = {r["step"]: r for r in records if "nonfinite" in r}
-  assert {s: train_records[s]["nonfinite"] for s in range(1, 6)} == {1: 0, 2: 1, 3: 0, 4: 1, 5: 1}
-  assert {s: train_records[s]["nonfinite_streak"] for s in range(1, 6)} == {
-      1: 0, 2: 1, 3: 0, 4: 1, 5: 2}
+  logged = {r["step"]: (r["nonfinite"], r["nonfinite_streak"]) for r in records if "nonfinite" in r}
+  assert logged == {3: (1, 1), 6: (1, 2), 9: (0, 0)}
   assert not (workdir / train.RESULTS_FILENAME).exists()
 
-  saved = {step: _saved_state(workdir, step) for step in (1, 2, 3, 4)}
-  # The last checkpoint written (step 4; step 5 raised before saving) is finite and restorable.
+  # Every step up to 8 was saved; step 9 raised before saving. The last one is finite and counts
+  # all four skipped steps.
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
-      1, 2, 3, 4]
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved[4]["enhancer_params"]))
-  assert int(saved[4]["nonfinite_total"]) == 2
+      *range(1, 9)]
+  saved = {step: _saved_state(workdir, step) for step in range(2, 9)}
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved[8]["enhancer_params"]))
+  assert [int(saved[step]["nonfinite_total"]) for step in range(2, 9)] == [0, 1, 1, 2, 3, 4, 4]
   # A skipped step changes neither parameters nor optimiser states; a good one does.
   learned = ("enhancer_params", "recognizer_params", "enhancer_opt_state", "recognizer_opt_state")
-  for skipped, before in ((2, 1), (4, 3)):
+  for skipped, before in ((3, 2), (5, 4), (6, 4), (7, 4)):
     assert all(_trees_equal(saved[skipped][k], saved[before][k]) for k in learned), skipped
-  assert not _trees_equal(saved[3]["enhancer_params"], saved[2]["enhancer_params"])
+  for good, before in ((4, 3), (8, 7)):
+    assert not _trees_equal(saved[good]["enhancer_params"], saved[before]["enhancer_params"]), good
