@@ -7,7 +7,7 @@ the new config with the stored one and refuses with the differing keys (``old ->
 
 Keys that may legitimately change on resume are ignored (`RESUMABLE_KEYS`, fnmatch patterns over
 dotted keys): the overwrite switch itself, how often to log/evaluate/checkpoint, the run length
-(extending a finished run), and the multi-host launch settings.
+(extending a finished run), where the built dataset is stored, and the multi-host launch settings.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ CONFIG_FILENAME = "config.json"
 
 RESUMABLE_KEYS = (
     "overwrite",
-    "*every_steps",
-    "*_every",
+    "*_every",               # log_every, eval_every, checkpoint_every
+    "keep_checkpoints",
+    "num_samples",
+    "max_nonfinite_steps",
+    # Extending a run. The cosine schedule depends on it, so an extended run matches no
+    # uninterrupted run of the new length; train.py warns when it changes.
     "num_train_steps",
-    "total_steps",
+    "data.data_dir",         # where the built TFDS files live, not what they hold
     "distributed.*",
 )
 
@@ -77,8 +81,8 @@ def flatten_config(config: Any) -> dict[str, Any]:
 def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
   """Lines ``key: old -> new`` for every differing dotted key not matching an `ignore` pattern.
 
-  >>> config_differences({"lr": 0.1, "log_every_steps": 10, "seed": 0},
-  ...                    {"lr": 0.2, "log_every_steps": 50})
+  >>> config_differences({"lr": 0.1, "log_every": 10, "seed": 0},
+  ...                    {"lr": 0.2, "log_every": 50})
   ['lr: 0.1 -> 0.2', 'seed: 0 -> <missing>']
   """
   old_flat, new_flat = flatten_config(old), flatten_config(new)
@@ -130,6 +134,11 @@ def check_or_save_config(workdir: str | os.PathLike[str], config: Any, *, overwr
   path = Path(workdir) / CONFIG_FILENAME
   if path.exists():
     stored = json.loads(path.read_text())
+    new_length = _to_plain(config).get("num_train_steps")
+    if stored.get("num_train_steps") not in (None, new_length):
+      logging.warning("num_train_steps changed %s -> %s on resume: the learning-rate schedules now "
+                      "follow the new length, so this run matches no uninterrupted run.",
+                      stored["num_train_steps"], new_length)
     differences = config_differences(stored, config, ignore=ignore)
     if not differences:
       return path

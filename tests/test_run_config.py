@@ -14,7 +14,7 @@ def _config(**overrides):
   config = ml_collections.ConfigDict({
       "seed": 0,
       "overwrite": False,
-      "log_every_steps": 10,
+      "log_every": 10,
       "model": {"name": "unet", "widths": (16, 32)},
       "combiner": {"name": "gradprom", "threshold": 0.0},
   })
@@ -31,7 +31,7 @@ def test_first_start_writes_json(tmp_path):
 def test_same_config_and_resumable_keys_pass(tmp_path):
   check_or_save_config(tmp_path, _config())
   check_or_save_config(tmp_path, _config())
-  check_or_save_config(tmp_path, _config(**{"log_every_steps": 100, "overwrite": True}))
+  check_or_save_config(tmp_path, _config(**{"log_every": 100, "overwrite": True}))
 
 
 def test_different_config_refused_with_each_key_old_to_new(tmp_path):
