@@ -10,11 +10,14 @@ load from other processes on a shared machine hits all methods alike), median ov
 rounds after ``--warmup``:
 
 * the compiled train steps of ``enhance_only``, ``joint`` (one pull-back of the summed cotangent),
-  ``gradprom`` (one enhancer forward, g_e and g_t from one vmapped 2-cotangent pull-back) and
-  ``gradprom_naive`` (the same step with g_e and g_t from two ``jax.grad`` calls, each with its own
-  enhancer forward and backward: what one writes without :func:`shared_forward_gradients`);
+  ``gradprom`` (one enhancer forward, g_e and g_t from two pull-backs of its ``jax.vjp`` closure)
+  and ``gradprom_naive`` (the same step with g_e and g_t from two ``jax.grad`` calls, each with its
+  own enhancer forward and backward: what one writes without :func:`shared_forward_gradients`);
+  optionally (``--methods``) ``gradprom_naive_merged`` (the naive code without the barrier that
+  stops XLA from merging the two forwards) and ``gradprom_vmapped`` (one vmapped 2-cotangent
+  pull-back, the library's earlier formulation);
 * enhancer-only programs on the step's degraded batch: the forward pass, forward + 1 pull-back,
-  forward + 2 pull-backs vmapped (the library's way), forward + 2 sequential pull-backs of one
+  forward + 2 pull-backs vmapped, forward + 2 sequential pull-backs (the library's way) of one
   ``jax.vjp`` closure. ``backward_s`` = (forward + 1 pull-back) - forward: the cost of one more
   enhancer backward pass, and ``bound_s`` = joint + backward_s is the least an exact GradProm step
   can cost (it needs exactly one more pull-back through the enhancer than joint training).
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -44,7 +48,9 @@ from pathlib import Path
 from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("enhance_only", "joint", "gradprom", "gradprom_naive", "gradprom_sequential")
+METHODS = ("enhance_only", "joint", "gradprom", "gradprom_naive", "gradprom_naive_merged",
+           "gradprom_vmapped")
+REQUIRED_METHODS = ("joint", "gradprom", "gradprom_naive")
 ENHANCER_PROGRAMS = ("forward", "forward_1_pullback", "forward_2_pullbacks_vmapped",
                      "forward_2_pullbacks_sequential")
 
@@ -61,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--parallel", choices=("mesh", "pmap"), default="mesh")
   parser.add_argument("--devices", default=None,
                       help="Comma-separated simulated CPU device counts, each run in a subprocess.")
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help=f"Comma-separated steps to time; {', '.join(REQUIRED_METHODS)} are always in.")
   parser.add_argument("--pipeline_batches", type=int, default=40,
                       help="Batches drawn to time the input pipeline (0: skip).")
   return parser.parse_args(argv)
@@ -82,7 +90,7 @@ def run_device_counts(args: argparse.Namespace) -> None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip()}
     command = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--parallel", args.parallel,
+               "--warmup", str(args.warmup), "--parallel", args.parallel, "--methods", args.methods,
                "--pipeline_batches", str(args.pipeline_batches if count == 1 else 0)]
     command += ["--smoke"] if args.smoke else []
     command += ["--data_dir", args.data_dir] if args.data_dir else []
@@ -103,9 +111,16 @@ def load_config(spec: str, smoke: bool):
   return module.get_config(options or None)
 
 
-def naive_separate_gradients(system, enhancer_params, recognizer_params, low_quality, batch):
+def naive_separate_gradients(system, enhancer_params, recognizer_params, low_quality, batch, *,
+                             keep_forwards_apart: bool = True):
   """:func:`shared_forward_gradients` the naive way: one ``jax.grad`` per loss, each with its own
-  enhancer forward and backward pass. Same signature and result; for comparison only."""
+  enhancer forward and backward pass. Same signature and result; for comparison only.
+
+  Written plainly inside one jit, XLA's common-subexpression elimination merges the two identical
+  enhancer forwards (``keep_forwards_apart=False``: the program then equals two sequential
+  pull-backs of one forward). ``optimization_barrier`` on the second forward's inputs keeps them
+  apart, as they are when the losses are differentiated in separate programs or differ (dropout).
+  """
   import jax
 
   def enhancement_loss(theta):
@@ -113,7 +128,9 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
     return system.enhancement_loss(enhanced, batch["image"]), enhanced
 
   def task_loss(theta, phi):
-    enhanced = system.enhance(theta, low_quality, train=True)
+    theta_again, images = ((jax.lax.optimization_barrier((theta, low_quality)))
+                           if keep_forwards_apart else (theta, low_quality))
+    enhanced = system.enhance(theta_again, images, train=True)
     return system.task_loss(system.recognize(phi, enhanced, train=True), batch)
 
   (loss_e, enhanced), g_e = jax.value_and_grad(enhancement_loss, has_aux=True)(enhancer_params)
@@ -123,24 +140,28 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
           "enhancement_grads": g_e, "task_grads": g_t, "recognizer_grads": g_phi}
 
 
-def sequential_pullback_gradients(system, enhancer_params, recognizer_params, low_quality, batch):
-  """:func:`shared_forward_gradients` with one enhancer forward but two sequential pull-backs of the
-  ``jax.vjp`` closure instead of one vmapped pull-back. For comparison only."""
+def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_quality, batch):
+  """:func:`shared_forward_gradients` with one vmapped pull-back of the two stacked cotangents
+  instead of two sequential pull-backs (the library's earlier formulation). For comparison only."""
   import jax
+  import jax.numpy as jnp
 
   enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
   loss_e, d_e = jax.value_and_grad(system.enhancement_loss)(enhanced, batch["image"])
   loss_t, (g_phi, d_t) = jax.value_and_grad(
       lambda phi, y: system.task_loss(system.recognize(phi, y, train=True), batch),
       argnums=(0, 1))(recognizer_params, enhanced)
+  both = jax.vmap(lambda cotangent: pullback(cotangent)[0])(jnp.stack([d_e, d_t]))
   return {"enhancement_loss": loss_e, "task_loss": loss_t, "enhanced": enhanced,
-          "enhancement_grads": pullback(d_e)[0], "task_grads": pullback(d_t)[0],
-          "recognizer_grads": g_phi}
+          "enhancement_grads": jax.tree.map(lambda g: g[0], both),
+          "task_grads": jax.tree.map(lambda g: g[1], both), "recognizer_grads": g_phi}
 
 
 # Variants of the GradProm step: the library's step with shared_forward_gradients swapped while tracing.
 GRADIENT_VARIANTS = {"gradprom_naive": naive_separate_gradients,
-                     "gradprom_sequential": sequential_pullback_gradients}
+                     "gradprom_naive_merged": functools.partial(naive_separate_gradients,
+                                                                keep_forwards_apart=False),
+                     "gradprom_vmapped": vmapped_pullback_gradients}
 
 
 def count_convolutions(compiled) -> int:
@@ -195,7 +216,8 @@ def benchmark(args: argparse.Namespace) -> dict:
 
   # One compiled step per method, each with its own state (the optimiser trees differ).
   programs, states, compile_s, convolutions = {}, {}, {}, {}
-  for method in METHODS:
+  methods = [m for m in METHODS if m in REQUIRED_METHODS or m in args.methods.split(",")]
+  for method in methods:
     config.method = "gradprom" if method in GRADIENT_VARIANTS else method
     phases = make_phases(config)
     enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
@@ -290,9 +312,9 @@ def benchmark(args: argparse.Namespace) -> dict:
   result = {
       "num_devices": jax.device_count(), "platform": jax.devices()[0].platform,
       "parallel": parallel.mode, "config": args.config + (" smoke" if args.smoke else ""),
-      "batch_size": config.batch_size, "patch_size": config.data.patch_size,
+      "degradation": config.task.degradation, "batch_size": config.batch_size, "patch_size": config.data.patch_size,
       "rounds": args.steps, **machine_description(),
-      "step_ms": {m: 1e3 * median[m] for m in METHODS},
+      "step_ms": {m: 1e3 * median[m] for m in methods},
       "enhancer_ms": {p: 1e3 * median[p] for p in ENHANCER_PROGRAMS},
       "backward_ms": 1e3 * backward_s,
       "second_pullback_ms": 1e3 * second_pullback_s,
@@ -302,18 +324,20 @@ def benchmark(args: argparse.Namespace) -> dict:
       "gradprom_over_joint": median["gradprom"] / median["joint"],
       "gradprom_over_bound": median["gradprom"] / bound_s,
       "naive_over_shared": median["gradprom_naive"] / median["gradprom"],
-      "joint_over_enhance_only": median["joint"] / median["enhance_only"],
       "vmapped_over_sequential_pullbacks": (median["forward_2_pullbacks_vmapped"]
                                             / median["forward_2_pullbacks_sequential"]),
-      "sequential_over_shared": median["gradprom_sequential"] / median["gradprom"],
-      "paired_ratio_quartiles": {
-          "gradprom_over_joint": paired("gradprom", "joint"),
-          "naive_over_shared": paired("gradprom_naive", "gradprom"),
-          "sequential_over_shared": paired("gradprom_sequential", "gradprom"),
-          "vmapped_over_sequential_pullbacks": paired("forward_2_pullbacks_vmapped",
-                                                      "forward_2_pullbacks_sequential")},
       "step_images_per_s": consumption,
   }
+  ratios = {"gradprom_over_joint": ("gradprom", "joint"),
+            "naive_over_shared": ("gradprom_naive", "gradprom"),
+            "naive_merged_over_shared": ("gradprom_naive_merged", "gradprom"),
+            "vmapped_over_shared": ("gradprom_vmapped", "gradprom"),
+            "joint_over_enhance_only": ("joint", "enhance_only"),
+            "vmapped_over_sequential_pullbacks": ("forward_2_pullbacks_vmapped",
+                                                  "forward_2_pullbacks_sequential")}
+  ratios = {k: v for k, v in ratios.items() if set(v) <= set(times)}
+  result.update({k: median[a] / median[b] for k, (a, b) in ratios.items()})
+  result["paired_ratio_quartiles"] = {k: paired(a, b) for k, (a, b) in ratios.items()}
   if pipeline:
     result.update(pipeline, pipeline_over_step=pipeline["pipeline_images_per_s"] / consumption)
   return _rounded(result)

@@ -3,7 +3,7 @@
     x_lq = degrade(x_hq)                          on device, seeded per example
     y, pullback = vjp(enhancer_θ, x_lq)           ONE enhancer forward pass
     ∂L_enh/∂y, ∂L_task/∂y, ∇φ L_task              losses on the enhanced image y
-    g_e, g_t = pullback(∂L_enh/∂y), pullback(∂L_task/∂y)     (vmapped: one batched backward)
+    g_e, g_t = pullback(∂L_enh/∂y), pullback(∂L_task/∂y)     (two pull-backs, one forward)
     θ ← θ + enhancer_tx(g_e, task_grads=g_t)      GradProm or a baseline combiner, then AdamW
     φ ← φ + recognizer_tx(∇φ L_task)
 
@@ -31,8 +31,10 @@ def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, rec
                              low_quality: jax.Array, batch: Batch) -> dict[str, Any]:
   """g_e = ∇θ L_enh and g_t = ∇θ L_task from one enhancer forward pass.
 
-  Both cotangents at the enhanced image are pulled back through the same ``jax.vjp`` closure,
-  vmapped, so the enhancer's activations are computed once and its backward pass is batched.
+  Both cotangents at the enhanced image are pulled back through the same ``jax.vjp`` closure, so
+  the enhancer's activations are computed once. The two pull-backs run one after the other: vmapping
+  them over the stacked cotangents was as fast or slower on CPU (XLA batches the weight-gradient
+  convolutions poorly; see BENCHMARKS.md).
 
   Returns:
     A dict with ``enhancement_loss``, ``task_loss``, ``enhanced``, ``enhancement_grads`` (g_e),
@@ -44,11 +46,10 @@ def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, rec
   task_loss, (recognizer_grads, d_task) = jax.value_and_grad(
       lambda phi, y: system.task_loss(system.recognize(phi, y, train=True), batch),
       argnums=(0, 1))(recognizer_params, enhanced)
-  both = jax.vmap(lambda cotangent: pullback(cotangent)[0])(jnp.stack([d_enhancement, d_task]))
   return {
       "enhancement_loss": enhancement_loss, "task_loss": task_loss, "enhanced": enhanced,
-      "enhancement_grads": jax.tree.map(lambda g: g[0], both),
-      "task_grads": jax.tree.map(lambda g: g[1], both),
+      "enhancement_grads": pullback(d_enhancement)[0],
+      "task_grads": pullback(d_task)[0],
       "recognizer_grads": recognizer_grads,
   }
 
