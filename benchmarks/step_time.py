@@ -116,10 +116,11 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
   """:func:`shared_forward_gradients` the naive way: one ``jax.grad`` per loss, each with its own
   enhancer forward and backward pass. Same signature and result; for comparison only.
 
-  Written plainly inside one jit, XLA's common-subexpression elimination merges the two identical
-  enhancer forwards (``keep_forwards_apart=False``: the program then equals two sequential
-  pull-backs of one forward). ``optimization_barrier`` on the second forward's inputs keeps them
-  apart, as they are when the losses are differentiated in separate programs or differ (dropout).
+  Written plainly inside one jit (``keep_forwards_apart=False``), XLA's common-subexpression
+  elimination merges the two identical enhancer forwards: the program then holds as many
+  convolutions as two sequential pull-backs of one forward. ``keep_forwards_apart`` routes the second
+  forward's inputs through ``optimization_barrier`` to stop that; on XLA:CPU the compiled program
+  still held one forward's convolutions (see BENCHMARKS.md), so the merge happens anyway.
   """
   import jax
 

@@ -26,6 +26,7 @@ def test_step_time_smoke_ends_with_json_of_the_required_ratios(tmp_path):
     assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
   assert [run["num_devices"] for run in result["runs"]] == [1]
   assert set(result["step_ms"]) == {"joint", "gradprom", "gradprom_naive"}
-  # The naive step really repeats the enhancer: more convolutions than the shared-forward step.
-  assert result["convolutions"]["gradprom_naive"] > result["convolutions"]["gradprom"]
+  # GradProm pulls back through the enhancer once more than joint training: more convolutions.
+  assert result["convolutions"]["gradprom"] > result["convolutions"]["joint"]
+  assert all(ms > 0 for ms in result["step_ms"].values())
   assert result["pipeline_images_per_s"] > 0
