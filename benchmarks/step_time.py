@@ -117,10 +117,11 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
   enhancer forward and backward pass. Same signature and result; for comparison only.
 
   Written plainly inside one jit (``keep_forwards_apart=False``), XLA's common-subexpression
-  elimination merges the two identical enhancer forwards: the program then holds as many
-  convolutions as two sequential pull-backs of one forward. ``keep_forwards_apart`` routes the second
-  forward's inputs through ``optimization_barrier`` to stop that; on XLA:CPU the compiled program
-  still held one forward's convolutions (see BENCHMARKS.md), so the merge happens anyway.
+  elimination merges the two identical enhancer forwards: the program then equals two sequential
+  pull-backs of one forward. ``keep_forwards_apart`` feeds the second forward ``x + 0.0 * x``, which
+  XLA may not fold for floats (NaN * 0 is NaN), so the forwards stay apart as they are when the losses
+  are differentiated in separate programs or differ (dropout). (``optimization_barrier`` did not
+  stop the merge on XLA:CPU.)
   """
   import jax
 
@@ -129,9 +130,8 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
     return system.enhancement_loss(enhanced, batch["image"]), enhanced
 
   def task_loss(theta, phi):
-    theta_again, images = ((jax.lax.optimization_barrier((theta, low_quality)))
-                           if keep_forwards_apart else (theta, low_quality))
-    enhanced = system.enhance(theta_again, images, train=True)
+    images = low_quality + 0.0 * low_quality if keep_forwards_apart else low_quality
+    enhanced = system.enhance(theta, images, train=True)
     return system.task_loss(system.recognize(phi, enhanced, train=True), batch)
 
   (loss_e, enhanced), g_e = jax.value_and_grad(enhancement_loss, has_aux=True)(enhancer_params)

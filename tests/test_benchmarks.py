@@ -29,4 +29,6 @@ def test_step_time_smoke_ends_with_json_of_the_required_ratios(tmp_path):
   # GradProm pulls back through the enhancer once more than joint training: more convolutions.
   assert result["convolutions"]["gradprom"] > result["convolutions"]["joint"]
   assert all(ms > 0 for ms in result["step_ms"].values())
+  # The naive step really runs a second enhancer forward (XLA did not merge it away).
+  assert result["convolutions"]["gradprom_naive"] > result["convolutions"]["gradprom"]
   assert result["pipeline_images_per_s"] > 0
