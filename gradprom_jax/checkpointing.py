@@ -28,7 +28,6 @@ from typing import Any
 import grain.checkpoint as grain_checkpoint
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 

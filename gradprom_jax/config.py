@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_samples = 6
   # λ: weight of the task loss in the enhancer's update (all methods but enhance_only).
   config.task_weight = 1.0
+  # joint / enhance_only normally pull back one summed cotangent (cheapest, no cosine to log); True
+  # pulls g_e and g_t back apart, same update, so their cosine and gate statistics are logged too.
+  config.measure_baseline_cosine = False
 
   config.data = default_data_config()
   config.data.patch_size = (96, 128)

@@ -68,7 +68,7 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
   else:
     gradient = {"gradprom": "separate", "pcgrad": "separate", "joint": "summed",
                 "enhance_only": "enhancement"}[config.method]
-    if config.get("measure_baseline_cosine", False) and config.method in ("joint", "enhance_only"):
+    if config.measure_baseline_cosine and config.method in ("joint", "enhance_only"):
       gradient = "separate"   # the same update, with g_e and g_t pulled back apart to log their cosine
     phases.append(Phase(config.method, pretrain, total, enhancer_gradient=gradient,
                         update_recognizer=not config.recognizer.frozen,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gradprom_jax import COMBINERS, enhance_only, get_combiner, gradprom, joint, pcgrad
+from gradprom_jax import COMBINERS, enhance_only, get_combiner, joint, pcgrad
 
 
 def random_pair(seed, shapes=((3,), (2, 4))):

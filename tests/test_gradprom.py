@@ -2,11 +2,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gradprom_jax import combiner_metrics, gradprom, joint, pcgrad
+from gradprom_jax import combiner_metrics, gradprom, joint
 
 VARIANTS = [dict(mode="hard"), dict(mode="soft"), dict(mode="hard", granularity="per_leaf"),
             dict(mode="soft", granularity="per_leaf"), dict(mode="hard", threshold=0.3),

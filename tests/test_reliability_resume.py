@@ -6,7 +6,6 @@ finished run whose checkpoints after k are gone). The slow ones run `experiments
 subprocess and SIGKILL / SIGTERM it for real.
 """
 import json
-import os
 import random
 import shutil
 import signal
