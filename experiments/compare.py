@@ -13,6 +13,7 @@ in `gradprom_jax.comparison` and `gradprom_jax.comparison_plots`.
 `--config.KEY=VALUE` overrides apply to every run. A variant is `NAME:KEY=VALUE[,KEY=VALUE...]`
 (repeat `--variant`); it is of gradprom unless it sets `method=...`. `--norun` only re-aggregates.
 """
+import os
 import shlex
 import sys
 import time
@@ -34,6 +35,9 @@ _VARIANTS = flags.DEFINE_multi_string(
     "variant", [], "Extra row NAME:KEY=VALUE[,KEY=VALUE...], e.g. soft:gradprom.mode=soft.")
 _TASK_METRIC = flags.DEFINE_string(
     "task_metric", None, "Task metric of the plots (default: dice or accuracy).")
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "JAX persistent compilation cache shared by the runs, so later "
+    "seeds of a row skip the compile (default DIR/jax_cache; '' turns it off). Changes no result.")
 _RUN = flags.DEFINE_bool("run", True, "Run unfinished runs; --norun only aggregates finished ones.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -46,7 +50,9 @@ def main(argv):
     rows = comparison.make_rows(_METHODS.value, _VARIANTS.value)
     runs = comparison.plan_runs(rows, [int(s) for s in _SEEDS.value], _WORKDIR.value)
     config_args = comparison.forwarded_config_args(flags.FLAGS["config"])
-    failed = comparison.run_all(runs, config_args) if _RUN.value else []
+    cache_dir = (os.path.join(_WORKDIR.value, "jax_cache") if _CACHE_DIR.value is None
+                 else _CACHE_DIR.value)
+    failed = comparison.run_all(runs, config_args, cache_dir=cache_dir) if _RUN.value else []
     # Each gradprom row's gate threshold, drawn on its cosine histogram.
     thresholds = {run.row.name: comparison.run_config(config_args, run).gradprom.threshold
                   for run in runs if run.row.method == "gradprom" and run.seed == runs[0].seed}

@@ -6,6 +6,7 @@ main script); the slow test runs experiments/compare.py end to end on the smoke 
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -209,3 +210,20 @@ def test_compare_cli_end_to_end_on_the_smoke_config(tmp_path):
       values = np.array([r[metric] for r in results])
       assert float(table[method][f"{metric}_mean"]) == pytest.approx(values.mean())
       assert float(table[method][f"{metric}_std"]) == pytest.approx(values.std(ddof=1))
+
+
+def test_runs_share_the_compilation_cache_only_when_asked(tmp_path):
+  fake_main = tmp_path / "fake_main.py"
+  fake_main.write_text(
+      "import json, os, sys, pathlib\n"
+      "args = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+      "workdir = pathlib.Path(args['--workdir'])\n"
+      "(workdir / 'cache.txt').write_text(os.environ.get('JAX_COMPILATION_CACHE_DIR', 'none'))\n"
+      "(workdir / 'results.json').write_text(json.dumps({'psnr': 1.0, 'num_train_steps': 6}))\n")
+  runs = comparison.plan_runs(comparison.make_rows(["joint"]), [0], tmp_path / "cmp")
+  comparison.execute_run(runs[0], SMOKE_ARGS, main_script=fake_main,
+                         cache_dir=tmp_path / "cache")
+  assert (runs[0].workdir / "cache.txt").read_text() == str((tmp_path / "cache").resolve())
+  comparison.execute_run(runs[0], SMOKE_ARGS, main_script=fake_main)
+  assert (runs[0].workdir / "cache.txt").read_text() == os.environ.get(
+      "JAX_COMPILATION_CACHE_DIR", "none")
