@@ -70,6 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.gradprom.granularity = "global"   # global | per_leaf
   config.gradprom.mode = "hard"            # hard | soft
   config.gradprom.threshold = 0.0
+  # none | enhancement_norm (g_t rescaled to ‖g_e‖ before λ; ours, for ‖g_t‖ >> ‖g_e‖).
+  config.gradprom.task_scale = "none"
 
   config.model = ml_collections.ConfigDict()
   # Everything but `name` is passed to the model's constructor.

@@ -16,7 +16,7 @@ from gradprom_jax import config as config_lib
 from gradprom_jax import degradations
 from gradprom_jax import models
 from gradprom_jax.combiners.gradient_geometry import GRANULARITIES
-from gradprom_jax.combiners.gradprom import GATE_MODES
+from gradprom_jax.combiners.gradprom import GATE_MODES, TASK_SCALES
 from gradprom_jax.data import DATASET_NAMES
 from gradprom_jax.distributed import MODES as DISTRIBUTED_MODES
 
@@ -52,6 +52,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _choice("recognizer.train_on", config.recognizer.train_on, config_lib.RECOGNIZER_INPUTS)
   _choice("gradprom.granularity", config.gradprom.granularity, GRANULARITIES)
   _choice("gradprom.mode", config.gradprom.mode, GATE_MODES)
+  _choice("gradprom.task_scale", config.gradprom.task_scale, TASK_SCALES)
   for key in ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "max_nonfinite_steps"):
     if not isinstance(config[key], int) or config[key] < 1:

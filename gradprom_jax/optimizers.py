@@ -36,7 +36,8 @@ def make_enhancer_tx(config: ml_collections.ConfigDict,
     if config.method == "gradprom":
       combiner = get_combiner("gradprom", task_weight=config.task_weight,
                               threshold=config.gradprom.threshold,
-                              granularity=config.gradprom.granularity, mode=config.gradprom.mode)
+                              granularity=config.gradprom.granularity, mode=config.gradprom.mode,
+                              task_scale=config.gradprom.task_scale)
     elif config.method == "enhance_only":
       combiner = get_combiner("enhance_only")
     else:

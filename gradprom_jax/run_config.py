@@ -40,6 +40,14 @@ RESUMABLE_KEYS = (
 )
 
 
+# Keys added after runs were already being made, each with the value that reproduces how code
+# without the key behaved: a stored config that lacks such a key matches a new config holding this
+# value (so upgrading the code does not lock finished or interrupted runs out of resuming).
+ADDED_KEY_DEFAULTS = {
+    "gradprom.task_scale": "none",
+}
+
+
 class ConfigMismatchError(ValueError):
   """The workdir holds a run with a different config."""
 
@@ -81,9 +89,13 @@ def flatten_config(config: Any) -> dict[str, Any]:
 def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
   """Lines ``key: old -> new`` for every differing dotted key not matching an `ignore` pattern.
 
+  A key of `ADDED_KEY_DEFAULTS` missing from ``old`` counts as holding its listed value there.
+
   >>> config_differences({"lr": 0.1, "log_every": 10, "seed": 0},
   ...                    {"lr": 0.2, "log_every": 50})
   ['lr: 0.1 -> 0.2', 'seed: 0 -> <missing>']
+  >>> config_differences({"lr": 0.1}, {"lr": 0.1, "gradprom": {"task_scale": "none"}})
+  []
   """
   old_flat, new_flat = flatten_config(old), flatten_config(new)
   ignore = tuple(ignore)
@@ -96,7 +108,8 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
   for key in sorted(old_flat.keys() | new_flat.keys()):
     if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
       continue
-    before, after = old_flat.get(key, missing), new_flat.get(key, missing)
+    before = old_flat.get(key, ADDED_KEY_DEFAULTS.get(key, missing))
+    after = new_flat.get(key, missing)
     if before != after:
       lines.append(f"{key}: {show(before)} -> {show(after)}")
   return lines

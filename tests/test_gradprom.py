@@ -9,7 +9,8 @@ from gradprom_jax import combiner_metrics, gradprom, joint
 
 VARIANTS = [dict(mode="hard"), dict(mode="soft"), dict(mode="hard", granularity="per_leaf"),
             dict(mode="soft", granularity="per_leaf"), dict(mode="hard", threshold=0.3),
-            dict(mode="hard", task_weight=5.0)]
+            dict(mode="hard", task_weight=5.0), dict(task_scale="enhancement_norm"),
+            dict(mode="soft", granularity="per_leaf", task_scale="enhancement_norm")]
 
 
 def random_tree(rng, shapes, scale=1.0):
@@ -101,6 +102,31 @@ def test_soft_gate_weights_by_cosine_and_task_weight_scales():
   cos = 1 / np.sqrt(2)
   np.testing.assert_allclose(apply(gradprom(mode="soft"), g_e, g_t), g_e + cos * g_t, rtol=1e-6)
   np.testing.assert_allclose(apply(gradprom(task_weight=0.25), g_e, g_t), g_e + 0.25 * g_t)
+
+
+@pytest.mark.parametrize("granularity", ["global", "per_leaf"])
+def test_enhancement_norm_scale_rescales_task_gradient_to_enhancement_norm(granularity):
+  g_e = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([1.0, 0.0])}
+  aligned = {"a": jnp.array([300.0, 0.0]), "b": jnp.array([0.02, 0.02])}
+  tx = gradprom(task_weight=0.5, granularity=granularity, task_scale="enhancement_norm")
+  out = apply(tx, g_e, aligned)
+  norm = lambda tree: float(np.sqrt(vdot(tree, tree)))
+  if granularity == "per_leaf":   # each leaf's task part is λ‖g_e,leaf‖ long
+    for key in g_e:
+      added = out[key] - g_e[key]
+      np.testing.assert_allclose(np.linalg.norm(added), 0.5 * np.linalg.norm(g_e[key]), rtol=1e-5)
+  else:                           # one ratio for the whole tree: direction of g_t kept
+    added = jax.tree.map(jnp.subtract, out, g_e)
+    np.testing.assert_allclose(norm(added), 0.5 * norm(g_e), rtol=1e-5)
+    ratio = 0.5 * norm(g_e) / norm(aligned)
+    for key in g_e:
+      np.testing.assert_allclose(added[key], ratio * aligned[key], rtol=1e-5, atol=1e-6)
+  # Closed gate: g_e passes unchanged, however large g_t is.
+  opposed = jax.tree.map(lambda t: -t, aligned)
+  for key, value in apply(tx, g_e, opposed).items():
+    np.testing.assert_array_equal(value, g_e[key])
+  with pytest.raises(ValueError, match="Unknown task_scale 'unit'"):
+    gradprom(task_scale="unit")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

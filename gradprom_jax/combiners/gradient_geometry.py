@@ -78,6 +78,39 @@ def cosine_similarity(a: Any, b: Any, granularity: Granularity = "global") -> An
   return jax.tree.map(lambda x, y: _cosine_of_leaves([x], [y]), a, b)
 
 
+def _norm_of_leaves(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(s, ‖x/s‖) with s = max|x|: the norm ``s * ‖x/s‖`` without squares that under- or overflow."""
+  scale = _max_abs(leaves)
+  rescaled = [x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0) for x in leaves]
+  return scale, jnp.sqrt(sum((jnp.vdot(x, x) for x in rescaled), jnp.zeros([], jnp.float32)))
+
+
+def _norm_ratio_of_leaves(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
+  scale_a, norm_a = _norm_of_leaves(a)
+  scale_b, norm_b = _norm_of_leaves(b)
+  denominator = scale_b * norm_b
+  ratio = (scale_a / jnp.where(denominator > 0, denominator, 1.0)) * norm_a
+  defined = (denominator > 0) & jnp.isfinite(ratio)
+  return jnp.where(defined, ratio, 0.0)
+
+
+def norm_ratio(a: Any, b: Any, granularity: Granularity = "global") -> Any:
+  """‖a‖ / ‖b‖ per block, in float32; 0 where undefined (‖b‖ = 0 or a non-finite entry).
+
+  >>> import jax.numpy as jnp
+  >>> a = {"w": jnp.array([3.0, 4.0]), "b": jnp.array([0.0])}
+  >>> b = {"w": jnp.array([1e-30, 0.0]), "b": jnp.array([0.0])}
+  >>> print(f"{norm_ratio(a, b):.3g}")
+  5e+30
+  >>> print({k: f"{float(v):.3g}" for k, v in norm_ratio(a, b, "per_leaf").items()})
+  {'b': '0', 'w': '5e+30'}
+  """
+  check_granularity(granularity)
+  if granularity == "global":
+    return _norm_ratio_of_leaves(jax.tree.leaves(a), jax.tree.leaves(b))
+  return jax.tree.map(lambda x, y: _norm_ratio_of_leaves([x], [y]), a, b)
+
+
 def squared_norm_ratio_projection(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
   """⟨a, b⟩ / ‖b‖² in float32 (0 where ‖b‖ = 0): the coefficient of ``a``'s projection onto ``b``.
 

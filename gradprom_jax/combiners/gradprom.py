@@ -26,6 +26,8 @@ from gradprom_jax.combiners.state import CombinerState, init_combiner_state, nex
 
 GateMode = Literal["hard", "soft"]
 GATE_MODES = ("hard", "soft")
+TaskScale = Literal["none", "enhancement_norm"]
+TASK_SCALES = ("none", "enhancement_norm")
 
 # GradProm's state is the state shared by all combiners; the alias names it for readers of the paper.
 GradPromState = CombinerState
@@ -67,6 +69,7 @@ def gradprom(
     *,
     granularity: geometry.Granularity = "global",
     mode: GateMode = "hard",
+    task_scale: TaskScale = "none",
 ) -> optax.GradientTransformationExtraArgs:
   """Gradient promotion: ``g_e + gate(cos(g_e, g_t)) · task_weight · g_t``.
 
@@ -82,6 +85,11 @@ def gradprom(
       cosine and gate per parameter array.
     mode: ``"hard"``: gate ∈ {0, 1} (the paper's rule); ``"soft"``: gate = max(cos, 0) where open
       (the weighted variant of Du et al. 2018).
+    task_scale: ``"none"``: add λ g_t as it is (the paper's rule); ``"enhancement_norm"``: add
+      λ (‖g_e‖/‖g_t‖) g_t, g_t rescaled to g_e's norm in each block, so an open gate at most doubles
+      the step's length whatever the losses' scales (an option of ours, not the paper's: where ‖g_t‖
+      dwarfs ‖g_e‖, open steps otherwise swamp g_e under clipping and Adam). The gate, and so the
+      descent guarantee, is unchanged.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`CombinerState`.
@@ -100,6 +108,8 @@ def gradprom(
   geometry.check_granularity(granularity)
   if mode not in GATE_MODES:
     raise ValueError(f"Unknown gate mode {mode!r}; expected one of {GATE_MODES}.")
+  if task_scale not in TASK_SCALES:
+    raise ValueError(f"Unknown task_scale {task_scale!r}; expected one of {TASK_SCALES}.")
   if isinstance(task_weight, (int, float)) and task_weight < 0:
     raise ValueError(f"task_weight must be >= 0, got {task_weight}.")
   per_leaf = granularity == "per_leaf"
@@ -113,6 +123,9 @@ def gradprom(
     cosine = geometry.cosine_similarity(updates, task_grads, granularity)
     gate = jax.tree.map(lambda c: gate_weight(c, mode, threshold), cosine)
     weight = jax.tree.map(lambda g: g * jnp.asarray(task_weight, jnp.float32), gate)
+    if task_scale == "enhancement_norm":
+      weight = jax.tree.map(jnp.multiply, weight,
+                            geometry.norm_ratio(updates, task_grads, granularity))
     if per_leaf:
       combined = jax.tree.map(geometry.add_scaled, updates, task_grads, weight)
     else:
