@@ -463,7 +463,8 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
                            table: Mapping[str, Mapping[str, Statistic]], *, rows: Sequence[Row],
                            command: str, wall_seconds: float, run_seconds: float,
                            num_runs: int, failed: Sequence[str] = (),
-                           plots: Sequence[str] = ()) -> None:
+                           plots: Sequence[str] = (),
+                           geometry: Mapping[str, Mapping[str, Statistic]] | None = None) -> None:
   """``summary.md``: the table, what each row is, the exact command and the times."""
   described = [f"- `{r.name}`: method `{r.method}`"
                + "".join(f", `{k}={v}`" for k, v in r.overrides) for r in rows]
@@ -473,6 +474,10 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
       "References over every run: `no_enhancement` is each run's recogniser on the interpolated "
       "degraded input, `high_quality` on the high-quality image (no PSNR/SSIM: it is the target).",
       "", markdown_table(metrics, table), "", "Rows:", *described, "",
+      *(["Gradient geometry during training, mean ± std over seeds of each run's last cumulative "
+         "gate-open rate and of its medians over the logged steps (cosine of g_e and g_t; "
+         "‖g_t‖/‖g_e‖):", "", markdown_table(GEOMETRY_COLUMNS, geometry), ""]
+        if geometry else []),
       f"Command: `{command}`", "",
       f"Wall time of this invocation: {_duration(wall_seconds)}; sum over the {num_runs} runs' "
       f"attempts (all invocations): {_duration(run_seconds)}.",
@@ -498,6 +503,49 @@ def read_run_metrics(runs: Iterable[PlannedRun]) -> dict[PlannedRun, list[dict[s
   """The ``metrics.jsonl`` records of every run that has them."""
   return {run: read_metrics(run.workdir / METRICS_FILENAME) for run in runs
           if (run.workdir / METRICS_FILENAME).exists()}
+
+
+GEOMETRY_COLUMNS = ("gate_open_rate", "median_cosine", "median_task_over_enhancement_norm")
+
+
+def gradient_geometry(records: Mapping[PlannedRun, Sequence[Mapping[str, Any]]],
+                      rows: Sequence[Row]) -> dict[str, dict[str, Statistic]]:
+  """Per row, over seeds: how g_e and g_t met during training (from the logged train records).
+
+  Per run: ``gate_open_rate`` is the last logged (cumulative) fraction of steps whose gate was
+  open; ``median_cosine`` and ``median_task_over_enhancement_norm`` (‖g_t‖/‖g_e‖) are medians
+  over the logged steps. Rows that log none of these (enhance_only, two_stage without the
+  baseline cosine) are left out.
+
+  >>> run = PlannedRun(Row("gradprom", "gradprom"), 0, Path("x"))
+  >>> log = [{"kind": "train", "cosine": c, "gate_open_rate": r, "task_grad_norm": 2.0,
+  ...         "enhancement_grad_norm": 1.0} for c, r in ((0.2, 1.0), (-0.1, 0.5), (0.4, 0.6))]
+  >>> geometry = gradient_geometry({run: log}, [run.row])["gradprom"]
+  >>> geometry["gate_open_rate"].mean, geometry["median_cosine"].mean
+  (0.6, 0.2)
+  """
+  def per_run(log: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    train = [r for r in log if r.get("kind") == "train"]
+    values = {}
+    rates = [r["gate_open_rate"] for r in train if "gate_open_rate" in r]
+    if rates:
+      values["gate_open_rate"] = float(rates[-1])
+    cosines = [r["cosine"] for r in train if "cosine" in r]
+    if cosines:
+      values["median_cosine"] = float(np.median(cosines))
+    ratios = [r["task_grad_norm"] / r["enhancement_grad_norm"] for r in train
+              if r.get("enhancement_grad_norm") and "task_grad_norm" in r]
+    if ratios:
+      values["median_task_over_enhancement_norm"] = float(np.median(ratios))
+    return values
+
+  table = {}
+  for row in rows:
+    runs = [per_run(log) for run, log in records.items() if run.row == row]
+    if any(runs):
+      table[row.name] = {c: Statistic.of(r.get(c, math.nan) for r in runs)
+                         for c in GEOMETRY_COLUMNS}
+  return table
 
 
 def default_task_metric(recognition: str) -> str:
@@ -530,12 +578,14 @@ def report(directory: str | os.PathLike[str], runs: Sequence[PlannedRun], rows: 
   metrics, table = summarize(results, rows)
   write_summary_csv(directory / "summary.csv", metrics, table)
   write_runs_csv(directory / "runs.csv", results)
+  records = read_run_metrics(runs)
   plots = comparison_plots.write_comparison_plots(
-      directory / "plots", rows=rows, results=results, records=read_run_metrics(runs),
+      directory / "plots", rows=rows, results=results, records=records,
       task_metric=task_metric, thresholds=thresholds or {},
       samples={row.name: [r.workdir / SAMPLES_FILENAME for r in runs if r.row == row]
                for row in rows})
   write_summary_markdown(directory / "summary.md", metrics, table, rows=rows, command=command,
                          wall_seconds=wall_seconds, run_seconds=total_run_seconds(runs),
-                         num_runs=len(runs), failed=failed, plots=plots)
+                         num_runs=len(runs), failed=failed, plots=plots,
+                         geometry=gradient_geometry(records, rows))
   return table

@@ -127,6 +127,12 @@ def test_report_numbers_equal_mean_and_std_of_the_runs(tmp_path):
   summary = (tmp_path / "summary.md").read_text()
   assert "| gradprom | " in summary and "| high_quality | " in summary
   assert "compare.py ..." in summary and "`soft`: method `gradprom`, `gradprom.mode=soft`" in summary
+  # The geometry table: gradprom rows only (joint logged no cosine), medians of the logged cosines.
+  geometry = summary.split("Gradient geometry", 1)[1]
+  assert "| soft | " in geometry and "| joint | " not in geometry
+  medians = [np.median([math.sin(step + seed) for step in (2, 4, 6)]) for seed in (0, 1, 2)]
+  expected = f"| gradprom | 0.5000 ± 0.0000 (3) | {np.mean(medians):.4f} ± {np.std(medians, ddof=1):.4f} (3)"
+  assert expected in geometry
   plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
   assert plots == ["cosine_hist_gradprom.png", "cosine_hist_soft.png", "final_psnr_vs_dice.png",
                    "gate_gradprom.png", "gate_soft.png", "samples_by_row.png", "val_dice.png",
