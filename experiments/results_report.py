@@ -1,50 +1,50 @@
 r"""Assembles RESULTS.md from the committed sweep summaries and the readings written beside them.
 
-  python experiments/results_report.py results/issue7 > RESULTS.md
+  python experiments/results_report.py results/issue7_500 results/issue7 > RESULTS.md
 
-Each `results/issue7/<setting>/summary.md` is written by `experiments/compare.py` (every number in
-it is computed from the runs' results.json); `<setting>/reading.md`, if present, is the analyst's
-interpretation of that table. This script only stitches them together, so no figure is typed by hand.
+Prints ``results/overview.md`` (the cross-setting reading, beside the sweep directories), then for
+each sweep directory its ``about.md`` (what the sweep is: steps, machine) and, per setting, the
+``<setting>/summary.md`` that `experiments/compare.py` wrote (every number in it is computed from
+the runs' results.json and metrics.jsonl) followed by ``<setting>/reading.md``, the analyst's
+interpretation of that table. This script only stitches them together, so no figure is typed here.
 """
 import sys
 from pathlib import Path
 
-HEADER = """# Results: GradProm against joint training and the other methods
 
-Regenerate with the command under each table (`experiments/compare.py`), then
-`python experiments/results_report.py results/issue7 > RESULTS.md`. Summaries, per-run CSVs and plots
-are in `results/issue7/<setting>/`. Machine: 2 CPU cores (AMD EPYC), no GPU, jax 0.10.2 on CPU,
-shared with other jobs while these ran (wall times are inflated about 2×).
+def shift_headings(markdown: str, levels: int) -> str:
+  """Demotes every ``#`` heading by ``levels`` (a file's own sections nest under ours).
 
-**Caveat for every table:** each run is 100 training steps (batch 8, small models), all that 5 settings
-× 5 methods × 3 seeds allowed on this machine in one session. The enhancers move well away from the
-bicubic/noisy input in that time, but the recognisers are barely trained (accuracies near the majority
-class), so task-metric differences are within seed noise; image-quality differences are the robust
-part. Longer runs are the next step (issue 7 stays open).
-
-**Across the five settings:** GradProm's PSNR is above joint training's in all five (by 0.3–1.8 dB;
-clearly beyond the seed spread on PH2 3-class and synthetic classification, within one to two stds
-on PneumoniaMNIST and both segmentation tasks) and it ties or edges PCGrad; it stays below enhancement-only training in all
-five — the paper's claims 1 and 2 hold in direction, claim 2 only as "close to" and not everywhere
-(PH2 3-class: 2 dB short, see its reading). On the task metric no method separates from the others
-at 100 steps, except two-stage, which is worst on both segmentation tasks. The gate was open on
-22–58 % of logged steps in every setting (never degenerate).
-"""
+  >>> shift_headings("# A\\ntext #1\\n## B", 1)
+  '## A\\ntext #1\\n### B'
+  """
+  return "\n".join("#" * levels + line if line.startswith("#") else line
+                   for line in markdown.splitlines())
 
 
-def main(directory: str) -> None:
-  print(HEADER)
-  for setting in sorted(Path(directory).iterdir()):
-    summary = setting / "summary.md"
-    if not summary.exists():
-      continue
-    print(f"## {setting.name}\n")
-    body = summary.read_text().split("\n", 1)[1]   # drop compare.py's own "# Comparison" title
-    print(body.replace("](plots/", f"]({setting}/plots/").strip() + "\n")
-    reading = setting / "reading.md"
-    if reading.exists():
-      print("**Reading.** " + reading.read_text().strip() + "\n")
+def setting_section(setting: Path) -> str:
+  """One setting's summary (its own title dropped, plot links made repository-relative) and reading."""
+  body = (setting / "summary.md").read_text().split("\n", 1)[1]   # drop "# Comparison"
+  text = [f"### {setting.name}\n", body.replace("](plots/", f"]({setting}/plots/").strip() + "\n"]
+  reading = setting / "reading.md"
+  if reading.exists():
+    text.append("**Reading.** " + reading.read_text().strip() + "\n")
+  return "\n".join(text)
+
+
+def main(directories: list[str]) -> None:
+  if not directories:
+    sys.exit("usage: results_report.py SWEEP_DIR [SWEEP_DIR ...] > RESULTS.md")
+  overview = Path(directories[0]).parent / "overview.md"
+  if overview.exists():
+    print(overview.read_text().strip() + "\n")
+  for directory in map(Path, directories):
+    about = directory / "about.md"
+    print(shift_headings(about.read_text().strip(), 1) + "\n" if about.exists()
+          else f"## {directory}\n")
+    for setting in sorted(p for p in directory.iterdir() if (p / "summary.md").exists()):
+      print(setting_section(setting))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(sys.argv[1:])
