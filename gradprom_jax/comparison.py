@@ -475,8 +475,9 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
       "degraded input, `high_quality` on the high-quality image (no PSNR/SSIM: it is the target).",
       "", markdown_table(metrics, table), "", "Rows:", *described, "",
       *(["Gradient geometry during training, mean ± std over seeds of each run's last cumulative "
-         "gate-open rate and of its medians over the logged steps (cosine of g_e and g_t; "
-         "‖g_t‖/‖g_e‖):", "", markdown_table(GEOMETRY_COLUMNS, geometry), ""]
+         "gate-open rate (for pcgrad: the fraction of steps whose g_t needed no projection) and "
+         "of its medians over the logged steps (cosine of g_e and g_t; ‖g_t‖/‖g_e‖):", "",
+         markdown_table(GEOMETRY_COLUMNS, geometry), ""]
         if geometry else []),
       f"Command: `{command}`", "",
       f"Wall time of this invocation: {_duration(wall_seconds)}; sum over the {num_runs} runs' "
