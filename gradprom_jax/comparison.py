@@ -480,8 +480,9 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
          markdown_table(GEOMETRY_COLUMNS, geometry), ""]
         if geometry else []),
       f"Command: `{command}`", "",
-      f"Wall time of this invocation: {_duration(wall_seconds)}; sum over the {num_runs} runs' "
-      f"attempts (all invocations): {_duration(run_seconds)}.",
+      f"Run time, summed over the {num_runs} runs' attempts (all invocations): "
+      f"{_duration(run_seconds)}. Wall time of the invocation that wrote this summary: "
+      f"{_duration(wall_seconds)} (finished runs are skipped, not rerun).",
   ]
   if failed:
     text += ["", f"**Failed runs ({len(failed)}), left out of the table:** " + ", ".join(failed)]
