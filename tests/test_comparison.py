@@ -4,6 +4,7 @@ The fast tests fake the runs (results.json + metrics.jsonl + config.json written
 main script); the slow test runs experiments/compare.py end to end on the smoke config.
 """
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -233,3 +234,27 @@ def test_runs_share_the_compilation_cache_only_when_asked(tmp_path):
   comparison.execute_run(runs[0], SMOKE_ARGS, main_script=fake_main)
   assert (runs[0].workdir / "cache.txt").read_text() == os.environ.get(
       "JAX_COMPILATION_CACHE_DIR", "none")
+
+
+def test_results_report_stitches_overview_sweeps_summaries_and_readings(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location("results_report",
+                                                REPO / "experiments" / "results_report.py")
+  results_report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(results_report)
+  (tmp_path / "overview.md").write_text("# Results\n\nOverview text.\n")
+  sweep = tmp_path / "long"
+  (sweep / "b_setting").mkdir(parents=True)
+  (sweep / "a_setting").mkdir()
+  (sweep / "no_summary").mkdir()
+  (sweep / "about.md").write_text("# Long runs\n\n## Detail\n")
+  for name in ("a_setting", "b_setting"):
+    (sweep / name / "summary.md").write_text(
+        f"# Comparison\n\n| row | psnr |\n\nPlots: [p.png](plots/p.png) {name}\n")
+  (sweep / "a_setting" / "reading.md").write_text("GradProm wins.\n")
+  results_report.main([str(sweep)])
+  out = capsys.readouterr().out
+  assert out.startswith("# Results\n\nOverview text.")
+  assert "## Long runs" in out and "### Detail" in out and "# Comparison" not in out
+  assert out.index("### a_setting") < out.index("**Reading.** GradProm wins.") < out.index(
+      "### b_setting")
+  assert f"]({sweep}/a_setting/plots/p.png)" in out and "no_summary" not in out
