@@ -86,10 +86,10 @@ def gradprom(
     mode: ``"hard"``: gate ∈ {0, 1} (the paper's rule); ``"soft"``: gate = max(cos, 0) where open
       (the weighted variant of Du et al. 2018).
     task_scale: ``"none"``: add λ g_t as it is (the paper's rule); ``"enhancement_norm"``: add
-      λ (‖g_e‖/‖g_t‖) g_t, g_t rescaled to g_e's norm in each block, so an open gate at most doubles
-      the step's length whatever the losses' scales (an option of ours, not the paper's: where ‖g_t‖
-      dwarfs ‖g_e‖, open steps otherwise swamp g_e under clipping and Adam). The gate, and so the
-      descent guarantee, is unchanged.
+      λ (‖g_e‖/‖g_t‖) g_t, g_t rescaled to g_e's norm in each block, so an open gate adds at most
+      λ‖g_e‖ to the step whatever the losses' scales (an option of ours, not the paper's: where
+      ‖g_t‖ dwarfs ‖g_e‖, open steps otherwise swamp g_e under clipping and Adam; see RESULTS.md).
+      The gate, and so the descent guarantee, is unchanged.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`CombinerState`.
