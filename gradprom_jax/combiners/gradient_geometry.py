@@ -33,11 +33,15 @@ def _max_abs(leaves: list[jax.Array]) -> jax.Array:
   return jnp.max(jnp.stack(maxima)) if maxima else jnp.zeros([], jnp.float32)
 
 
-def _rescaled(leaves: list[jax.Array]) -> list[jax.Array]:
-  """``leaves`` in float32, divided by their joint max |entry| so squares cannot underflow."""
+def _scale_and_rescaled(leaves: list[jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
+  """(s, ``leaves`` / s in float32) with s = their joint max |entry|, so squares cannot underflow."""
   scale = _max_abs(leaves)
   safe_scale = jnp.where(scale > 0, scale, 1.0)
-  return [x.astype(jnp.float32) / safe_scale for x in leaves]
+  return scale, [x.astype(jnp.float32) / safe_scale for x in leaves]
+
+
+def _rescaled(leaves: list[jax.Array]) -> list[jax.Array]:
+  return _scale_and_rescaled(leaves)[1]
 
 
 def _cosine_of_leaves(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
@@ -80,8 +84,7 @@ def cosine_similarity(a: Any, b: Any, granularity: Granularity = "global") -> An
 
 def _norm_of_leaves(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   """(s, ‖x/s‖) with s = max|x|: the norm ``s * ‖x/s‖`` without squares that under- or overflow."""
-  scale = _max_abs(leaves)
-  rescaled = [x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0) for x in leaves]
+  scale, rescaled = _scale_and_rescaled(leaves)
   return scale, jnp.sqrt(sum((jnp.vdot(x, x) for x in rescaled), jnp.zeros([], jnp.float32)))
 
 
