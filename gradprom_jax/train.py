@@ -38,6 +38,7 @@ from gradprom_jax.run_config import check_or_save_config
 from gradprom_jax.system import TaskDrivenSystem, create_system
 from gradprom_jax.train_state import TrainState, create_train_state
 from gradprom_jax.train_step import make_train_step
+from gradprom_jax.workdir_lock import lock_workdir
 
 RESULTS_FILENAME = "results.json"
 MODEL_INFO_FILENAME = "model_info.json"
@@ -116,6 +117,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = data_lib.load_dataset(config.data)
   validate_config_for_dataset(config, dataset.image_shape)
   workdir = ensure_writable_directory(workdir)
+  lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
+  try:
+    return _train_and_evaluate_locked(config, workdir, parallel, dataset, is_main)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
+                               parallel: parallel_lib.DataParallel, dataset: Any,
+                               is_main: bool) -> dict[str, Any] | None:
+  """`train_and_evaluate` once the config is valid and this process holds the workdir."""
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
 
   system = build_system(config, dataset)
@@ -182,7 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
               f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
               f"last good checkpoint in {checkpointer.directory} is intact.")
-      if done % config.eval_every == 0 and not is_last:
+      # Validation also at the last step, so that variants and λ can be chosen on the final model.
+      if done % config.eval_every == 0 or is_last:
         logger.log_eval(done, run_evaluation("validation", parallel.global_state(device_state)))
       if done % config.checkpoint_every == 0 or is_last:
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last)

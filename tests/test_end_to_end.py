@@ -64,7 +64,7 @@ def test_main_writes_every_output(tmp_path, data_dir, option, recognition):
               "enhancement_grad_norm", "task_grad_norm", "enhancer_lr", "recognizer_lr",
               "steps_per_second"):
     assert all(np.isfinite(r[key]) for r in train), key
-  assert [r["step"] for r in read_metrics(workdir / "metrics.jsonl", "val")] == [3]
+  assert [r["step"] for r in read_metrics(workdir / "metrics.jsonl", "val")] == [3, 6]
   assert len(read_metrics(workdir / "metrics.jsonl", "test")) == 1
 
   assert json.loads((workdir / "config.json").read_text())["task"]["recognition"] == recognition
