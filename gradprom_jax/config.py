@@ -11,7 +11,7 @@ import ml_collections
 from gradprom_jax.data.config import default_data_config
 from gradprom_jax.degradations import parse_degradation
 
-METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage")
+METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage", "random_gate")
 RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
@@ -25,7 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
   ('gradprom', 'segmentation', 'downsample(scale=4) > gaussian_noise(sigma=0.05)')
   """
   config = ml_collections.ConfigDict()
-  # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage.
+  # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage |
+  # random_gate (a control: λg_t added on a random fraction of steps, see random_gate.open_rate).
   config.method = "gradprom"
   config.seed = 0
   config.num_train_steps = 500
@@ -72,6 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.gradprom.threshold = 0.0
   # none | enhancement_norm (g_t rescaled to ‖g_e‖ before λ; ours, for ‖g_t‖ >> ‖g_e‖).
   config.gradprom.task_scale = "none"
+
+  # random_gate (a control for GradProm's gate): the gate opens on a random `open_rate` fraction of
+  # steps, whatever the cosine; set it to a GradProm run's logged gate_open_rate to test whether the
+  # cosine's choice of steps matters. The coins are seeded by `seed`.
+  config.random_gate = ml_collections.ConfigDict()
+  config.random_gate.open_rate = 0.5
 
   config.model = ml_collections.ConfigDict()
   # Everything but `name` is passed to the model's constructor.

@@ -7,6 +7,7 @@ native size), so it runs after the dataset is opened and still before the workdi
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Sequence
 
@@ -65,6 +66,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
                       f"[0, num_train_steps={config.num_train_steps}).")
   if config.task_weight < 0:
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
+  if not 0 <= config.random_gate.open_rate <= 1:
+    raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")
   try:
     degradation = degradations.parse_degradation(config.task.degradation)
   except ValueError as e:
@@ -76,6 +79,49 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         degradation.check_image_size(*size)
       except ValueError as e:
         raise ConfigError(f"data.{key}={tuple(size)}: {e}") from None
+  _check_models(config, degradation.scale)
+
+
+_CLASSIFICATION_HINT = ("use the config file's ':classification' option "
+                        "(e.g. configs/image_folder.py:classification)")
+_SEGMENTATION_HINT = ("use a segmentation config "
+                      "(e.g. configs/image_folder.py without ':classification')")
+# Constructor arguments the training system fills in itself (from the data and the degradation).
+_SYSTEM_SUPPLIED = {"enhancer": {"channels", "scale"}, "recognizer": {"num_classes"}}
+
+
+def _check_models(config: ml_collections.ConfigDict, scale: int) -> None:
+  """The models fit the task and the degradation, and take every option the config gives them.
+
+  Each model class declares what it can do: recognisers their ``recognition`` (what they output),
+  enhancers ``check_scale`` (which super-resolution factors they can make).
+  """
+  recognizer = models.RECOGNIZERS[config.model.recognizer.name]
+  if recognizer.recognition != config.task.recognition:
+    fitting = [name for name, cls in models.RECOGNIZERS.items()
+               if cls.recognition == config.task.recognition]
+    config_hint = (_CLASSIFICATION_HINT if config.task.recognition == "classification"
+                   else _SEGMENTATION_HINT)
+    raise ConfigError(
+        f"task.recognition={config.task.recognition!r} needs a {config.task.recognition} model "
+        f"({' or '.join(fitting)}), but model.recognizer.name={config.model.recognizer.name!r} is "
+        f"a {recognizer.recognition} model: {config_hint}, which sets the task and its model "
+        "together, rather than changing one of them on the command line.")
+  enhancer = models.ENHANCERS[config.model.enhancer.name]
+  try:
+    enhancer.check_scale(scale)
+  except ValueError as e:
+    raise ConfigError(f"model.enhancer.name={config.model.enhancer.name!r} cannot enhance "
+                      f"task.degradation={config.task.degradation!r}: {e}.") from None
+  for role, cls in (("enhancer", enhancer), ("recognizer", recognizer)):
+    options = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
+    options -= _SYSTEM_SUPPLIED[role]
+    for key in config.model[role]:
+      if key != "name" and key not in options:
+        raise ConfigError(
+            f"model.{role}.{key} is not an option of {role} {config.model[role].name!r} (its "
+            f"options: {', '.join(sorted(options))}); start from a config whose model.{role} is "
+            f"{config.model[role].name!r} rather than renaming the model on the command line.")
 
 
 def validate_config_for_dataset(config: ml_collections.ConfigDict,

@@ -40,6 +40,9 @@ def make_enhancer_tx(config: ml_collections.ConfigDict,
                               task_scale=config.gradprom.task_scale)
     elif config.method == "enhance_only":
       combiner = get_combiner("enhance_only")
+    elif config.method == "random_gate":
+      combiner = get_combiner("random_gate", task_weight=config.task_weight,
+                              open_rate=config.random_gate.open_rate, seed=config.seed)
     else:
       combiner = get_combiner(config.method, task_weight=config.task_weight)
     members.append(combiner)

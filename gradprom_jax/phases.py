@@ -3,8 +3,8 @@
 Every method is a sequence of phases over the global step counter ``[0, num_train_steps)``:
 
 * optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
-* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only``: one joint phase in which the enhancer is
-  updated by the method's combiner and the recogniser by its own loss;
+* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate``: one joint phase in
+  which the enhancer is updated by the method's combiner and the recogniser by its own loss;
 * ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs.
 
 Each phase is compiled once into its own train step (the phase is a static argument).
@@ -67,7 +67,7 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
                         update_recognizer=not config.recognizer.frozen, recognizer_input="enhanced"))
   else:
     gradient = {"gradprom": "separate", "pcgrad": "separate", "joint": "summed",
-                "enhance_only": "enhancement"}[config.method]
+                "enhance_only": "enhancement", "random_gate": "separate"}[config.method]
     if config.measure_baseline_cosine and config.method in ("joint", "enhance_only"):
       gradient = "separate"   # the same update, with g_e and g_t pulled back apart to log their cosine
     phases.append(Phase(config.method, pretrain, total, enhancer_gradient=gradient,

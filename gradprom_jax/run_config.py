@@ -45,6 +45,7 @@ RESUMABLE_KEYS = (
 # value (so upgrading the code does not lock finished or interrupted runs out of resuming).
 ADDED_KEY_DEFAULTS = {
     "gradprom.task_scale": "none",
+    "random_gate.open_rate": 0.5,
 }
 
 
@@ -115,6 +116,38 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
   return lines
 
 
+def check_stored_config(workdir: str | os.PathLike[str], config: Any, *, overwrite: bool = False,
+                        ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
+  """The differences between ``config`` and the one stored in ``workdir``; writes nothing.
+
+  Cheap, so a command can be refused before any expensive work (building a dataset): a missing
+  workdir or ``config.json`` has no differences.
+
+  Raises:
+    ConfigMismatchError: the stored config differs and `overwrite` is False.
+
+  >>> import tempfile
+  >>> workdir = tempfile.mkdtemp()
+  >>> check_stored_config(workdir + "/not_yet", {"lr": 0.1})
+  []
+  >>> _ = check_or_save_config(workdir, {"lr": 0.1})
+  >>> check_stored_config(workdir, {"lr": 0.2}, overwrite=True)
+  ['lr: 0.1 -> 0.2']
+  """
+  path = Path(workdir) / CONFIG_FILENAME
+  if not path.is_file():
+    return []
+  differences = config_differences(json.loads(path.read_text()), config, ignore=ignore)
+  if differences and not overwrite:
+    listing = "\n  ".join(differences)
+    raise ConfigMismatchError(
+        f"Workdir {str(workdir)!r} holds a run with a different config "
+        f"(stored {CONFIG_FILENAME} -> this command):\n  {listing}\n"
+        "Use another --workdir, or pass --config.overwrite=True to resume it with the new "
+        "config anyway.")
+  return differences
+
+
 def check_or_save_config(workdir: str | os.PathLike[str], config: Any, *, overwrite: bool = False,
                          ignore: Iterable[str] = RESUMABLE_KEYS, write: bool = True) -> Path:
   """Saves `config` as ``workdir/config.json``, or checks it against the one already there.
@@ -152,16 +185,10 @@ def check_or_save_config(workdir: str | os.PathLike[str], config: Any, *, overwr
       logging.warning("num_train_steps changed %s -> %s on resume: the learning-rate schedules now "
                       "follow the new length, so this run matches no uninterrupted run.",
                       stored["num_train_steps"], new_length)
-    differences = config_differences(stored, config, ignore=ignore)
+    differences = check_stored_config(workdir, config, overwrite=overwrite, ignore=ignore)
     if not differences:
       return path
     listing = "\n  ".join(differences)
-    if not overwrite:
-      raise ConfigMismatchError(
-          f"Workdir {str(workdir)!r} holds a run with a different config "
-          f"(stored {CONFIG_FILENAME} -> this command):\n  {listing}\n"
-          "Use another --workdir, or pass --config.overwrite=True to resume it with the new "
-          "config anyway.")
     logging.warning("Resuming %s with a changed config (overwrite=True):\n  %s", workdir, listing)
     if write:
       stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")

@@ -1,5 +1,5 @@
 """Gradient combiners: how the enhancer's update is made from g_e and the task gradient g_t."""
-from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad
+from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad, random_gate
 from gradprom_jax.combiners.gradient_geometry import cosine_similarity
 from gradprom_jax.combiners.gradprom import GradPromState, gate_weight, gradprom
 from gradprom_jax.combiners.registry import COMBINERS, get_combiner
@@ -9,5 +9,5 @@ from gradprom_jax.combiners.state import (CombinerState, combiner_metrics, find_
 __all__ = [
     "COMBINERS", "CombinerState", "GradPromState", "combiner_metrics", "cosine_similarity",
     "enhance_only", "find_combiner_state", "gate_weight", "get_combiner", "gradprom",
-    "init_combiner_state", "joint", "pcgrad",
+    "init_combiner_state", "joint", "pcgrad", "random_gate",
 ]

@@ -84,6 +84,71 @@ def pcgrad(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformation
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def random_gate(task_weight: float | jax.Array = 1.0, open_rate: float | jax.Array = 0.5,
+                seed: int | jax.Array = 0) -> optax.GradientTransformationExtraArgs:
+  """A control for GradProm's gate: adds ``task_weight · g_t`` on a random fraction of the steps.
+
+  The gate opens with probability ``open_rate`` whatever cos(g_e, g_t) is. Run at GradProm's logged
+  gate-open rate, it separates *how often* the task gradient is added from *which* steps it is added
+  on: if it ties GradProm, the cosine's choice of steps does not matter. It has no descent guarantee
+  (an open gate adds λg_t even when it opposes g_e).
+
+  The coin of update n is ``bernoulli(fold_in(key(seed), n), open_rate)`` with n the state's update
+  count, so the sequence of gates is fixed by the seed and survives a checkpoint/resume unchanged,
+  with no state beyond the :class:`CombinerState` every combiner keeps (whose cosine is logged).
+
+  Args:
+    task_weight: λ, multiplying g_t when the gate is open (≥ 0).
+    open_rate: the probability that the gate opens at a step, in [0, 1].
+    seed: seeds the coins (a run passes its ``config.seed``).
+
+  >>> import jax.numpy as jnp
+  >>> tx = random_gate(open_rate=0.5, seed=0)
+  >>> g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([-1.0, 1.0])
+  >>> state, gates = tx.init(g_e), []
+  >>> for _ in range(8):
+  ...   out, state = tx.update(g_e, state, task_grads=g_t)
+  ...   gates.append(int(state.gate))
+  >>> set(gates) == {0, 1}, int(state.promoted) == sum(gates)
+  (True, True)
+  >>> random_gate(open_rate=1.5)
+  Traceback (most recent call last):
+  ...
+  ValueError: open_rate must be in [0, 1], got 1.5.
+  """
+  if isinstance(task_weight, (int, float)) and task_weight < 0:
+    raise ValueError(f"task_weight must be >= 0, got {task_weight}.")
+  if isinstance(open_rate, (int, float)) and not 0 <= open_rate <= 1:
+    raise ValueError(f"open_rate must be in [0, 1], got {open_rate}.")
+
+  def init_fn(params):
+    return init_combiner_state(params)
+
+  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
+    del params, extra_args
+    check_task_grads(updates, task_grads, "random_gate")
+    gate = random_gate_coin(seed, state.count, open_rate).astype(jnp.float32)
+    weight = gate * jnp.asarray(task_weight, jnp.float32)
+    combined = jax.tree.map(lambda e, t: geometry.add_scaled(e, t, weight), updates, task_grads)
+    cosine = geometry.cosine_similarity(updates, task_grads)
+    return combined, next_combiner_state(state, cosine, gate)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def random_gate_coin(seed: int | jax.Array, count: jax.Array,
+                     open_rate: float | jax.Array) -> jax.Array:
+  """Whether :func:`random_gate` opens at update ``count`` (a bool scalar), a pure function of its
+  arguments, so a resumed run draws the same coins.
+
+  >>> import jax.numpy as jnp
+  >>> bool(random_gate_coin(0, jnp.int32(3), 1.0)), bool(random_gate_coin(0, jnp.int32(3), 0.0))
+  (True, False)
+  """
+  key = jax.random.fold_in(jax.random.key(seed), count)
+  return jax.random.bernoulli(key, jnp.asarray(open_rate, jnp.float32))
+
+
 def enhance_only() -> optax.GradientTransformationExtraArgs:
   """Enhancement-only training: returns g_e and ignores the task gradient (the recogniser never
   influences the enhancer). ``task_grads`` is optional; when given, its cosine with g_e is still logged.

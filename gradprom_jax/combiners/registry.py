@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import optax
 
-from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad
+from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad, random_gate
 from gradprom_jax.combiners.gradprom import gradprom
 
 COMBINERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
@@ -13,6 +13,7 @@ COMBINERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "joint": joint,
     "pcgrad": pcgrad,
     "enhance_only": enhance_only,
+    "random_gate": random_gate,
 }
 
 
@@ -25,7 +26,7 @@ def get_combiner(name: str, **kwargs: Any) -> optax.GradientTransformationExtraA
   >>> get_combiner("gradnorm")
   Traceback (most recent call last):
   ...
-  ValueError: Unknown combiner 'gradnorm'; valid names: enhance_only, gradprom, joint, pcgrad.
+  ValueError: Unknown combiner 'gradnorm'; valid names: enhance_only, gradprom, joint, pcgrad, random_gate.
   """
   if name not in COMBINERS:
     raise ValueError(f"Unknown combiner {name!r}; valid names: {', '.join(sorted(COMBINERS))}.")
