@@ -9,6 +9,7 @@ or the number of devices.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterable
 
 import jax
@@ -130,4 +131,28 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
                                 index * global_batch_size))
     labels = to_host(batch["label"]) if "label" in batch else None
     accumulator.update(outputs, labels, to_host(put_batch({"valid": valid})["valid"]))
+  if system.recognition == "classification":
+    warn_if_single_class_predicted(accumulator.task["enhanced"])
   return accumulator.compute()
+
+
+def warn_if_single_class_predicted(classification: metrics_lib.ClassificationMetrics) -> bool:
+  """Warns (and returns True) when every example was predicted as the same class.
+
+  A recogniser that collapsed onto the majority class scores a plausible accuracy on imbalanced
+  data while its balanced accuracy is chance; this says so instead of leaving it to the numbers.
+
+  >>> metrics = metrics_lib.ClassificationMetrics(num_classes=2)
+  >>> _ = metrics.update(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))
+  >>> warn_if_single_class_predicted(metrics)
+  True
+  """
+  if not classification.probabilities:
+    return False
+  predictions = np.concatenate(classification.probabilities).argmax(-1)
+  if len(predictions) < 2 or np.any(predictions != predictions[0]):
+    return False
+  logging.warning("The recogniser predicts class %d for all %d examples of this split (balanced "
+                  "accuracy is chance); for imbalanced classes try --config.task.class_weights=balanced.",
+                  predictions[0], len(predictions))
+  return True
