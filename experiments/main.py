@@ -10,8 +10,9 @@ Running the same command again resumes from the workdir's newest checkpoint.
 
 Exit status:
   0    finished: results.json written.
-  1    a runtime failure (unwritable or full workdir, no restorable checkpoint, too many non-finite
-       steps, a bad input file, a dataset's raw files missing); the message says what to fix.
+  1    a runtime failure (unwritable or full workdir, a workdir in use by another live run, no
+       restorable checkpoint, too many non-finite steps, a bad input file, a dataset's raw files
+       missing); the message says what to fix.
   2    a bad command or config (unknown key, bad value, a workdir holding another config): one line
        on stderr, raised before anything is compiled, and nothing written to the workdir (except
        for the config-mismatch case, where the workdir is another run's and is left untouched).
@@ -32,6 +33,7 @@ from gradprom_jax.config_validation import ConfigError, unknown_key_message, val
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.run_config import ConfigMismatchError
+from gradprom_jax.workdir_lock import WorkdirLockedError
 
 EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, EXIT_PREEMPTED = 1, 2, 143
 
@@ -43,7 +45,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 _USAGE_ERRORS = (ConfigError, ConfigMismatchError)
 _RUNTIME_ERRORS = (WorkdirError, CheckpointRestoreError, train.NonFiniteTrainingError,
-                   BadInputError, ManualDownloadError)
+                   BadInputError, ManualDownloadError, WorkdirLockedError)
 
 
 class _HideLibraryInfo(logging.logging.Filter):
