@@ -72,6 +72,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     degradation = degradations.parse_degradation(config.task.degradation)
   except ValueError as e:
     raise ConfigError(f"task.degradation={config.task.degradation!r}: {e}") from None
+  if config.gradprom.mode == "hard" and config.gradprom.threshold < 0:
+    raise ConfigError(
+        f"gradprom.threshold={config.gradprom.threshold} < 0 with gradprom.mode='hard' opens the "
+        "gate on conflicting gradients, breaking the descent guarantee: set gradprom.threshold >= 0.")
   for key in ("image_size", "patch_size"):
     size = config.data.get(key)
     if size is not None:

@@ -207,3 +207,38 @@ def test_missing_or_mismatched_task_grads_give_clear_errors():
     gradprom(granularity="per_layer")
   with pytest.raises(ValueError, match="gate mode"):
     gradprom(mode="weighted")
+
+
+def test_negative_threshold_is_refused_for_the_hard_gate():
+  from gradprom_jax.config import base_config
+  from gradprom_jax.config_validation import ConfigError, validate_config
+  with pytest.raises(ValueError, match="threshold=-0.1 < 0 with mode='hard'.*use a threshold >= 0"):
+    gradprom(threshold=-0.1)
+  config = base_config()
+  config.gradprom.threshold = -0.1
+  with pytest.raises(ConfigError, match="set gradprom.threshold >= 0"):
+    validate_config(config)
+  config.gradprom.mode = "soft"
+  validate_config(config)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), correlation=st.floats(-1.0, 1.0),
+       threshold=st.floats(-1.0, -1e-3), granularity=st.sampled_from(["global", "per_leaf"]))
+def test_soft_gate_with_negative_threshold_acts_as_threshold_zero(seed, correlation, threshold,
+                                                                   granularity):
+  """max(cos, 0) is 0 wherever cos ≤ 0, so the gate's extra openings for cos ∈ (τ, 0] add nothing."""
+  rng = np.random.default_rng(seed)
+  g_e = random_tree(rng, [(3,), (2, 2)])
+  g_t = jax.tree.map(lambda e, n: correlation * e + (1 - abs(correlation)) * n, g_e,
+                     random_tree(rng, [(3,), (2, 2)]))
+  negative = gradprom(mode="soft", threshold=threshold, granularity=granularity)
+  zero = gradprom(mode="soft", threshold=0.0, granularity=granularity)
+  out, state = negative.update(g_e, negative.init(g_e), task_grads=g_t)
+  expected, expected_state = zero.update(g_e, zero.init(g_e), task_grads=g_t)
+  for a, b in zip(jax.tree.leaves((out, state)), jax.tree.leaves((expected, expected_state))):
+    np.testing.assert_array_equal(a, b)
+  # A non-finite task gradient (undefined cosine) keeps the gate closed: no NaN reaches the update.
+  bad = jax.tree.map(lambda t: t.at[0].set(jnp.nan), g_t)
+  out, _ = negative.update(g_e, negative.init(g_e), task_grads=bad)
+  assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(out))

@@ -12,6 +12,11 @@ With g_e = ∇θ L_enh and g_t = ∇θ L_task (back-propagated through the recog
 For τ ≥ 0 this gives ⟨d, g_e⟩ ≥ ‖g_e‖²: d is a descent direction for L_enh at least as steep as g_e
 alone, so the recogniser never biases the enhancer's optimisation direction. Per-leaf decisions keep
 the guarantee (each block's inner product is at least its own squared norm).
+
+τ < 0 is refused for the hard gate: it would add conflicting task gradients (cos ∈ (τ, 0]), breaking
+the guarantee, and open on an undefined cosine (reported as 0), adding a zero or non-finite g_t. The
+soft gate accepts it, harmlessly: its weight max(cos, 0) is 0 wherever cos ≤ 0, so any τ < 0 gives
+exactly the updates of τ = 0.
 """
 from __future__ import annotations
 
@@ -52,6 +57,25 @@ def gate_weight(cosine: jax.Array, mode: GateMode, threshold: float | jax.Array)
   raise ValueError(f"Unknown gate mode {mode!r}; expected one of {GATE_MODES}.")
 
 
+def check_threshold(threshold: float | jax.Array, mode: GateMode) -> None:
+  """Refuses τ < 0 with the hard gate (it breaks the descent guarantee; see the module docstring).
+
+  Only a Python number can be checked here; an injected (traced) threshold is the caller's to keep
+  non-negative.
+
+  >>> check_threshold(-0.1, "soft")
+  >>> check_threshold(-0.1, "hard")
+  Traceback (most recent call last):
+  ...
+  ValueError: threshold=-0.1 < 0 with mode='hard' opens the gate on conflicting gradients and on undefined cosines, breaking the descent guarantee: use a threshold >= 0 (0 is the paper's rule).
+  """
+  if mode == "hard" and isinstance(threshold, (int, float)) and threshold < 0:
+    raise ValueError(
+        f"threshold={threshold} < 0 with mode='hard' opens the gate on conflicting gradients and on "
+        "undefined cosines, breaking the descent guarantee: use a threshold >= 0 (0 is the paper's "
+        "rule).")
+
+
 def check_task_grads(updates: Any, task_grads: Any, name: str) -> None:
   """A clear error when ``task_grads`` is missing or does not match ``updates``."""
   if task_grads is None:
@@ -80,7 +104,8 @@ def gradprom(
 
   Args:
     task_weight: λ, multiplying g_t (≥ 0; may be injected with ``optax.inject_hyperparams``).
-    threshold: τ; the gate opens when cos > τ (strictly). The descent guarantee needs τ ≥ 0.
+    threshold: τ; the gate opens when cos > τ (strictly). The descent guarantee needs τ ≥ 0, so a
+      negative τ is refused for ``mode="hard"``; for ``mode="soft"`` it acts as τ = 0.
     granularity: ``"global"``: one cosine over the whole tree (Du et al. 2018); ``"per_leaf"``: one
       cosine and gate per parameter array.
     mode: ``"hard"``: gate ∈ {0, 1} (the paper's rule); ``"soft"``: gate = max(cos, 0) where open
@@ -112,6 +137,7 @@ def gradprom(
     raise ValueError(f"Unknown task_scale {task_scale!r}; expected one of {TASK_SCALES}.")
   if isinstance(task_weight, (int, float)) and task_weight < 0:
     raise ValueError(f"task_weight must be >= 0, got {task_weight}.")
+  check_threshold(threshold, mode)
   per_leaf = granularity == "per_leaf"
 
   def init_fn(params):
