@@ -5,7 +5,11 @@ calls it unconditionally). Every `log_train`/`log_eval` call appends one JSON ob
 ``"step"``, ``"kind"`` (``"train"`` or the eval prefix), ``"time"`` (Unix seconds) and the metrics
 as floats. On resume from step s, records after s (written after the checkpoint the run
 resumes from) are dropped from `metrics.jsonl` and TensorBoard's ``purge_step`` does the same, so
-both show one clean curve.
+both show one clean curve; records of the ``replace_kinds`` (the test scores, written afresh at the
+end of every start) are dropped whatever their step.
+
+The bar moves at every dispatched step (:meth:`MetricLogger.advance`, no host sync) and shows the
+latest losses from the log steps.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class MetricLogger:
     start_step: the step the run resumes from (0 for a fresh run).
     enabled: whether this process logs; None means process 0 only.
     show_progress: whether to draw the bar (and print evaluation lines) on stderr.
+    replace_kinds: kinds of records (e.g. ``("test",)``) this run writes afresh: earlier ones are
+      dropped from ``metrics.jsonl`` at the start.
 
   >>> import tempfile
   >>> with MetricLogger(tempfile.mkdtemp(), total_steps=10, show_progress=False) as logger:
@@ -61,7 +67,8 @@ class MetricLogger:
   """
 
   def __init__(self, workdir: str | os.PathLike[str], *, total_steps: int, start_step: int = 0,
-               enabled: bool | None = None, show_progress: bool = True):
+               enabled: bool | None = None, show_progress: bool = True,
+               replace_kinds: tuple[str, ...] = ()):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.metrics_path = Path(workdir) / METRICS_FILENAME
     self._writer = None
@@ -70,7 +77,7 @@ class MetricLogger:
     if not self.enabled:
       return
     self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    _drop_records_after(self.metrics_path, start_step)
+    _drop_records_after(self.metrics_path, start_step, kinds=replace_kinds)
     self._file = open(self.metrics_path, "a", encoding="utf-8")
     self._writer = tensorboardX.SummaryWriter(
         str(Path(workdir) / TENSORBOARD_DIRNAME), purge_step=start_step or None, flush_secs=30)
@@ -86,6 +93,16 @@ class MetricLogger:
     self._latest.update({k: v for k, v in floats.items() if "loss" in k} or floats)
     self._bar.set_postfix({k: f"{v:.4g}" for k, v in self._latest.items()}, refresh=False)
     self._bar.update(max(0, int(step) - self._bar.n))
+
+  def advance(self, step: int) -> None:
+    """Moves the bar to ``step`` without recording anything (call it for every dispatched step)."""
+    if self.enabled:
+      self._bar.update(max(0, int(step) - self._bar.n))
+
+  def write(self, text: str) -> None:
+    """Prints a line on stdout above the bar (unless the bar is hidden or this process is silent)."""
+    if self.enabled and not self._bar.disable:
+      self._bar.write(text)
 
   def log_eval(self, step: int, metrics: Mapping[str, Any], prefix: str = "val") -> None:
     """Records evaluation metrics at `step` under `prefix` (e.g. "val", "test")."""
@@ -146,15 +163,16 @@ def read_metrics(path: str | os.PathLike[str], kind: str | None = None) -> list[
   return records
 
 
-def _drop_records_after(path: Path, step: int) -> None:
-  """Rewrites `path` without records past `step` (and without a half-written last line)."""
+def _drop_records_after(path: Path, step: int, kinds: tuple[str, ...] = ()) -> None:
+  """Rewrites `path` without records past `step`, of `kinds`, or a half-written last line."""
   if not path.exists():
     return
   kept = []
   with open(path, encoding="utf-8") as f:
     for line in f:
       try:
-        if json.loads(line)["step"] <= step:
+        record = json.loads(line)
+        if record["step"] <= step and record["kind"] not in kinds:
           kept.append(line if line.endswith("\n") else line + "\n")
       except (json.JSONDecodeError, KeyError, TypeError):
         continue  # A line cut short by a kill; nothing to keep.

@@ -8,7 +8,9 @@ Two interchangeable modes (``config.parallel``):
 * ``"pmap"``: ``jax.pmap`` over local devices with axis ``"batch"``; the step averages gradients with
   ``lax.pmean`` before the combiner. The state carries a leading device axis.
 
-Either way each host passes only its own slice of the global batch.
+Either way each host passes only its own slice of the global batch. Evaluation is a plain
+``jax.jit`` program in both modes: it takes :meth:`DataParallel.global_state` and
+:meth:`DataParallel.put_global_batch`.
 """
 from __future__ import annotations
 
@@ -78,6 +80,19 @@ class DataParallel:
     if self.mode == "pmap":
       devices = jax.local_device_count()
       return {k: np.reshape(v, (devices, -1, *v.shape[1:])) for k, v in local_batch.items()}
+    return self.put_global_batch(local_batch)
+
+  def put_global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """This host's slice as global arrays split over the mesh, whatever the mode.
+
+    For plain ``jax.jit`` programs (evaluation, sample grids) that take :meth:`global_state`: they
+    need no per-device axis, so one compiled program serves both modes.
+
+    >>> parallel = DataParallel("pmap")
+    >>> batch = parallel.put_global_batch({"image": np.zeros((jax.device_count(), 8, 8, 3))})
+    >>> batch["image"].shape == (jax.device_count(), 8, 8, 3)
+    True
+    """
     return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
             for k, v in local_batch.items()}
 

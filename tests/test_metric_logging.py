@@ -87,3 +87,26 @@ def test_non_scalar_and_reserved_names_rejected(tmp_path):
       logger.log_train(1, {"loss": np.ones(3)})
     with pytest.raises(ValueError, match="'step' is reserved"):
       logger.log_train(1, {"step": 1})
+
+
+def test_replace_kinds_drops_earlier_records_of_that_kind_at_any_step(tmp_path):
+  with MetricLogger(tmp_path, total_steps=10, show_progress=False) as logger:
+    logger.log_train(10, {"loss": 1.0})
+    logger.log_eval(10, {"psnr": 20.0}, prefix="test")
+  # A re-evaluation of the finished run starts at the last step and writes the test record afresh.
+  with MetricLogger(tmp_path, total_steps=10, start_step=10, show_progress=False,
+                    replace_kinds=("test",)) as logger:
+    logger.log_eval(10, {"psnr": 21.0}, prefix="test")
+  assert [(r["kind"], r.get("psnr")) for r in read_metrics(tmp_path / METRICS_FILENAME)] == [
+      ("train", None), ("test", 21.0)]
+
+
+def test_bar_advances_per_dispatched_step_and_lines_print_above_it(tmp_path, capsys):
+  with MetricLogger(tmp_path, total_steps=50) as logger:
+    logger.advance(3)
+    assert logger._bar.n == 3
+    logger.write("compiling the train step...")
+    logger.advance(2)   # never backwards
+    assert logger._bar.n == 3
+  assert "compiling the train step..." in capsys.readouterr().out
+  assert not (tmp_path / METRICS_FILENAME).read_text()   # advancing records nothing
