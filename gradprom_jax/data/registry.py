@@ -5,12 +5,13 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import ml_collections
 import tensorflow_datasets as tfds
 
 from gradprom_jax.data import records_builder
+from gradprom_jax.file_lock import FileLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,30 @@ def resolve_data_dir(data_dir: str | None) -> str:
   return str(Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser())
 
 
+@contextlib.contextmanager
+def build_lock(builder: tfds.core.DatasetBuilder, name: str) -> Iterator[None]:
+  """Holds the lock on building ``builder``'s dataset and config in its data dir.
+
+  Two runs that need the same unbuilt dataset at once (a sweep's first seeds, a job array) would
+  both build it and one would fail on TFDS's final rename; with this lock one builds and the others
+  wait for it (logging whom they wait for), then reuse its files. The lock is an ``flock`` that dies
+  with its holder (see :mod:`gradprom_jax.file_lock` for NFS and Lustre), so a killed build never
+  blocks the next one.
+  """
+  data_dir = Path(builder.data_dir_root)
+  data_dir.mkdir(parents=True, exist_ok=True)
+  lock = FileLock(data_dir / f".{builder.name}-{builder.builder_config.name}.build.lock")
+  if not lock.acquire(blocking=False):
+    holder = lock.holder()
+    logging.warning("waiting for %s (host %s) building %s (%s) in %s", holder.get("pid", "?"),
+                    holder.get("host", "?"), name, builder.builder_config.name, data_dir)
+    lock.acquire()
+  try:
+    yield
+  finally:
+    lock.release()
+
+
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """Builds the dataset named by `config.name` (once; later calls reuse the files) and opens its splits.
 
@@ -87,20 +112,26 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   registry = _registry()
   if config.name not in registry:
     raise ValueError(f"unknown dataset {config.name!r}; valid names: {', '.join(DATASET_NAMES)}")
-  builder = registry[config.name](config, resolve_data_dir(config.data_dir))
+  data_dir = resolve_data_dir(config.data_dir)
+  builder = registry[config.name](config, data_dir)
   skipped = ()
   if not builder.is_prepared():
-    logging.info("Building %s (%s) into %s", config.name, builder.builder_config.name, builder.data_dir)
-    manual_dir = getattr(builder.builder_config, "manual_dir", None)
-    # TFDS prints its own banner on stdout; keep stdout for the caller and log it instead.
-    with contextlib.redirect_stdout(io.StringIO()) as banner:
-      builder.download_and_prepare(
-          file_format="array_record",
-          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    logging.info("%s", banner.getvalue().strip())
-    skipped = tuple(getattr(getattr(builder, "bad_inputs", None), "messages", ()))
-    if skipped:
-      logging.warning("%s: skipped %d bad inputs (skip_bad=True)", config.name, len(skipped))
+    with build_lock(builder, config.name):
+      # Reopened: another process may have built it while this one waited for the lock.
+      builder = registry[config.name](config, data_dir)
+      if not builder.is_prepared():
+        logging.info("Building %s (%s) into %s", config.name, builder.builder_config.name,
+                     builder.data_dir)
+        manual_dir = getattr(builder.builder_config, "manual_dir", None)
+        # TFDS prints its own banner on stdout; keep stdout for the caller and log it instead.
+        with contextlib.redirect_stdout(io.StringIO()) as banner:
+          builder.download_and_prepare(
+              file_format="array_record",
+              download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        logging.info("%s", banner.getvalue().strip())
+        skipped = tuple(getattr(getattr(builder, "bad_inputs", None), "messages", ()))
+        if skipped:
+          logging.warning("%s: skipped %d bad inputs (skip_bad=True)", config.name, len(skipped))
   features = builder.info.features
   label = features["label"] if "label" in features else None
   return Dataset(
