@@ -1,0 +1,276 @@
+r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOCOL.md` fixes; short.
+
+  # 1. after the seed-0 λ sweep: choose each method's λ on validation (writes DIR/selection.json)
+  python experiments/evidence_report.py select DIR --task_metric auc
+  # 2. after the seed runs at the chosen λ: paired differences, fronts, claims (DIR/report.md, ...)
+  python experiments/evidence_report.py report DIR --task_metric auc --setting "PneumoniaMNIST ..."
+  # 3. the claims of several settings as one table (the opening table of RESULTS.md)
+  python experiments/evidence_report.py claims DIR [DIR ...]
+
+DIR is an `experiments/compare.py` directory whose λ rows are named ``<method>_l<λ>``. Every number
+written is computed here from the runs' results.json and metrics.jsonl; the logic is in
+`gradprom_jax.evidence`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gradprom_jax import evidence  # noqa: E402
+
+SELECTION_FILENAME = "selection.json"
+CLAIMS_FILENAME = "claims.json"
+# The protocol's margins (non-inferiority) and the "close to enhancement-only" margin.
+MARGINS = {"psnr": 0.1, "ssim": 0.005}
+TASK_MARGIN = 0.01
+CLOSE_TO_ENHANCE_ONLY_DB = 0.5
+GRADPROM = "gradprom"
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+  return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _mean_std(vals: list[float]) -> str:
+  vals = [v for v in vals if math.isfinite(v)]
+  if not vals:
+    return "—"
+  std = np.std(vals, ddof=1) if len(vals) > 1 else float("nan")
+  return f"{np.mean(vals):.4f} ± {_fmt(std)} ({len(vals)})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def _judge_metric(task_metric: str) -> str:
+  return f"judge_{task_metric}"
+
+
+def _sweep(runs, seed: int = 0):
+  """``{method: {λ: run}}`` of the λ rows at ``seed``."""
+  sweep: dict[str, dict[float, evidence.Run]] = {}
+  for (row, run_seed), run in runs.items():
+    parsed = evidence.lambda_row(row)
+    if parsed and run_seed == seed:
+      sweep.setdefault(parsed[0], {})[parsed[1]] = run
+  return sweep
+
+
+def select(directory: Path, task_metric: str) -> dict:
+  runs = evidence.load_runs(directory)
+  reference = runs.get(("enhance_only", 0))
+  if reference is None:
+    sys.exit(f"{directory}/enhance_only/seed_0 has not finished: it is the PSNR reference.")
+  reference_psnr = reference.final_validation()["psnr"]
+  judge = _judge_metric(task_metric)
+  lines = [f"# λ chosen on validation (seed 0, final step)\n",
+           f"Rule (PROTOCOL.md): admissible λ keep validation PSNR ≥ enhancement-only's "
+           f"({reference_psnr:.4f} dB) − 1.0 dB; among them the highest validation {task_metric} of "
+           "the run's own recogniser (ties < 0.002 broken by PSNR); none admissible: the highest PSNR.\n"]
+  selection, table = {}, []
+  for method, by_weight in sorted(_sweep(runs).items()):
+    validation = {w: run.final_validation() for w, run in by_weight.items()}
+    chosen = evidence.choose_lambda(validation, reference_psnr=reference_psnr,
+                                    task_metric=task_metric)
+    selection[method] = chosen
+    for weight in sorted(validation):
+      v = validation[weight]
+      rate = by_weight[weight].train_series("gate_open_rate")
+      table.append([method, f"{weight:g}", _fmt(v["psnr"]), _fmt(v.get("ssim")),
+                    _fmt(v.get(task_metric)), _fmt(v.get(judge, math.nan)),
+                    _fmt(rate[-1] if rate else math.nan, 3), "**chosen**" if weight == chosen else ""])
+  v = reference.final_validation()
+  table.append(["enhance_only", "—", _fmt(v["psnr"]), _fmt(v.get("ssim")), _fmt(v.get(task_metric)),
+                _fmt(v.get(judge, math.nan)), "—", "reference"])
+  lines.append(_table(["method", "λ", "val psnr", "val ssim", f"val {task_metric}", f"val {judge}",
+                       "gate-open rate", ""], table))
+  if GRADPROM in selection:
+    rate = _sweep(runs)[GRADPROM][selection[GRADPROM]].train_series("gate_open_rate")
+    selection["random_gate"] = {"task_weight": selection[GRADPROM], "open_rate": round(rate[-1], 3)}
+    lines.append(f"\nrandom_gate control: λ = {selection[GRADPROM]:g}, open rate = "
+                 f"{rate[-1]:.3f} (GradProm's at its chosen λ).")
+  (directory / SELECTION_FILENAME).write_text(json.dumps(selection, indent=2) + "\n")
+  (directory / "lambda_selection.md").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return selection
+
+
+def _plot_fronts(path: Path, runs, task_metric: str, metric_key: str) -> None:
+  figure, axes = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+  for method, by_weight in sorted(_sweep(runs).items()):
+    weights = sorted(by_weight)
+    points = [by_weight[w].final_validation() for w in weights]
+    x = [p["psnr"] for p in points]
+    y = [p.get(metric_key, math.nan) for p in points]
+    axes.plot(x, y, marker="o", label=method)
+    for w, xi, yi in zip(weights, x, y):
+      axes.annotate(f"{w:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  reference = runs.get(("enhance_only", 0))
+  if reference is not None:
+    v = reference.final_validation()
+    axes.plot([v["psnr"]], [v.get(metric_key, math.nan)], marker="*", markersize=12, color="k",
+              linestyle="none", label="enhance_only")
+  axes.set_xlabel("validation PSNR (dB)")
+  axes.set_ylabel(f"validation {metric_key}")
+  axes.set_title("Fronts over λ (seed 0; labels are λ)")
+  axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def report(directory: Path, task_metric: str, setting: str) -> dict:
+  runs = evidence.load_runs(directory)
+  selection = json.loads((directory / SELECTION_FILENAME).read_text())
+  rows = {m: f"{m}_l{w:g}" for m, w in selection.items() if m != "random_gate"}
+  for control in ("enhance_only", "random_gate", "two_stage"):
+    if any(row == control for row, _ in runs):
+      rows[control] = control
+  judge = _judge_metric(task_metric)
+  metrics = ["psnr", "ssim", task_metric, judge]
+  seeds = sorted({s for (r, s) in runs if r == rows.get(GRADPROM)})
+  out = [f"# {setting}\n", f"Rows at the λ chosen on validation (lambda_selection.md); seeds "
+         f"{seeds}; test split. `judge_*`: the fixed recogniser trained on high-quality images only.\n"]
+  table = []
+  for name, row in rows.items():
+    table.append([f"{name} (`{row}`)"] + [_mean_std(list(evidence.values(runs, row, m).values()))
+                                          for m in metrics + [f"judge_high_quality_{task_metric}"]])
+  out += ["## Test metrics (mean ± std over seeds, n)\n",
+          _table(["row"] + metrics + [f"judge on high-quality: {task_metric}"], table), ""]
+
+  # Paired differences GradProm − each other row; Holm over the family; Bonferroni intervals.
+  others = [name for name in rows if name != GRADPROM]
+  pairs = [(other, metric) for other in others for metric in metrics]
+  diffs = {(o, m): evidence.paired_difference(evidence.values(runs, rows[GRADPROM], m),
+                                              evidence.values(runs, rows[o], m)) for o, m in pairs}
+  adjusted = dict(zip(pairs, evidence.holm([diffs[p].p_value for p in pairs])))
+  level = 1 - 0.05 / max(len(pairs), 1)
+  wide = {(o, m): evidence.paired_difference(evidence.values(runs, rows[GRADPROM], m),
+                                             evidence.values(runs, rows[o], m), confidence=level)
+          for o, m in pairs}
+  digits = {"psnr": 3}
+  table = [[f"GradProm − {o}", m, diffs[o, m].format(digits.get(m, 4)),
+            f"[{wide[o, m].low:+.4f}, {wide[o, m].high:+.4f}]", f"{adjusted[o, m]:.3g}",
+            "yes" if adjusted[o, m] < 0.05 else "no"] for o, m in pairs]
+  out += [f"## Paired differences (same seed = pair)\n",
+          f"Mean difference with its 95 % t interval and paired t-test p; Holm-adjusted p over the "
+          f"{len(pairs)} comparisons; Bonferroni interval at level {level:.4f}.\n",
+          _table(["comparison", "metric", "mean [95 % CI] (n, p)", "Bonferroni CI", "Holm p",
+                  "significant (family-wise 0.05)"], table), ""]
+
+  # The claims of PAPER.md that one setting can decide.
+  def claim(other, metric, margin):
+    if other not in rows:
+      return {"verdict": "undecided", "statistic": f"no {other} row"}
+    d = wide[other, metric]
+    return {"verdict": evidence.verdict(d.low, d.high, margin),
+            "statistic": f"GradProm − {other} {metric}: {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"}
+  two_stage = "two_stage" if "two_stage" in rows else "enhance_only"
+  claims = {
+      "1. GradProm ≥ joint on PSNR": claim("joint", "psnr", MARGINS["psnr"]),
+      "1. GradProm ≥ joint on SSIM": claim("joint", "ssim", MARGINS["ssim"]),
+      "2. GradProm close to (≥ −0.5 dB) or better than enhancement-only on PSNR":
+          claim("enhance_only", "psnr", CLOSE_TO_ENHANCE_ONLY_DB),
+      f"3. GradProm ≥ two-stage on {task_metric}": claim(two_stage, task_metric, TASK_MARGIN),
+      f"3. GradProm ≥ two-stage on {judge}": claim(two_stage, judge, TASK_MARGIN),
+      f"3. GradProm competitive with joint on {task_metric}": claim("joint", task_metric, TASK_MARGIN),
+      f"3. GradProm competitive with joint on {judge}": claim("joint", judge, TASK_MARGIN),
+  }
+  if two_stage == "enhance_only":
+    for key in claims:
+      if "two-stage" in key:
+        claims[key]["statistic"] += " (frozen recogniser: two-stage is enhancement-only)"
+  rates = [run.train_series("gate_open_rate")[-1] for (row, _), run in runs.items()
+           if row == rows.get(GRADPROM) and run.train_series("gate_open_rate")]
+  if rates:
+    claims["5. gate-open rate strictly between 0 and 1"] = {
+        "verdict": "holds" if 0 < min(rates) and max(rates) < 1 else "does not hold",
+        "statistic": f"final gate-open rate {min(rates):.3f}–{max(rates):.3f} over {len(rates)} runs"}
+  for name in ("gp_norm", "pcgrad", "random_gate"):
+    if name in rows:
+      claims[f"(ours) GradProm vs {name} on PSNR"] = claim(name, "psnr", MARGINS["psnr"])
+      claims[f"(ours) GradProm vs {name} on {task_metric}"] = claim(name, task_metric, TASK_MARGIN)
+  out += ["## Claims of PAPER.md in this setting\n",
+          f"Verdicts from the Bonferroni intervals with the protocol's margins (PSNR {MARGINS['psnr']} "
+          f"dB, SSIM {MARGINS['ssim']}, task metrics {TASK_MARGIN}): better (lower bound > 0), holds "
+          "(lower bound > −margin), does not hold (upper bound < −margin), undecided.\n",
+          _table(["claim", "verdict", "statistic"],
+                 [[k, v["verdict"], v["statistic"]] for k, v in claims.items()]), ""]
+
+  probes = [(row, run) for (row, seed), run in runs.items() if row.startswith("gp_batch")]
+  if probes:
+    table = []
+    for row, run in sorted(probes, key=lambda p: int(p[0].removeprefix("gp_batch"))):
+      agree, count = evidence.halves_agreement(run)
+      cosines = run.train_series("gate_probe/cosine_full")
+      table.append([row.removeprefix("gp_batch"), _fmt(agree, 3), str(count),
+                    _fmt(float(np.median(np.abs(cosines))) if cosines else math.nan, 3)])
+    out += ["## Gate reliability\n",
+            "GradProm at the chosen λ, seed 0; every 10 steps the cosine of g_e and g_t on two "
+            "disjoint halves of the batch. 0.5 agreement is a coin flip.\n",
+            _table(["batch", "halves agree in sign", "probes", "median |cos| (whole batch)"], table), ""]
+
+  plots = directory / "plots"
+  plots.mkdir(exist_ok=True)
+  for key in (task_metric, judge):
+    _plot_fronts(plots / f"front_psnr_{key}.png", runs, task_metric, key)
+  out += ["## Fronts over λ (validation, seed 0)\n",
+          f"![front](plots/front_psnr_{judge}.png) ![front](plots/front_psnr_{task_metric}.png)\n",
+          "The table behind them is lambda_selection.md.\n"]
+  total = sum(json.loads(p.read_text()).get("wall_seconds", 0.0)
+              for p in directory.glob("*/seed_*/run.json"))
+  out.append(f"Run time, summed over the {len(runs)} finished runs: {total / 60:.1f} min.\n")
+  (directory / "report.md").write_text("\n".join(out))
+  (directory / CLAIMS_FILENAME).write_text(json.dumps({"setting": setting, "claims": claims},
+                                                      indent=2, ensure_ascii=False) + "\n")
+  print("\n".join(out))
+  return claims
+
+
+def claims_table(directories: list[Path]) -> str:
+  """Claim × setting, from each directory's claims.json."""
+  settings = [json.loads((d / CLAIMS_FILENAME).read_text()) for d in directories]
+  names = list(dict.fromkeys(k for s in settings for k in s["claims"]))
+  rows = []
+  for name in names:
+    cells = []
+    for s in settings:
+      c = s["claims"].get(name)
+      cells.append("—" if c is None else f"**{c['verdict']}**: {c['statistic']}")
+    rows.append([name] + cells)
+  return _table(["claim"] + [s["setting"] for s in settings], rows)
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name in ("select", "report"):
+    p = sub.add_parser(name)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--task_metric", required=True)
+    if name == "report":
+      p.add_argument("--setting", required=True)
+  p = sub.add_parser("claims")
+  p.add_argument("directories", type=Path, nargs="+")
+  args = parser.parse_args(argv)
+  if args.command == "select":
+    select(args.directory, args.task_metric)
+  elif args.command == "report":
+    report(args.directory, args.task_metric, args.setting)
+  else:
+    print(claims_table(args.directories))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,103 @@
+"""The seed-paired evidence: λ chosen on validation only, paired intervals, Holm, claim verdicts."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gradprom_jax import evidence
+
+REPORT_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "evidence_report.py"
+
+
+def _load_report_module():
+  spec = importlib.util.spec_from_file_location("evidence_report", REPORT_SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _write_run(directory, row, seed, *, val, test, gate_rate=0.4, probes=()):
+  run = directory / row / f"seed_{seed}"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps({**test, "seed": seed}))
+  records = [{"step": 10, "kind": "train", "time": 0.0, "gate_open_rate": gate_rate,
+              **{f"gate_probe/{k}": v for k, v in probes}},
+             {"step": 5, "kind": "val", "time": 0.0, "psnr": 0.0, "auc": 0.0},   # not the last
+             {"step": 10, "kind": "val", "time": 0.0, **val}]
+  (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  (run / "run.json").write_text(json.dumps({"wall_seconds": 60.0}))
+
+
+def test_paired_difference_matches_scipy_and_t_interval():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(1.0, 0.3, 6), rng.normal(0.0, 0.3, 6)
+  d = evidence.paired_difference(dict(enumerate(a)), dict(enumerate(b)))
+  diffs = a - b
+  half = stats.t.ppf(0.975, 5) * diffs.std(ddof=1) / math.sqrt(6)
+  assert d.n == 6 and d.mean == pytest.approx(diffs.mean())
+  assert (d.low, d.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+  assert d.p_value == pytest.approx(stats.ttest_rel(a, b).pvalue)
+  # Only seeds present (and finite) in both rows pair up.
+  d = evidence.paired_difference({0: 1.0, 1: 2.0, 2: math.nan, 3: 5.0}, {0: 0.0, 1: 0.5, 2: 1.0})
+  assert d.n == 2 and d.mean == pytest.approx(1.25)
+
+
+def test_holm_is_monotone_and_bounded():
+  p = [0.001, 0.2, 0.01, 0.04, 0.5]
+  adjusted = evidence.holm(p)
+  assert adjusted[0] == pytest.approx(0.005)
+  assert all(a >= raw for a, raw in zip(adjusted, p)) and max(adjusted) <= 1.0
+  order = np.argsort(p)
+  assert all(np.diff(np.array(adjusted)[order]) >= 0)
+
+
+def test_choose_lambda_follows_the_protocol_rule():
+  validation = {0.01: {"psnr": 26.0, "auc": 0.90}, 0.1: {"psnr": 25.2, "auc": 0.93},
+                0.3: {"psnr": 25.1, "auc": 0.9315}, 1.0: {"psnr": 22.0, "auc": 0.99}}
+  # λ = 1 has the best AUC but loses more than 1 dB; 0.3 and 0.1 tie (< 0.002): higher PSNR wins.
+  assert evidence.choose_lambda(validation, reference_psnr=26.1, task_metric="auc") == 0.1
+  # Nothing admissible: the highest PSNR.
+  assert evidence.choose_lambda(validation, reference_psnr=40.0, task_metric="auc") == 0.01
+
+
+def test_select_and_report_on_a_synthetic_sweep(tmp_path, capsys):
+  report_module = _load_report_module()
+  rng = np.random.default_rng(1)
+  for seed in range(5):
+    noise = lambda: float(rng.normal(0, 0.01))   # noqa: E731
+    base = {"psnr": 25.0 + noise(), "ssim": 0.8, "auc": 0.90 + noise(), "judge_auc": 0.9,
+            "judge_high_quality_auc": 0.95}
+    test = {
+        "gradprom_l0.1": {**base, "psnr": base["psnr"] + 0.0, "auc": base["auc"] + 0.02},
+        "joint_l0.1": {**base, "psnr": base["psnr"] - 2.0, "ssim": 0.7},
+        "enhance_only": {**base, "psnr": base["psnr"] + 0.2},
+    }
+    for row, values in test.items():
+      if seed == 0 or row in ("gradprom_l0.1", "joint_l0.1", "enhance_only"):
+        _write_run(tmp_path, row, seed, test=values,
+                   val={"psnr": values["psnr"], "auc": values["auc"]},
+                   probes=[("halves_agree", 1.0)] if row == "gradprom_l0.1" else ())
+  # A λ whose validation AUC is higher but PSNR is 3 dB lower must not be chosen.
+  _write_run(tmp_path, "gradprom_l1", 0, test={"psnr": 0.0, "auc": 0.0},
+             val={"psnr": 22.0, "auc": 0.99})
+  _write_run(tmp_path, "joint_l1", 0, test={"psnr": 0.0, "auc": 0.0},
+             val={"psnr": 21.0, "auc": 0.99})
+
+  selection = report_module.select(tmp_path, "auc")
+  assert selection["gradprom"] == 0.1 and selection["joint"] == 0.1
+  assert selection["random_gate"] == {"task_weight": 0.1, "open_rate": 0.4}
+  claims = report_module.report(tmp_path, "auc", "synthetic check")
+  assert claims["1. GradProm ≥ joint on PSNR"]["verdict"] == "better"
+  assert claims["1. GradProm ≥ joint on SSIM"]["verdict"] == "better"
+  # 0.2 dB below enhancement-only is "close" (margin 0.5 dB) but not "better".
+  assert claims["2. GradProm close to (≥ −0.5 dB) or better than enhancement-only on PSNR"][
+      "verdict"] == "holds"
+  assert claims["5. gate-open rate strictly between 0 and 1"]["verdict"] == "holds"
+  report_text = (tmp_path / "report.md").read_text()
+  assert "Holm" in report_text and (tmp_path / "plots" / "front_psnr_judge_auc.png").exists()
+  table = report_module.claims_table([tmp_path])
+  assert "synthetic check" in table and "**better**" in table
