@@ -63,8 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Segmentation: cross-entropy + dice_weight · soft Dice. Classification: label smoothing.
   config.task.dice_weight = 1.0
   config.task.label_smoothing = 0.0
-  # Per-class loss weights (tuple, one per class) or None.
-  config.task.class_weights = ml_collections.config_dict.placeholder(tuple)
+  # Per-class loss weights: None (unweighted); "balanced" (classification: inverse class frequencies
+  # of the training split, normalised to mean 1, for imbalanced classes, where an unweighted
+  # recogniser can end up predicting the majority class for every image); or a tuple, one per class.
+  config.task.class_weights = ml_collections.config_dict.placeholder(object)
 
   # GradProm's options (see gradprom_jax.combiners.gradprom).
   config.gradprom = ml_collections.ConfigDict()
@@ -83,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # Everything but `name` is passed to the model's constructor.
   config.model.enhancer = ml_collections.ConfigDict(
+  # β of a moving average of the cosine that must also exceed the threshold (ours, for small
+  # batches whose per-step cosine is mostly noise); 0.0: off, the paper's per-step rule.
+  config.gradprom.cosine_ema = 0.0
       {"name": "edsr", "features": 32, "num_blocks": 4})
   config.model.recognizer = ml_collections.ConfigDict(
       {"name": "unet_segmenter", "features": 16, "num_levels": 3})

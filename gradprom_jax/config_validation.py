@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Sequence
 
 import ml_collections
@@ -29,6 +30,22 @@ class ConfigError(ValueError):
 def _choice(name: str, value, valid) -> None:
   if value not in valid:
     raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, valid))}.")
+
+
+def _check_class_weights(config: ml_collections.ConfigDict) -> None:
+  """task.class_weights: None, "balanced" (classification) or non-negative weights, not all 0."""
+  weights = config.task.class_weights
+  if weights is None or weights == "balanced" and config.task.recognition == "classification":
+    return
+  if weights == "balanced":
+    raise ConfigError("task.class_weights='balanced' weights image labels (classification only); for "
+                      "segmentation give one weight per mask class, e.g. '(1.0, 3.0)'.")
+  numbers = isinstance(weights, (tuple, list)) and all(
+      isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+      for w in weights)
+  if not numbers or not sum(weights) > 0:
+    raise ConfigError(f"task.class_weights={weights!r} must be None, 'balanced' or a tuple of "
+                      "non-negative weights, one per class, not all 0.")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
@@ -66,6 +83,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
                       f"[0, num_train_steps={config.num_train_steps}).")
   if config.task_weight < 0:
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
+  _check_class_weights(config)
   if not 0 <= config.random_gate.open_rate <= 1:
     raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")
   try:
@@ -104,6 +122,13 @@ def _check_models(config: ml_collections.ConfigDict, scale: int) -> None:
   if recognizer.recognition != config.task.recognition:
     fitting = [name for name, cls in models.RECOGNIZERS.items()
                if cls.recognition == config.task.recognition]
+  if not 0 <= config.gradprom.cosine_ema < 1:
+    raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
+                      "(0 turns the moving average off).")
+  try:
+    degradation = degradations.parse_degradation(config.task.degradation)
+  except ValueError as e:
+    raise ConfigError(f"task.degradation={config.task.degradation!r}: {e}") from None
     config_hint = (_CLASSIFICATION_HINT if config.task.recognition == "classification"
                    else _SEGMENTATION_HINT)
     raise ConfigError(
@@ -129,11 +154,13 @@ def _check_models(config: ml_collections.ConfigDict, scale: int) -> None:
 
 
 def validate_config_for_dataset(config: ml_collections.ConfigDict,
-                                image_shape: Sequence[int]) -> None:
+                                image_shape: Sequence[int],
+                                class_names: Sequence[str] | None = None) -> None:
   """Raises :class:`ConfigError` if ``config`` cannot train on images of ``image_shape`` (H, W, C).
 
   Catches what `validate_config` cannot see: a dataset kept at its native size (``image_size=None``)
-  that the super-resolution scale does not divide.
+  that the super-resolution scale does not divide, and ``task.class_weights`` of another length
+  than the recogniser's ``class_names``.
 
   >>> from gradprom_jax.config import base_config
   >>> config = base_config()
@@ -155,6 +182,10 @@ def validate_config_for_dataset(config: ml_collections.ConfigDict,
       degradation.check_image_size(*size)
     except ValueError as e:
       raise ConfigError(f"{key}={tuple(size)}{note}: {e}") from None
+  weights = config.task.class_weights
+  if class_names is not None and isinstance(weights, (tuple, list)) and len(weights) != len(class_names):
+    raise ConfigError(f"task.class_weights={tuple(weights)} has {len(weights)} weights but the "
+                      f"recogniser has {len(class_names)} classes: {', '.join(class_names)}.")
 
 
 def unknown_key_message(config: ml_collections.ConfigDict, dotted_key: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dm_pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -77,6 +78,23 @@ def enhancement_loss(pred: jax.Array, target: jax.Array, kind: str = "l1",
   if ssim_weight:  # A Python float: skip the SSIM computation when unused.
     loss = loss + ssim_weight * ssim_loss(pred, target)
   return loss
+
+
+def balanced_class_weights(class_counts) -> tuple[float, ...]:
+  """Per-class weights inversely proportional to the class counts, normalised to mean 1.
+
+  Each class then contributes equally to a weighted loss, whatever its frequency.
+
+  >>> balanced_class_weights([72, 28])
+  (0.56, 1.44)
+  """
+  counts = np.asarray(class_counts, np.float64)
+  if counts.ndim != 1 or not len(counts) or np.any(counts <= 0):
+    empty = [int(k) for k in np.flatnonzero(counts <= 0)] if counts.ndim == 1 else []
+    raise ValueError(f"balanced class weights need examples of every class; counts {tuple(class_counts)}"
+                     + (f" have none of class {empty}" if empty else ""))
+  inverse = 1.0 / counts
+  return tuple(round(float(w), 6) for w in inverse / inverse.mean())
 
 
 def _weighted_mean(values: jax.Array, labels: jax.Array,

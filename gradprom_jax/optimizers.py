@@ -37,7 +37,8 @@ def make_enhancer_tx(config: ml_collections.ConfigDict,
       combiner = get_combiner("gradprom", task_weight=config.task_weight,
                               threshold=config.gradprom.threshold,
                               granularity=config.gradprom.granularity, mode=config.gradprom.mode,
-                              task_scale=config.gradprom.task_scale)
+                              task_scale=config.gradprom.task_scale,
+                              cosine_ema=config.gradprom.cosine_ema)
     elif config.method == "enhance_only":
       combiner = get_combiner("enhance_only")
     elif config.method == "random_gate":

@@ -50,6 +50,11 @@ ADDED_KEY_DEFAULTS = {
 
 
 class ConfigMismatchError(ValueError):
+    "gradprom.cosine_ema": 0.0,
+    "model.dtype": "float32",
+    "recognizer.init_from": None,
+    "enhancer.init_from": None,
+    "judge.workdir": None,
   """The workdir holds a run with a different config."""
 
 

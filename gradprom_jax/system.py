@@ -97,15 +97,18 @@ def _module_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def create_system(config: ml_collections.ConfigDict, *, channels: int,
-                  num_classes: int) -> TaskDrivenSystem:
-  """The system a config describes, for images with ``channels`` and a task with ``num_classes``."""
+def create_system(config: ml_collections.ConfigDict, *, channels: int, num_classes: int,
+                  class_weights: tuple[float, ...] | None = None) -> TaskDrivenSystem:
+  """The system a config describes, for images with ``channels`` and a task with ``num_classes``.
+
+  ``class_weights`` are the task loss's per-class weights, resolved from ``config.task.class_weights``
+  by the caller (``"balanced"`` needs the training split's class counts: ``train.build_system``).
+  """
   degradation = degradations.parse_degradation(config.task.degradation)
   enhancer = models.create_enhancer(config.model.enhancer.name, channels=channels,
                                     scale=degradation.scale, **_module_kwargs(config.model.enhancer))
   recognizer = models.create_recognizer(config.model.recognizer.name, num_classes=num_classes,
                                         **_module_kwargs(config.model.recognizer))
-  class_weights = config.task.class_weights
   return TaskDrivenSystem(
       enhancer=enhancer, recognizer=recognizer, degradation=degradation,
       recognition=config.task.recognition, num_classes=num_classes,

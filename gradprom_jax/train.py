@@ -26,9 +26,9 @@ import ml_collections
 import numpy as np
 
 from gradprom_jax import data as data_lib
-from gradprom_jax import evaluation, parallel as parallel_lib, visualization
+from gradprom_jax import evaluation, losses, parallel as parallel_lib, visualization
 from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory
-from gradprom_jax.config_validation import validate_config, validate_config_for_dataset
+from gradprom_jax.config_validation import ConfigError, validate_config, validate_config_for_dataset
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
@@ -49,13 +49,35 @@ class NonFiniteTrainingError(RuntimeError):
   """Too many consecutive steps had non-finite losses or gradients."""
 
 
+def recognizer_class_names(config: ml_collections.ConfigDict, dataset: Any) -> tuple[str, ...]:
+  """The recogniser's output classes: the mask classes for segmentation, else the image labels."""
+  if config.task.recognition == "segmentation":
+    return tuple(dataset.mask_class_names or ("background", "lesion"))
+  return tuple(dataset.class_names or ())
+
+
+def resolve_class_weights(config: ml_collections.ConfigDict, dataset: Any) -> tuple[float, ...] | None:
+  """``task.class_weights`` as numbers: ``"balanced"`` from the training split's class counts."""
+  weights = config.task.class_weights
+  if weights != "balanced":
+    return None if weights is None else tuple(float(w) for w in weights)
+  counts = dataset.class_counts["train"]
+  try:
+    weights = losses.balanced_class_weights(counts)
+  except ValueError:
+    raise ConfigError(f"task.class_weights='balanced': the training split has no examples of "
+                      f"{[n for n, c in zip(dataset.class_names, counts) if not c]}; give explicit "
+                      "weights or fix the data.") from None
+  logging.info("Class weights (balanced): %s", ", ".join(
+      f"{name} {w:.3g}" for name, w in zip(dataset.class_names, weights)))
+  return weights
+
+
 def build_system(config: ml_collections.ConfigDict, dataset: Any) -> TaskDrivenSystem:
   """The system ``config`` describes for ``dataset``'s images and classes."""
-  if config.task.recognition == "segmentation":
-    num_classes = getattr(dataset, "num_mask_classes", 2)
-  else:
-    num_classes = dataset.num_classes
-  return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes)
+  return create_system(config, channels=dataset.image_shape[-1],
+                       num_classes=len(recognizer_class_names(config, dataset)),
+                       class_weights=resolve_class_weights(config, dataset))
 
 
 def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, image_shape,
@@ -115,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   dataset = data_lib.load_dataset(config.data)
-  validate_config_for_dataset(config, dataset.image_shape)
+  validate_config_for_dataset(config, dataset.image_shape, recognizer_class_names(config, dataset))
   workdir = ensure_writable_directory(workdir)
   lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
   try:
@@ -135,7 +157,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
     _write_json(workdir / MODEL_INFO_FILENAME, {
         "image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
-        "class_names": list(dataset.class_names or ()), "recognition": system.recognition})
+        "class_names": list(recognizer_class_names(config, dataset)),
+        "recognition": system.recognition})
   phases = make_phases(config)
   enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
   state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradprom_jax.combiners import combiner_metrics, find_combiner_state
+from gradprom_jax.combiners import find_combiner_metrics
+from gradprom_jax.gradient_accumulation import (accumulate_gradients,
+                                                  check_not_wrapped_in_multisteps)
 from gradprom_jax.phases import Phase
 from gradprom_jax.system import TaskDrivenSystem
 from gradprom_jax.train_state import TrainState
@@ -147,9 +149,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
       metrics["enhancer_lr"] = _learning_rate(opt_state)
       if task_grads is not None:
         metrics["task_grad_norm"] = optax.tree.norm(task_grads)
-      combiner_state = find_combiner_state(opt_state)
-      if combiner_state is not None:
-        metrics.update(combiner_metrics(combiner_state))
+      metrics.update(find_combiner_metrics(opt_state))   # cosine, gate (and the EMA if gated on)
     if phase.update_recognizer and recognizer_terms:
       recognizer_grads = jax.tree.map(lambda *g: sum(g) / len(g), *recognizer_terms)
       updates, opt_state = recognizer_tx.update(recognizer_grads, state.recognizer_opt_state,

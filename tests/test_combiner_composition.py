@@ -101,3 +101,17 @@ def test_toy_conflict_gradprom_reaches_the_main_minimum_joint_does_not():
   np.testing.assert_allclose(x_joint, (a + b) / 2, atol=1e-3)
   # The task gradient helped early (gate open), then was refused near the main minimum.
   assert 0 < int(state.promoted) < int(state.count)
+
+
+def test_inject_hyperparams_with_a_static_cosine_average():
+  from gradprom_jax.combiners import GradPromEmaState
+  params = jnp.zeros(2)
+  g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0])
+  tx = optax.inject_hyperparams(gradprom, static_args=("cosine_ema",))(cosine_ema=0.9, threshold=0.5)
+  state = tx.init(params)
+  assert isinstance(state.inner_state, GradPromEmaState)
+  out, state = jax.jit(tx.update)(g_e, state, params, task_grads=g_t)
+  np.testing.assert_allclose(out, g_e + g_t)
+  assert int(find_combiner_state(state).count) == 1
+  with pytest.raises(ValueError, match="list it in static_args"):
+    optax.inject_hyperparams(gradprom)(cosine_ema=0.9).init(params)

@@ -242,3 +242,100 @@ def test_soft_gate_with_negative_threshold_acts_as_threshold_zero(seed, correlat
   bad = jax.tree.map(lambda t: t.at[0].set(jnp.nan), g_t)
   out, _ = negative.update(g_e, negative.init(g_e), task_grads=bad)
   assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(out))
+
+
+EMA_VARIANTS = [dict(cosine_ema=0.9), dict(cosine_ema=0.5, mode="soft"),
+                dict(cosine_ema=0.9, granularity="per_leaf"),
+                dict(cosine_ema=0.99, threshold=0.2, task_scale="enhancement_norm"),
+                dict(cosine_ema=0.8, mode="soft", granularity="per_leaf", task_weight=4.0)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes=shapes_strategy, seed=st.integers(0, 2**31 - 1),
+       correlations=st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=8),
+       variant=st.sampled_from(EMA_VARIANTS))
+def test_gating_on_the_cosine_average_keeps_every_step_a_descent_direction(shapes, seed,
+                                                                          correlations, variant):
+  """⟨d_t, g_e,t⟩ ≥ ‖g_e,t‖² at every step of a sequence, whatever the average has seen before."""
+  rng = np.random.default_rng(seed)
+  tx = gradprom(**variant)
+  state = tx.init(random_tree(rng, shapes))
+  for correlation in correlations:
+    g_e = random_tree(rng, shapes)
+    g_t = jax.tree.map(lambda e, n: correlation * 3.0 * e + (1 - abs(correlation)) * n, g_e,
+                       random_tree(rng, shapes, scale=3.0))
+    d, state = tx.update(g_e, state, task_grads=g_t)
+    norm_sq = vdot(g_e, g_e)
+    assert vdot(d, g_e) >= norm_sq - 1e-5 * (1.0 + norm_sq)
+    if variant.get("granularity") == "per_leaf":   # the guarantee holds block by block
+      for key in g_e:
+        block_sq = vdot(g_e[key], g_e[key])
+        assert vdot(d[key], g_e[key]) >= block_sq - 1e-5 * (1.0 + block_sq)
+
+
+def test_cosine_average_closes_the_gate_after_a_run_of_conflicts_and_is_bias_corrected():
+  from gradprom_jax.combiners import GradPromEmaState, find_combiner_metrics, find_combiner_state
+  g_e = jnp.array([1.0, 0.0])
+  aligned, opposed = jnp.array([1.0, 1.0]), jnp.array([-1.0, 0.5])   # cos 0.707 and -0.894
+  tx = gradprom(cosine_ema=0.9)
+  _, state = tx.update(g_e, tx.init(g_e), task_grads=aligned)
+  assert isinstance(state, GradPromEmaState)
+  # Bias-corrected: after one step the average is that step's cosine, not 0.1 of it.
+  assert float(state.cosine_ema) == pytest.approx(1 / np.sqrt(2), rel=1e-5)
+  assert float(state.combiner.gate) == 1.0
+  for _ in range(5):
+    _, state = tx.update(g_e, state, task_grads=opposed)
+  out, state = tx.update(g_e, state, task_grads=aligned)
+  assert float(state.cosine_ema) < 0   # the conflicts still dominate the average
+  np.testing.assert_array_equal(out, g_e)   # so the aligned step is refused
+  assert find_combiner_state(state) is state.combiner and int(state.combiner.promoted) == 1
+  logged = find_combiner_metrics(state)
+  assert logged["cosine_ema"] == pytest.approx(float(state.cosine_ema))
+  assert logged["cosine"] == pytest.approx(1 / np.sqrt(2), rel=1e-5) and logged["gate"] == 0.0
+  # The per-step rule would have opened; β = 0 is the per-step rule with the plain state.
+  assert float(gradprom().update(g_e, gradprom().init(g_e), task_grads=aligned)[1].gate) == 1.0
+  assert type(gradprom(cosine_ema=0.0).init(g_e)).__name__ == "CombinerState"
+  assert "cosine_ema" not in find_combiner_metrics(gradprom().init(g_e))
+
+
+@pytest.mark.parametrize("variant", EMA_VARIANTS)
+def test_cosine_average_state_is_stable_under_jit_and_per_leaf(variant):
+  from gradprom_jax.combiners import find_combiner_state
+  rng = np.random.default_rng(3)
+  g_e, g_t = random_tree(rng, [(3,), (2, 5)]), random_tree(rng, [(3,), (2, 5)])
+  tx = gradprom(**variant)
+  state = tx.init(g_e)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    _, new_state = update(g_e, state, task_grads=g_t)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
+      assert (old.shape, old.dtype) == (new.shape, new.dtype)
+    state = new_state
+  assert int(find_combiner_state(state).count) == 3
+  # The same pair thrice: the bias-corrected average equals that pair's cosine.
+  for ema, cosine in zip(jax.tree.leaves(state.cosine_ema), jax.tree.leaves(state.combiner.cosine)):
+    np.testing.assert_allclose(ema, cosine, rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_average_option_is_checked_and_wired_from_the_config():
+  from gradprom_jax.config import base_config
+  from gradprom_jax.config_validation import ConfigError, validate_config
+  from gradprom_jax.optimizers import make_enhancer_tx
+  from gradprom_jax.phases import make_phases
+  from gradprom_jax.run_config import config_differences
+  from gradprom_jax.combiners import GradPromEmaState
+  for bad in (1.0, -0.1):
+    with pytest.raises(ValueError, match=r"cosine_ema must be a Python float in \[0, 1\)"):
+      gradprom(cosine_ema=bad)
+  config = base_config()
+  config.gradprom.cosine_ema = 0.95
+  validate_config(config)
+  tx = make_enhancer_tx(config, make_phases(config))
+  assert isinstance(tx.init({"w": jnp.zeros(2)})[0], GradPromEmaState)
+  config.gradprom.cosine_ema = 1.0
+  with pytest.raises(ConfigError, match=r"gradprom.cosine_ema=1.0 must be in \[0, 1\)"):
+    validate_config(config)
+  old = base_config().to_dict()
+  del old["gradprom"]["cosine_ema"]
+  assert config_differences(old, base_config()) == []

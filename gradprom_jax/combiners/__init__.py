@@ -3,11 +3,13 @@ from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad, random
 from gradprom_jax.combiners.gradient_geometry import cosine_similarity
 from gradprom_jax.combiners.gradprom import GradPromState, gate_weight, gradprom
 from gradprom_jax.combiners.registry import COMBINERS, get_combiner
-from gradprom_jax.combiners.state import (CombinerState, combiner_metrics, find_combiner_state,
+from gradprom_jax.combiners.state import (CombinerState, GradPromEmaState, combiner_metrics,
+                                          find_combiner_metrics, find_combiner_state,
                                           init_combiner_state)
 
 __all__ = [
-    "COMBINERS", "CombinerState", "GradPromState", "combiner_metrics", "cosine_similarity",
-    "enhance_only", "find_combiner_state", "gate_weight", "get_combiner", "gradprom",
-    "init_combiner_state", "joint", "pcgrad", "random_gate",
+    "COMBINERS", "CombinerState", "GradPromEmaState", "GradPromState", "combiner_metrics",
+    "cosine_similarity", "enhance_only", "find_combiner_metrics", "find_combiner_state",
+    "gate_weight", "get_combiner", "gradprom", "init_combiner_state", "joint", "pcgrad",
+    "random_gate",
 ]

@@ -11,7 +11,8 @@ With g_e = ∇θ L_enh and g_t = ∇θ L_task (back-propagated through the recog
 
 For τ ≥ 0 this gives ⟨d, g_e⟩ ≥ ‖g_e‖²: d is a descent direction for L_enh at least as steep as g_e
 alone, so the recogniser never biases the enhancer's optimisation direction. Per-leaf decisions keep
-the guarantee (each block's inner product is at least its own squared norm).
+the guarantee (each block's inner product is at least its own squared norm). Gating also on a moving
+average of the cosine (``cosine_ema=β``, ours) keeps it too: the average can only close a gate.
 
 τ < 0 is refused for the hard gate: it would add conflicting task gradients (cos ∈ (τ, 0]), breaking
 the guarantee, and open on an undefined cosine (reported as 0), adding a zero or non-finite g_t. The
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.combiners import gradient_geometry as geometry
-from gradprom_jax.combiners.state import CombinerState, init_combiner_state, next_combiner_state
+from gradprom_jax.combiners.state import (CombinerState, GradPromEmaState, init_combiner_state,
+                                          next_combiner_state, next_cosine_ema)
 
 GateMode = Literal["hard", "soft"]
 GATE_MODES = ("hard", "soft")
@@ -94,6 +96,7 @@ def gradprom(
     granularity: geometry.Granularity = "global",
     mode: GateMode = "hard",
     task_scale: TaskScale = "none",
+    cosine_ema: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Gradient promotion: ``g_e + gate(cos(g_e, g_t)) · task_weight · g_t``.
 
@@ -115,9 +118,18 @@ def gradprom(
       λ‖g_e‖ to the step whatever the losses' scales (an option of ours, not the paper's: where
       ‖g_t‖ dwarfs ‖g_e‖, open steps otherwise swamp g_e under clipping and Adam; see RESULTS.md).
       The gate, and so the descent guarantee, is unchanged.
+    cosine_ema: β ∈ [0, 1); None or 0 (the paper's rule) gates on each step's cosine alone. β > 0 (an option
+      of ours, for small batches whose per-step cosine is mostly noise) also requires the
+      bias-corrected moving average EMA_t = β EMA_{t-1} + (1 − β) cos_t to exceed τ:
+      gate_t = w(cos_t) · 1[EMA_t > τ], with w the gate above. The average can only close a gate the
+      step itself would open, so the per-step guarantee holds exactly: **for τ ≥ 0, every update has
+      ⟨d, g_e⟩ ≥ ‖g_e‖² in every block**, because ⟨d, g_e⟩ = ‖g_e‖² + gate·λ·s·⟨g_t, g_e⟩ (s > 0 the
+      task_scale factor) and gate > 0 only where cos_t > τ ≥ 0. A Python float, as it decides the
+      state's structure (to pass it through ``inject_hyperparams``, list it in ``static_args``).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`CombinerState`.
+    An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`CombinerState`, or with
+    ``cosine_ema > 0`` a :class:`GradPromEmaState` holding one (`find_combiner_state` finds it).
 
   >>> import jax.numpy as jnp, optax
   >>> tx = optax.chain(gradprom(), optax.sgd(0.1))
@@ -138,16 +150,30 @@ def gradprom(
   if isinstance(task_weight, (int, float)) and task_weight < 0:
     raise ValueError(f"task_weight must be >= 0, got {task_weight}.")
   check_threshold(threshold, mode)
+  if cosine_ema is not None and (not isinstance(cosine_ema, (int, float))
+                                 or not 0 <= cosine_ema < 1):
+    raise ValueError(f"cosine_ema must be a Python float in [0, 1) (0: off), got {cosine_ema!r}; "
+                     "under inject_hyperparams, list it in static_args.")
   per_leaf = granularity == "per_leaf"
+  use_ema = bool(cosine_ema)
 
   def init_fn(params):
-    return init_combiner_state(params, per_leaf=per_leaf)
+    state = init_combiner_state(params, per_leaf=per_leaf)
+    return GradPromEmaState(state, cosine_ema=state.cosine) if use_ema else state
 
   def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
     del params, extra_args
     check_task_grads(updates, task_grads, "gradprom")
+    combiner_state = state.combiner if use_ema else state
     cosine = geometry.cosine_similarity(updates, task_grads, granularity)
     gate = jax.tree.map(lambda c: gate_weight(c, mode, threshold), cosine)
+    if use_ema:
+      smoothed = jax.tree.map(
+          lambda m, c: next_cosine_ema(m, c, combiner_state.count, cosine_ema),
+          state.cosine_ema, cosine)
+      # The average only closes gates (never opens one), so each step keeps its descent guarantee.
+      gate = jax.tree.map(lambda g, m: jnp.where(m > jnp.asarray(threshold, jnp.float32), g, 0.0),
+                          gate, smoothed)
     weight = jax.tree.map(lambda g: g * jnp.asarray(task_weight, jnp.float32), gate)
     if task_scale == "enhancement_norm":
       weight = jax.tree.map(jnp.multiply, weight,
@@ -156,6 +182,9 @@ def gradprom(
       combined = jax.tree.map(geometry.add_scaled, updates, task_grads, weight)
     else:
       combined = jax.tree.map(lambda e, t: geometry.add_scaled(e, t, weight), updates, task_grads)
-    return combined, next_combiner_state(state, cosine, gate)
+    new_state = next_combiner_state(combiner_state, cosine, gate)
+    if use_ema:
+      return combined, GradPromEmaState(new_state, cosine_ema=smoothed)
+    return combined, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

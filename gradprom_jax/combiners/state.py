@@ -2,6 +2,8 @@
 
 All fields are arrays (never Python scalars), so the state jits, shards and checkpoints like any optax
 state. With ``granularity="per_leaf"`` the per-decision fields are pytrees with the gradients' structure.
+GradProm gating on a moving average of the cosine wraps this state in a :class:`GradPromEmaState`
+(the :class:`CombinerState` itself never changes, so checkpoints of older runs still restore).
 """
 from __future__ import annotations
 
@@ -25,6 +27,38 @@ class CombinerState(NamedTuple):
   promoted: Any
   cosine: Any
   gate: Any
+
+
+class GradPromEmaState(NamedTuple):
+  """State of :func:`~gradprom_jax.gradprom` with ``cosine_ema > 0``: the shared state, plus the EMA.
+
+  Attributes:
+    combiner: the :class:`CombinerState` every combiner keeps (found by `find_combiner_state`).
+    cosine_ema: float32, the bias-corrected moving average of the cosine that the last gate used
+      (0 before the first update; a tree for per-leaf decisions). See :func:`next_cosine_ema`.
+  """
+  combiner: CombinerState
+  cosine_ema: Any
+
+
+def next_cosine_ema(cosine_ema: jax.Array, cosine: jax.Array, count: jax.Array,
+                    decay: float | jax.Array) -> jax.Array:
+  """The bias-corrected EMA after update number ``count + 1`` whose cosine is ``cosine``.
+
+  With m_t = β m_{t-1} + (1 − β) cos_t, m_0 = 0, the corrected value is m_t / (1 − β^t) (as Adam
+  corrects its moments), so the first updates are not pulled towards the 0 the average starts from:
+  after one update it is exactly cos_1. Stored corrected, m_{t-1} = ema_{t-1} (1 − β^{t-1}).
+
+  >>> import jax.numpy as jnp
+  >>> first = next_cosine_ema(jnp.float32(0), jnp.float32(0.8), jnp.int32(0), 0.9)
+  >>> second = next_cosine_ema(first, jnp.float32(-0.2), jnp.int32(1), 0.9)
+  >>> round(float(first), 4), round(float(second), 4)   # second: (0.9·0.08 − 0.1·0.2) / 0.19
+  (0.8, 0.2737)
+  """
+  decay = jnp.asarray(decay, jnp.float32)
+  t = count.astype(jnp.float32) + 1.0
+  previous_sum = cosine_ema * (1.0 - decay ** (t - 1.0))
+  return (decay * previous_sum + (1.0 - decay) * cosine) / (1.0 - decay ** t)
 
 
 def init_combiner_state(params: Any, per_leaf: bool = False) -> CombinerState:
@@ -52,6 +86,36 @@ def find_combiner_state(opt_state: Any) -> CombinerState | None:
   return found[0] if found else None
 
 
+def _mean_over_leaves(tree: Any) -> jax.Array:
+  leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
+  return jnp.mean(jnp.stack(leaves)) if leaves else jnp.zeros([], jnp.float32)
+
+
+def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
+  """The combiner's scalars to log from a whole optimiser state ({} when it holds no combiner).
+
+  `combiner_metrics` of its :class:`CombinerState`, plus ``cosine_ema`` (the bias-corrected moving
+  average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`.
+
+  >>> import jax.numpy as jnp, optax
+  >>> from gradprom_jax.combiners.gradprom import gradprom
+  >>> tx = optax.chain(gradprom(cosine_ema=0.9), optax.sgd(0.1))
+  >>> g_e = jnp.array([1.0, 0.0])
+  >>> _, state = tx.update(g_e, tx.init(g_e), g_e, task_grads=jnp.array([1.0, 1.0]))
+  >>> {k: round(float(v), 3) for k, v in find_combiner_metrics(state).items()}
+  {'cosine': 0.707, 'gate': 1.0, 'gate_open_rate': 1.0, 'cosine_ema': 0.707}
+  """
+  combiner_state = find_combiner_state(opt_state)
+  if combiner_state is None:
+    return {}
+  metrics = combiner_metrics(combiner_state)
+  is_ema = lambda x: isinstance(x, GradPromEmaState)
+  ema_states = [s for s in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(s)]
+  if ema_states:
+    metrics["cosine_ema"] = _mean_over_leaves(ema_states[0].cosine_ema)
+  return metrics
+
+
 def combiner_metrics(state: CombinerState) -> dict[str, jax.Array]:
   """Scalar summaries for logging: the last cosine and gate, and the fraction of promoted updates.
 
@@ -63,9 +127,7 @@ def combiner_metrics(state: CombinerState) -> dict[str, jax.Array]:
   >>> {k: round(float(v), 2) for k, v in combiner_metrics(state).items()}
   {'cosine': 0.5, 'gate': 1.0, 'gate_open_rate': 1.0}
   """
-  def mean(tree):
-    leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
-    return jnp.mean(jnp.stack(leaves)) if leaves else jnp.zeros([], jnp.float32)
+  mean = _mean_over_leaves
   per_leaf = not isinstance(state.gate, jax.Array)
   open_gates = jax.tree.map(lambda g: (g > 0).astype(jnp.float32), state.gate)
   count = jnp.maximum(state.count, 1).astype(jnp.float32)

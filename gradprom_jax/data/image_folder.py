@@ -6,6 +6,9 @@ Layout under `manual_dir`::
     masks/<mask_pattern>               optional; e.g. {id}_lesion.png, {id}_segmentation.png, {id}.png
     labels.csv                         optional; columns <id_column>, <label_column> (others ignored)
 
+A blank id or label in labels.csv is an error naming its lines (with `skip_bad`, those rows are skipped
+and counted), so a wrong `label_column` never becomes a class named "".
+
 The train/validation/test split is stratified by label and fixed by `split_seed` and `split_fractions`.
 """
 import csv
@@ -18,14 +21,48 @@ from gradprom_jax.data import records_builder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def read_label_csv(path: Path, *, id_column: str, label_column: str) -> dict[str, str]:
-  """{id: label} from a CSV file; a missing column is an error naming the columns that exist."""
+def read_label_csv(path: Path, *, id_column: str, label_column: str,
+                   bad_inputs: examples.BadInputLog | None = None) -> dict[str, str | None]:
+  """{id: label} from a CSV file; a missing column is an error naming the columns that exist.
+
+  Rows with a blank id or label are one error naming their lines, or, when `bad_inputs` skips bad
+  inputs, each is added to it (and an id with a blank label maps to None: skipped, already counted).
+
+  >>> import tempfile
+  >>> path = Path(tempfile.mkdtemp()) / "labels.csv"
+  >>> _ = path.write_text("image_id,grade,diagnosis\\na,1,nevus\\nb,2,\\n")
+  >>> read_label_csv(path, id_column="image_id", label_column="grade")
+  {'a': '1', 'b': '2'}
+  >>> read_label_csv(path, id_column="image_id", label_column="diagnosis")
+  Traceback (most recent call last):
+  ...
+  gradprom_jax.data.examples.BadInputError: ...labels.csv: 1 row with a blank 'image_id' or 'diagnosis' (line 3: id 'b'); columns are image_id, grade, diagnosis: set data.label_column to the one holding the labels, fill the blanks, or skip these rows with data.skip_bad=True
+  """
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
+    columns = reader.fieldnames or []
     for column in (id_column, label_column):
-      if column not in (reader.fieldnames or []):
-        raise examples.BadInputError(f"{path}: no column {column!r}; columns are {reader.fieldnames}")
-    return {row[id_column].strip(): row[label_column].strip() for row in reader}
+      if column not in columns:
+        raise examples.BadInputError(f"{path}: no column {column!r}; columns are {columns}")
+    labels, blank = {}, []
+    for row in reader:
+      key, label = (row[id_column] or "").strip(), (row[label_column] or "").strip()
+      if key and label:
+        labels[key] = label
+      else:
+        blank.append((reader.line_num, key))
+        if key:
+          labels.setdefault(key, None)
+  if blank and (bad_inputs is None or not bad_inputs.skip_bad):
+    shown = ", ".join(f"line {line}: id {key!r}" for line, key in blank[:10])
+    more = f" and {len(blank) - 10} more" if len(blank) > 10 else ""
+    raise examples.BadInputError(
+        f"{path}: {len(blank)} row{'s' * (len(blank) > 1)} with a blank {id_column!r} or {label_column!r} "
+        f"({shown}{more}); columns are {', '.join(columns)}: set data.label_column to the one holding "
+        f"the labels, fill the blanks, or skip these rows with data.skip_bad=True")
+  for line, key in blank:
+    bad_inputs.add(examples.BadInputError(f"{path}, line {line}: id {key!r} has a blank {label_column!r}"))
+  return labels
 
 
 def sorted_labels(labels) -> tuple[str, ...]:
@@ -56,17 +93,20 @@ class ImageFolder(records_builder.FilesBuilder):
     return (self.root / "masks").is_dir()
 
   @functools.cached_property
-  def labels(self) -> dict[str, str] | None:
+  def labels(self) -> dict[str, str | None] | None:
     path = self.root / "labels.csv"
     if not path.exists():
       return None
     return read_label_csv(path, id_column=self.builder_config.option("id_column", "image_id"),
-                          label_column=self.builder_config.option("label_column", "label"))
+                          label_column=self.builder_config.option("label_column", "diagnosis"),
+                          bad_inputs=self.bad_inputs)
 
   def class_names(self):
     if self.builder_config.class_names:
       return tuple(self.builder_config.class_names)
-    return None if self.labels is None else sorted_labels(self.labels.values())
+    if self.labels is None:
+      return None
+    return sorted_labels(label for label in self.labels.values() if label is not None)
 
   def list_records(self, root: Path) -> dict[str, list[examples.Record]]:
     images = {p.stem: p for p in sorted(self.require(root / "images").iterdir())
@@ -83,6 +123,8 @@ class ImageFolder(records_builder.FilesBuilder):
     for key, path in images.items():
       mask = root / "masks" / pattern.format(id=key) if self.has_mask() else None
       label = None if labels is None else labels.get(key)
+      if labels is not None and key in labels and label is None:
+        continue  # Its blank label was already counted as a bad input.
       if labels is not None and label is None:
         self.bad_inputs.add(examples.BadInputError(f"{path}: image has no label in {root / 'labels.csv'}"))
         continue

@@ -80,6 +80,16 @@ class Isic(records_builder.FilesBuilder):
   def has_mask(self) -> bool:
     return self.task.endswith("task1")
 
+  def manual_download_instructions(self) -> str:
+    """Only the archives of `data.isic_task` (Training; Validation and Test are optional)."""
+    inputs, truth = LAYOUTS[self.task]["train"]
+    truth_top = truth.split("/")[0]
+    archives = [f"{inputs}.zip", truth_top if truth_top.endswith(".csv") else f"{truth_top}.zip"]
+    example = f"{truth}/ISIC_xxxxxxx_segmentation.png" if self.has_mask() else truth
+    return (f"{' and '.join(archives)} ({self.task}, from https://challenge.isic-archive.com/data/) "
+            f"extracted: {inputs}/ISIC_xxxxxxx.jpg and {example}\n"
+            f"the Validation and Test archives of the same task are optional")
+
   def class_names(self):
     return {"2018_task3": TASK3_2018_CLASSES, "2017_task3": TASK3_2017_CLASSES}.get(self.task)
 

@@ -9,6 +9,7 @@ class KvasirSeg(records_builder.FilesBuilder):
   """Kvasir-SEG colonoscopy images with polyp masks; split by the data config's seed and fractions."""
 
   HAS_MASK = True
+  MASK_CLASS_NAMES = ("background", "polyp")
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download kvasir-seg.zip from https://datasets.simula.no/kvasir-seg/ and extract it into manual_dir:
     <manual_dir>/Kvasir-SEG/images/<id>.jpg

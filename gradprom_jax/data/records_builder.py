@@ -6,6 +6,7 @@ build into an `incomplete.*` folder renamed only on success, so a failed build l
 """
 import abc
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -65,10 +66,12 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
   NUM_CHANNELS = 3
   HAS_MASK = False
   CLASS_NAMES: Sequence[str] | None = None  # None: no label (segmentation-only datasets).
+  MASK_CLASS_NAMES: Sequence[str] = ("background", "lesion")  # Mask value 0, 1.
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.bad_inputs = examples.BadInputLog(skip_bad=self.builder_config.skip_bad)
+  @functools.cached_property
+  def bad_inputs(self) -> examples.BadInputLog:
+    # A property, not set in __init__: TFDS's __init__ already reads the layout (via `_info`).
+    return examples.BadInputLog(skip_bad=self.builder_config.skip_bad)
 
   # ---- What a subclass says about its layout.
   @abc.abstractmethod
@@ -99,19 +102,32 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         features=examples.make_features((height, width, self.num_channels()), has_mask=self.has_mask(),
                                         class_names=self.class_names()))
 
+  def manual_download_instructions(self) -> str:
+    """What to download and where to put it, for this builder config only."""
+    return self.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def manual_download_error(self, problem: str) -> ManualDownloadError:
+    """A one-line error: the problem, the flag to set and this config's download instructions."""
+    lines = [line.strip() for line in self.manual_download_instructions().splitlines() if line.strip()]
+    steps = "".join(line + (" " if line.endswith(":") else "; ") for line in lines).rstrip("; ")
+    return ManualDownloadError(f"{self.name}: {problem}. Pass --config.data.manual_dir=FOLDER; what FOLDER "
+                               f"must hold: {steps}")
+
   def manual_root(self, dl_manager=None) -> Path:
-    root = self.builder_config.manual_dir or (dl_manager and dl_manager.manual_dir)
-    if not root or not Path(root).is_dir():
-      raise ManualDownloadError(
-          f"{self.name}: manual_dir {root!r} is not a folder. Set data.manual_dir to the folder holding the "
-          f"raw files, laid out like this:\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    # Only the config's manual_dir: TFDS's own default (<data_dir>/downloads/manual) is never used,
+    # and asking the download manager for it raises TFDS's multi-line AssertionError.
+    del dl_manager
+    root = self.builder_config.manual_dir
+    if root is None:
+      raise self.manual_download_error("data.manual_dir is not set")
+    if not Path(root).is_dir():
+      raise self.manual_download_error(f"manual_dir {root!r} is not a folder")
     return Path(root)
 
   def require(self, path: Path) -> Path:
     """`path`, or a ManualDownloadError that quotes the download instructions."""
     if not path.exists():
-      raise ManualDownloadError(f"{self.name}: expected {path} but it does not exist. Put the files here:\n"
-                                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      raise self.manual_download_error(f"expected {path} but it does not exist")
     return path
 
   def _split_generators(self, dl_manager):

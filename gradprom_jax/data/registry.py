@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 
 from gradprom_jax.data import records_builder
@@ -19,6 +20,8 @@ class Dataset:
   """A built dataset: random-access sources per split plus what a model needs to know about it.
 
   `skipped` lists the bad inputs skipped by the build that just ran (empty when reusing a build).
+  `class_counts` gives, per split, the number of examples of each class (None without labels);
+  `mask_class_names` names the mask values 0, 1, ... (None without masks).
   """
   name: str
   sources: Mapping[str, object]
@@ -26,10 +29,16 @@ class Dataset:
   image_shape: tuple[int, int, int]
   has_mask: bool
   skipped: tuple[str, ...] = ()
+  class_counts: Mapping[str, tuple[int, ...]] | None = None
+  mask_class_names: tuple[str, ...] | None = None
 
   @property
   def num_classes(self) -> int:
     return 0 if self.class_names is None else len(self.class_names)
+
+  @property
+  def num_mask_classes(self) -> int:
+    return 0 if self.mask_class_names is None else len(self.mask_class_names)
 
   @property
   def has_label(self) -> bool:
@@ -124,7 +133,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
                      builder.data_dir)
         manual_dir = getattr(builder.builder_config, "manual_dir", None)
         # TFDS prints its own banner on stdout; keep stdout for the caller and log it instead.
-        with contextlib.redirect_stdout(io.StringIO()) as banner:
+        with contextlib.redirect_stdout(io.StringIO()) as banner, _no_empty_folders_left_on_failure(
+            Path(builder.data_dir), Path(builder.data_dir_root)):
           builder.download_and_prepare(
               file_format="array_record",
               download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -134,10 +144,53 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
           logging.warning("%s: skipped %d bad inputs (skip_bad=True)", config.name, len(skipped))
   features = builder.info.features
   label = features["label"] if "label" in features else None
+  class_counts = None if label is None else count_classes(builder, label.num_classes)
+  if class_counts is not None:
+    logging.info("%s classes, examples per split: %s", config.name,
+                 describe_class_counts(tuple(label.names), class_counts))
   return Dataset(
       name=config.name,
       sources=builder.as_data_source(),
       class_names=None if label is None else tuple(label.names),
       image_shape=tuple(features["image"].shape),
       has_mask="mask" in features,
-      skipped=skipped)
+      skipped=skipped,
+      class_counts=class_counts,
+      mask_class_names=(tuple(getattr(builder, "MASK_CLASS_NAMES", ("background", "lesion")))
+                        if "mask" in features else None))
+
+
+def count_classes(builder: tfds.core.DatasetBuilder, num_classes: int) -> dict[str, tuple[int, ...]]:
+  """Examples per class in every split, read from the labels alone (images are not decoded)."""
+  skip = {key: tfds.decode.SkipDecoding() for key in ("image", "mask") if key in builder.info.features}
+  counts = {}
+  for split in builder.info.splits:
+    source = builder.as_data_source(split, decoders=skip)
+    labels = [int(example["label"]) for example in source.__getitems__(range(len(source)))]
+    counts[split] = tuple(int(n) for n in np.bincount(labels, minlength=num_classes))
+  return counts
+
+
+def describe_class_counts(class_names: tuple[str, ...], counts: Mapping[str, tuple[int, ...]]) -> str:
+  """One line naming every class and its count in each split.
+
+  >>> describe_class_counts(("benign", "malignant"), {"train": (50, 20), "test": (10, 4)})
+  "'benign' train 50 / test 10, 'malignant' train 20 / test 4"
+  """
+  return ", ".join(f"{name!r} " + " / ".join(f"{split} {split_counts[k]}" for split, split_counts in counts.items())
+                   for k, name in enumerate(class_names))
+
+
+@contextlib.contextmanager
+def _no_empty_folders_left_on_failure(dataset_dir: Path, data_dir: Path) -> Iterator[None]:
+  """Removes the empty folders a failed build created (TFDS makes them before reading any file)."""
+  candidates = [dataset_dir, *[p for p in dataset_dir.parents if data_dir in p.parents],
+                data_dir / "downloads" / "extracted", data_dir / "downloads"]
+  new = [path for path in candidates if not path.exists()]
+  try:
+    yield
+  except BaseException:
+    for path in new:  # Deepest first.
+      with contextlib.suppress(OSError):  # Not empty (another build's files): keep it.
+        path.rmdir()
+    raise
