@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.gradprom.threshold = 0.0
   # none | enhancement_norm (g_t rescaled to ‖g_e‖ before λ; ours, for ‖g_t‖ >> ‖g_e‖).
   config.gradprom.task_scale = "none"
+  # β of a moving average of the cosine that must also exceed the threshold (ours, for small
+  # batches whose per-step cosine is mostly noise); 0.0: off, the paper's per-step rule.
+  config.gradprom.cosine_ema = 0.0
 
   # random_gate (a control for GradProm's gate): the gate opens on a random `open_rate` fraction of
   # steps, whatever the cosine; set it to a GradProm run's logged gate_open_rate to test whether the
@@ -85,9 +88,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # Everything but `name` is passed to the model's constructor.
   config.model.enhancer = ml_collections.ConfigDict(
-  # β of a moving average of the cosine that must also exceed the threshold (ours, for small
-  # batches whose per-step cosine is mostly noise); 0.0: off, the paper's per-step rule.
-  config.gradprom.cosine_ema = 0.0
       {"name": "edsr", "features": 32, "num_blocks": 4})
   config.model.recognizer = ml_collections.ConfigDict(
       {"name": "unet_segmenter", "features": 16, "num_levels": 3})

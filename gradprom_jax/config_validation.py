@@ -94,6 +94,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     raise ConfigError(
         f"gradprom.threshold={config.gradprom.threshold} < 0 with gradprom.mode='hard' opens the "
         "gate on conflicting gradients, breaking the descent guarantee: set gradprom.threshold >= 0.")
+  if not 0 <= config.gradprom.cosine_ema < 1:
+    raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
+                      "(0 turns the moving average off).")
   for key in ("image_size", "patch_size"):
     size = config.data.get(key)
     if size is not None:
@@ -122,13 +125,6 @@ def _check_models(config: ml_collections.ConfigDict, scale: int) -> None:
   if recognizer.recognition != config.task.recognition:
     fitting = [name for name, cls in models.RECOGNIZERS.items()
                if cls.recognition == config.task.recognition]
-  if not 0 <= config.gradprom.cosine_ema < 1:
-    raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
-                      "(0 turns the moving average off).")
-  try:
-    degradation = degradations.parse_degradation(config.task.degradation)
-  except ValueError as e:
-    raise ConfigError(f"task.degradation={config.task.degradation!r}: {e}") from None
     config_hint = (_CLASSIFICATION_HINT if config.task.recognition == "classification"
                    else _SEGMENTATION_HINT)
     raise ConfigError(

@@ -46,15 +46,15 @@ RESUMABLE_KEYS = (
 ADDED_KEY_DEFAULTS = {
     "gradprom.task_scale": "none",
     "random_gate.open_rate": 0.5,
-}
-
-
-class ConfigMismatchError(ValueError):
     "gradprom.cosine_ema": 0.0,
     "model.dtype": "float32",
     "recognizer.init_from": None,
     "enhancer.init_from": None,
     "judge.workdir": None,
+}
+
+
+class ConfigMismatchError(ValueError):
   """The workdir holds a run with a different config."""
 
 

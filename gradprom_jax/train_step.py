@@ -20,8 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.combiners import find_combiner_metrics
-from gradprom_jax.gradient_accumulation import (accumulate_gradients,
-                                                  check_not_wrapped_in_multisteps)
 from gradprom_jax.phases import Phase
 from gradprom_jax.system import TaskDrivenSystem
 from gradprom_jax.train_state import TrainState
