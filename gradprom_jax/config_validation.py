@@ -72,12 +72,18 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _choice("gradprom.mode", config.gradprom.mode, GATE_MODES)
   _choice("gradprom.task_scale", config.gradprom.task_scale, TASK_SCALES)
   for key in ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
-              "keep_checkpoints", "max_nonfinite_steps"):
+              "keep_checkpoints", "max_nonfinite_steps", "accumulate_steps",
+              "preemption_check_every"):
     if not isinstance(config[key], int) or config[key] < 1:
       raise ConfigError(f"{key}={config[key]!r} must be a positive integer.")
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the number of devices "
                       f"({num_devices}).")
+  if config.batch_size % (num_devices * config.accumulate_steps):
+    raise ConfigError(f"accumulate_steps={config.accumulate_steps}: batch_size={config.batch_size} "
+                      f"does not split into {config.accumulate_steps} equal micro-batches on each "
+                      f"of {num_devices} devices; make batch_size a multiple of "
+                      f"{num_devices * config.accumulate_steps}.")
   if not 0 <= config.recognizer.pretrain_steps < config.num_train_steps:
     raise ConfigError(f"recognizer.pretrain_steps={config.recognizer.pretrain_steps} must be in "
                       f"[0, num_train_steps={config.num_train_steps}).")

@@ -28,7 +28,7 @@ CONFIG_FILENAME = "config.json"
 
 RESUMABLE_KEYS = (
     "overwrite",
-    "*_every",               # log_every, eval_every, checkpoint_every
+    "*_every",               # log_every, eval_every, checkpoint_every, preemption_check_every
     "keep_checkpoints",
     "num_samples",
     "max_nonfinite_steps",
@@ -36,6 +36,7 @@ RESUMABLE_KEYS = (
     # uninterrupted run of the new length; train.py warns when it changes.
     "num_train_steps",
     "data.data_dir",         # where the built TFDS files live, not what they hold
+    "accumulate_steps",      # the same update in fewer, larger micro-batches: memory, not results
     "distributed.*",
 )
 

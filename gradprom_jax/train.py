@@ -197,7 +197,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
       if phase.name not in train_steps:
         train_steps[phase.name] = parallel.compile_step(make_train_step(
             system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-            task_weight=config.task_weight, axis_name=parallel.axis_name))
+            task_weight=config.task_weight, axis_name=parallel.axis_name,
+            accumulate_steps=config.accumulate_steps))
       device_state, step_metrics = train_steps[phase.name](
           device_state, parallel.put_batch(next(train_iter)))
       timed_steps += 1

@@ -7,6 +7,9 @@
     θ ← θ + enhancer_tx(g_e, task_grads=g_t)      GradProm or a baseline combiner, then AdamW
     φ ← φ + recognizer_tx(∇φ L_task)
 
+With ``accumulate_steps = k`` the gradients (g_e, g_t, ∇φ) are averaged over k micro-batches before
+the two updates, so GradProm's cosine is taken on the accumulated gradients.
+
 The data-parallel wrapper is applied outside (:mod:`gradprom_jax.parallel`): under ``jax.pmap`` the
 step is given ``axis_name`` and averages every gradient across devices *before* the combiner, so all
 devices take the same gating decision; under ``jax.jit`` on a mesh gradients are already global.
@@ -20,6 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.combiners import find_combiner_metrics
+from gradprom_jax.gradient_accumulation import (accumulate_gradients,
+                                                  check_not_wrapped_in_multisteps)
 from gradprom_jax.phases import Phase
 from gradprom_jax.system import TaskDrivenSystem
 from gradprom_jax.train_state import TrainState
@@ -69,7 +74,7 @@ def _learning_rate(opt_state: Any) -> jax.Array:
 def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
                     enhancer_tx: optax.GradientTransformationExtraArgs,
                     recognizer_tx: optax.GradientTransformation, task_weight: float,
-                    axis_name: str | None = None
+                    axis_name: str | None = None, accumulate_steps: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The train step of ``phase``: ``(state, batch) -> (state, metrics)``.
 
@@ -83,15 +88,16 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
     task_weight: λ, used where the step itself sums the task cotangent (``"summed"`` phases);
       ``"separate"`` phases leave λ to the combiner.
     axis_name: the ``pmap`` axis to average gradients over, or None under ``jit``.
+    accumulate_steps: k; the (per-device) batch is split into k micro-batches whose gradients
+      (g_e, g_t and the recogniser's) are averaged in a ``lax.scan`` before the combiner and the
+      optimisers run once: the update of one k times larger batch, with 1/k of the activations.
   """
   def mean_over_devices(tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
-  def train_step(state: TrainState, batch: Batch):
+  def gradients(state: TrainState, batch: Batch, example_ids: jax.Array):
+    """g_e, g_t, the recogniser's gradient terms and the losses on one (micro-)batch."""
     high_quality = batch["image"]
-    num_local = high_quality.shape[0]
-    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * num_local
-    example_ids = offset + jnp.arange(num_local)
     key = jax.random.fold_in(state.key, state.step)
     metrics, recognizer_terms = {}, []
     enhancement_grads = task_grads = None
@@ -129,6 +135,17 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
       metrics["task_loss_high_quality"], grads = jax.value_and_grad(task_loss_fn)(
           state.recognizer_params, high_quality)
       recognizer_terms.append(grads)
+    return enhancement_grads, task_grads, recognizer_terms, metrics
+
+  def train_step(state: TrainState, batch: Batch):
+    check_not_wrapped_in_multisteps(state.enhancer_opt_state)
+    num_local = batch["image"].shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * num_local
+    example_ids = offset + jnp.arange(num_local)
+    # Micro-batches are summed before anything decides: the combiner sees the accumulated g_e and
+    # g_t, exactly as with one k times larger batch.
+    enhancement_grads, task_grads, recognizer_terms, metrics = accumulate_gradients(
+        lambda micro: gradients(state, *micro), (batch, example_ids), accumulate_steps)
 
     # Under pmap, average before any decision: every device must gate on the same global cosine.
     enhancement_grads, task_grads, recognizer_terms, metrics = mean_over_devices(

@@ -105,6 +105,13 @@ def gradprom(
   whatever the gradients' dtype; outputs keep the input dtype. A zero, tiny or non-finite task gradient
   never produces NaN: an undefined cosine counts as 0, so the gate stays closed and g_e passes unchanged.
 
+  Put ``gradprom()`` first in an ``optax.chain`` (it must see the raw g_e and g_t, before clipping or
+  Adam rescale one and not the other), and never wrap it, or a chain holding it, in
+  ``optax.MultiSteps``: MultiSteps accumulates g_e but passes the last micro-batch's ``task_grads``,
+  so the gate would compare gradients of different batches. To accumulate, average both over the
+  micro-batches first (:func:`gradprom_jax.gradient_accumulation.accumulate_gradients`, config
+  ``accumulate_steps``) and call ``update`` once; the train step refuses a combiner in MultiSteps.
+
   Args:
     task_weight: λ, multiplying g_t (≥ 0; may be injected with ``optax.inject_hyperparams``).
     threshold: τ; the gate opens when cos > τ (strictly). The descent guarantee needs τ ≥ 0, so a
