@@ -12,7 +12,8 @@ Exit status:
   0    finished: results.json written.
   1    a runtime failure (unwritable or full workdir, a workdir in use by another live run, no
        restorable checkpoint, too many non-finite steps, a bad input file, a dataset's raw files
-       missing); the message says what to fix.
+       missing, another run named by an init_from or judge.workdir missing or of another
+       model); the message says what to fix.
   2    a bad command or config (unknown key, bad value, a workdir holding another config): one line
        on stderr, raised before anything is compiled, and nothing written to the workdir (except
        for the config-mismatch case, where the workdir is another run's and is left untouched).
@@ -28,7 +29,7 @@ import jax
 from ml_collections import config_flags
 
 from gradprom_jax import train
-from gradprom_jax.checkpointing import CheckpointRestoreError, WorkdirError
+from gradprom_jax.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
 from gradprom_jax.config_validation import ConfigError, unknown_key_message, validate_config
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.distributed import initialize_distributed
@@ -45,7 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 _USAGE_ERRORS = (ConfigError, ConfigMismatchError)
 _RUNTIME_ERRORS = (WorkdirError, CheckpointRestoreError, train.NonFiniteTrainingError,
-                   BadInputError, ManualDownloadError, WorkdirLockedError)
+                   BadInputError, ManualDownloadError, WorkdirLockedError, SourceRunError)
 
 
 class _HideLibraryInfo(logging.logging.Filter):

@@ -13,6 +13,9 @@ research run needs on a shared cluster:
   so sharded arrays cost no host gather) that is checked on restore: orbax itself does not notice
   flipped bytes inside a chunk and would hand back wrong numbers;
 * an unwritable (or full) directory raises `WorkdirError` naming the path, before training starts.
+
+`restore_field_from_run` reads one field of another run's newest train state (its recogniser or
+enhancer parameters) without writing to that run: warm starts and the judge use it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import grain.checkpoint as grain_checkpoint
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -40,6 +44,11 @@ class WorkdirError(OSError):
 
 class CheckpointRestoreError(RuntimeError):
   """Checkpoints exist but none of them could be restored."""
+
+
+class SourceRunError(RuntimeError):
+  """Another run's checkpoint, named in the config (an init_from, the judge), is missing or does
+  not fit this run's model."""
 
 
 def ensure_writable_directory(path: str | os.PathLike[str]) -> Path:
@@ -275,3 +284,124 @@ class Checkpointer:
         f"Writing a checkpoint to {str(self.directory)!r} failed "
         f"({error.strerror or error}); is the disk full or the directory read-only?")
 
+
+
+def _source_checkpoints(run_dir: str | os.PathLike[str]) -> Path:
+  """A run's checkpoint directory: ``run_dir/checkpoints``, or ``run_dir`` itself if it holds steps."""
+  run_dir = Path(run_dir).expanduser().absolute()
+  return run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+
+
+def has_checkpoint(directory: str | os.PathLike[str]) -> bool:
+  """Whether ``directory`` holds a finished checkpoint (a resume, not a fresh start); reads only.
+
+  >>> import tempfile
+  >>> has_checkpoint(tempfile.mkdtemp()), has_checkpoint("/no/such/dir")
+  (False, False)
+  """
+  directory = Path(directory)
+  return directory.is_dir() and bool(_read_only_manager(directory).all_steps())
+
+
+def _read_only_manager(directory: Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory, item_handlers={_STATE: ocp.PyTreeCheckpointHandler(),
+                                _FINGERPRINTS: ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+
+
+def newest_step_of_run(run_dir: str | os.PathLike[str], *, what: str) -> tuple[Path, int]:
+  """``(checkpoint directory, newest step)`` of the run in ``run_dir``.
+
+  Raises:
+    SourceRunError: no such directory, or no checkpoint in it; the message starts with ``what``.
+  """
+  directory = _source_checkpoints(run_dir)
+  if not directory.is_dir():
+    raise SourceRunError(f"{what}: no run directory {str(run_dir)!r}")
+  step = _read_only_manager(directory).latest_step()
+  if step is None:
+    raise SourceRunError(f"{what}: no checkpoint in {str(directory)!r}: train that run first")
+  return directory, step
+
+
+def restore_field_from_run(run_dir: str | os.PathLike[str], field: str, target: Any, *,
+                           what: str) -> tuple[Any, int]:
+  """One field of the newest train state another run saved, e.g. its ``"recognizer_params"``.
+
+  Only that field is read (orbax partial restore), into the shapes, dtypes and shardings of
+  ``target`` (arrays or `jax.ShapeDtypeStruct`s), and checked against the saved fingerprints. The
+  source run's directory is never written.
+
+  Args:
+    run_dir: the other run's workdir (or its ``checkpoints`` directory).
+    field: the train-state field to read.
+    target: a pytree of this run's structure for that field.
+    what: names the config key in error messages (e.g. ``"recognizer.init_from"``).
+
+  Returns:
+    ``(restored field, the step it was saved at)``.
+
+  Raises:
+    SourceRunError: no directory, no checkpoint, no such field, or leaves whose structure or shape
+      differ from ``target`` (both shapes and the source are named).
+
+  >>> import tempfile, jax.numpy as jnp
+  >>> workdir = tempfile.mkdtemp()
+  >>> with Checkpointer(workdir + "/checkpoints", save_interval_steps=1, async_save=False) as ckpt:
+  ...   ckpt.save(4, {"params": {"w": jnp.arange(3.0)}, "step": jnp.int32(4)})
+  True
+  >>> params, step = restore_field_from_run(workdir, "params", {"w": jnp.zeros(3)}, what="init")
+  >>> step, params["w"].tolist()
+  (4, [0.0, 1.0, 2.0])
+  >>> restore_field_from_run(workdir, "params", {"w": jnp.zeros(5)}, what="init")
+  Traceback (most recent call last):
+  ...
+  gradprom_jax.checkpointing.SourceRunError: init: ['w'] has shape (3,) in ... but (5,) in this run's model
+  """
+  directory, step = newest_step_of_run(run_dir, what=what)
+  manager = _read_only_manager(directory)
+  saved = manager.item_metadata(step)[_STATE]
+  saved = getattr(saved, "tree", saved)
+  source = f"{directory / str(step)}"
+  if not isinstance(saved, dict) or field not in saved:
+    raise SourceRunError(f"{what}: the checkpoint {source} holds no {field!r}")
+  _check_same_shapes(saved[field], target, what=what, source=source)
+  abstract = _abstract(target)
+  restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
+      if x.sharding is not None else ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        _STATE: ocp.args.PyTreeRestore(item={field: abstract}, restore_args={field: restore_args},
+                                       partial_restore=True),
+        _FINGERPRINTS: ocp.args.JsonRestore()}))
+  except Exception as e:  # pylint: disable=broad-except  # tensorstore, json: name the source
+    raise SourceRunError(f"{what}: cannot read {source} ({type(e).__name__}: {str(e)[:300]})") from e
+  value, prints = restored[_STATE][field], restored[_FINGERPRINTS]
+  # Saved keys start with the field as an attribute (a TrainState) or as a dict key.
+  prefix = f".{field}" if any(k.startswith(f".{field}") for k in prints) else f"[{field!r}]"
+  actual = {prefix + key: v for key, v in _fingerprint_dict(value).items()}
+  bad = sorted(k for k, v in actual.items() if prints.get(k) != v)
+  if bad:
+    raise SourceRunError(f"{what}: {source} is corrupt (fingerprint mismatch in {bad[:3]})")
+  manager.close()
+  return value, step
+
+
+def _check_same_shapes(saved: Any, target: Any, *, what: str, source: str) -> None:
+  """Raises SourceRunError naming the first leaf whose presence or shape differs."""
+  def shapes(tree):
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  saved_shapes, target_shapes = shapes(saved), shapes(target)
+  missing = sorted(target_shapes.keys() - saved_shapes.keys())
+  extra = sorted(saved_shapes.keys() - target_shapes.keys())
+  if missing or extra:
+    raise SourceRunError(
+        f"{what}: {source} holds another model (missing here: {missing[:3]}, "
+        f"only there: {extra[:3]}); the two runs' model configs must match")
+  for key, shape in target_shapes.items():
+    if saved_shapes[key] != shape:
+      raise SourceRunError(f"{what}: {key} has shape {saved_shapes[key]} in {source} but "
+                           f"{shape} in this run's model")

@@ -53,7 +53,16 @@ RESULTS_FILENAME = "results.json"   # written by gradprom_jax.train at the end o
 SAMPLES_FILENAME = "samples.png"
 RUN_LOG_FILENAME = "run.log"        # the subprocess's stdout + stderr, appended per attempt
 RUN_INFO_FILENAME = "run.json"      # command, attempts and wall seconds summed over attempts
-REFERENCES = ("no_enhancement", "high_quality")
+# Reference rows of the table: each run's own recogniser on the interpolated input and on the
+# high-quality image.
+REFERENCES = ("no_enhancement", "hq_input")
+# A judge (judge.workdir) scores the same images: judge_<metric> is a column of every row, and
+# reads, for each reference row, the judge's score of that reference's image.
+JUDGE_PREFIX = "judge_"
+JUDGE_REFERENCE_PREFIXES = {"no_enhancement": "judge_no_enhancement_",
+                            "hq_input": "judge_high_quality_"}
+# results.json keys written before the rename: high_quality_* is now hq_input_*.
+_LEGACY_PREFIXES = {"high_quality_": "hq_input_"}
 # Results keys that describe a run rather than score it.
 RUN_KEYS = ("method", "seed", "num_train_steps", "nonfinite_steps")
 # Column order of the tables; metrics not listed follow in alphabetical order.
@@ -383,22 +392,56 @@ class Statistic:
 
 
 def read_results(runs: Iterable[PlannedRun]) -> dict[PlannedRun, dict[str, Any]]:
-  """The ``results.json`` of every run that has one."""
-  return {run: json.loads((run.workdir / RESULTS_FILENAME).read_text())
+  """The ``results.json`` of every run that has one (older key names read as today's)."""
+  return {run: upgrade_result_keys(json.loads((run.workdir / RESULTS_FILENAME).read_text()))
           for run in runs if (run.workdir / RESULTS_FILENAME).exists()}
+
+
+def upgrade_result_keys(result: Mapping[str, Any]) -> dict[str, Any]:
+  """A results.json written by older code, with its keys renamed as the code now writes them.
+
+  >>> upgrade_result_keys({"dice": 0.5, "high_quality_dice": 0.6})
+  {'dice': 0.5, 'hq_input_dice': 0.6}
+  """
+  upgraded = {}
+  for key, value in result.items():
+    for old, new in _LEGACY_PREFIXES.items():
+      if key.startswith(old):
+        key = new + key[len(old):]
+    upgraded[key] = value
+  return upgraded
+
+
+def reference_key(reference: str, metric: str) -> str:
+  """The results.json key of ``metric`` (a table column) for a reference row.
+
+  >>> reference_key("hq_input", "dice"), reference_key("hq_input", "judge_dice")
+  ('hq_input_dice', 'judge_high_quality_dice')
+  """
+  if metric.startswith(JUDGE_PREFIX):
+    return JUDGE_REFERENCE_PREFIXES[reference] + metric[len(JUDGE_PREFIX):]
+  return f"{reference}_{metric}"
 
 
 def metric_names(results: Iterable[Mapping[str, Any]]) -> list[str]:
   """The system's metric names over all results (no references, no run keys), in table order.
 
-  >>> metric_names([{"dice": 1, "psnr": 2, "no_enhancement_dice": 3, "seed": 0, "zeta": 1}])
-  ['psnr', 'dice', 'zeta']
+  The judge's scores of enhanced images (``judge_<metric>``) are metrics of the system too; they
+  follow the run's own.
+
+  >>> metric_names([{"dice": 1, "psnr": 2, "no_enhancement_dice": 3, "seed": 0, "zeta": 1,
+  ...                "judge_dice": 4, "judge_high_quality_dice": 5}])
+  ['psnr', 'dice', 'zeta', 'judge_dice']
   """
+  references = (*(f"{r}_" for r in REFERENCES), *JUDGE_REFERENCE_PREFIXES.values())
   names = {k for result in results for k, v in result.items()
            if k not in RUN_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-           and not k.startswith(tuple(f"{r}_" for r in REFERENCES))}
-  ordered = [m for m in METRIC_ORDER if m in names]
-  return ordered + sorted(names - set(ordered))
+           and not k.startswith(references)}
+  judged = {k for k in names if k.startswith(JUDGE_PREFIX)}
+  names -= judged
+  ordered = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
+  judged_ordered = [JUDGE_PREFIX + m for m in METRIC_ORDER if JUDGE_PREFIX + m in judged]
+  return ordered + judged_ordered + sorted(judged - set(judged_ordered))
 
 
 def summarize(results: Mapping[PlannedRun, Mapping[str, Any]], rows: Sequence[Row]
@@ -407,7 +450,7 @@ def summarize(results: Mapping[PlannedRun, Mapping[str, Any]], rows: Sequence[Ro
 
   Returns:
     (metric names, {table row name: {metric: Statistic}}), table rows in `rows` order followed
-    by the references ``no_enhancement`` and ``high_quality``.
+    by the references ``no_enhancement`` and ``hq_input``.
   """
   metrics = metric_names(results.values())
   table: dict[str, dict[str, Statistic]] = {}
@@ -415,7 +458,7 @@ def summarize(results: Mapping[PlannedRun, Mapping[str, Any]], rows: Sequence[Ro
     row_results = [r for run, r in results.items() if run.row == row]
     table[row.name] = {m: Statistic.of(r.get(m, math.nan) for r in row_results) for m in metrics}
   for reference in REFERENCES:
-    table[reference] = {m: Statistic.of(r.get(f"{reference}_{m}", math.nan)
+    table[reference] = {m: Statistic.of(r.get(reference_key(reference, m), math.nan)
                                         for r in results.values()) for m in metrics}
   return metrics, table
 
@@ -469,7 +512,10 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
       "# Comparison", "",
       "Test-set metrics, mean ± sample std (ddof=1) over seeds, (n) = runs with a finite value. "
       "References over every run: `no_enhancement` is each run's recogniser on the interpolated "
-      "degraded input, `high_quality` on the high-quality image (no PSNR/SSIM: it is the target).",
+      "degraded input, `hq_input` on the high-quality image (no PSNR/SSIM: it is the target; not "
+      "an upper bound when the recogniser was trained on enhanced images). `judge_*` columns, "
+      "where present: one fixed recogniser trained on high-quality images only (judge.workdir) "
+      "on each row's enhanced images, and on the references' images in their rows.",
       "", markdown_table(metrics, table), "", "Rows:", *described, "",
       *(["Gradient geometry during training, mean ± std over seeds of each run's last cumulative "
          "gate-open rate (for pcgrad: the fraction of steps whose g_t needed no projection) and "

@@ -103,7 +103,7 @@ def plot_metric_curves(path: Path, curves: Mapping[str, Sequence[tuple[np.ndarra
 def plot_final_scatter(path: Path, points: Mapping[str, Sequence[tuple[float, float]]],
                        task_metric: str, colors: Mapping[str, str],
                        no_enhancement: Sequence[tuple[float, float]] = (),
-                       high_quality_task: float | None = None) -> str:
+                       hq_input_task: float | None = None) -> str:
   """Test PSNR (x) vs ``task_metric`` (y), one point per run, references in grey."""
   figure, axes = _new_figure()
   for name, row_points in points.items():
@@ -113,7 +113,7 @@ def plot_final_scatter(path: Path, points: Mapping[str, Sequence[tuple[float, fl
   if no_enhancement:
     x, y = zip(*no_enhancement)
     axes.scatter(x, y, color="grey", marker="x", label="no enhancement (each run)")
-  _reference_line(axes, high_quality_task, ":", "high quality (mean)")
+  _reference_line(axes, hq_input_task, ":", "high-quality input, same recogniser (mean)")
   return _finish(figure, axes, path, xlabel="test PSNR (dB)", ylabel=f"test {task_metric}",
                  title=f"Final PSNR vs {task_metric}, one point per run")
 
@@ -208,12 +208,12 @@ def write_comparison_plots(directory: str | os.PathLike[str], *, rows: Sequence[
     no_enhancement = [(r["no_enhancement_psnr"], r[f"no_enhancement_{task_metric}"])
                       for r in results.values()
                       if "no_enhancement_psnr" in r and f"no_enhancement_{task_metric}" in r]
-    high_quality = [r[f"high_quality_{task_metric}"] for r in results.values()
-                    if f"high_quality_{task_metric}" in r]
+    hq_input = [r[f"hq_input_{task_metric}"] for r in results.values()
+                if f"hq_input_{task_metric}" in r]
     written.append(plot_final_scatter(
         directory / f"final_psnr_vs_{task_metric}.png", points, task_metric, colors,
         no_enhancement=no_enhancement,
-        high_quality_task=float(np.nanmean(high_quality)) if high_quality else None))
+        hq_input_task=float(np.nanmean(hq_input)) if hq_input else None))
 
   for row in rows:
     if row.method != "gradprom":

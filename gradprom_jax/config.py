@@ -11,7 +11,8 @@ import ml_collections
 from gradprom_jax.data.config import default_data_config
 from gradprom_jax.degradations import parse_degradation
 
-METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage", "random_gate")
+METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage", "random_gate",
+           "recognizer_only")
 RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
@@ -27,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage |
   # random_gate (a control: λg_t added on a random fraction of steps, see random_gate.open_rate).
+  # recognizer_only trains the recogniser alone on high-quality images (the enhancer stays at its
+  # init): the pre-trained recogniser that recognizer.init_from and judge.workdir restore.
   config.method = "gradprom"
   config.seed = 0
   config.num_train_steps = 500
@@ -111,6 +114,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.recognizer.train_on = "enhanced"   # enhanced | high_quality | both
   config.recognizer.pretrain_steps = 0      # steps on high-quality images before joint training
   config.recognizer.frozen = False          # never update the recogniser (after pre-training)
+  # Another run's workdir: at a fresh start (not on resume) the recogniser's params come from its
+  # newest checkpoint. "{seed}" is replaced by config.seed (one sweep, one source per seed).
+  config.recognizer.init_from = ml_collections.config_dict.placeholder(str)
+
+  # The enhancer's warm start, as recognizer.init_from.
+  config.enhancer = ml_collections.ConfigDict()
+  config.enhancer.init_from = ml_collections.config_dict.placeholder(str)
+
+  # A fixed yardstick: the workdir ("{seed}" allowed) of a recognizer_only run whose recogniser
+  # also scores every evaluation: judge_<metric> on the enhanced images, judge_no_enhancement_* on
+  # the interpolated input, judge_high_quality_* on the high-quality images.
+  config.judge = ml_collections.ConfigDict()
+  config.judge.workdir = ml_collections.config_dict.placeholder(str)
 
   # two_stage: the fraction of num_train_steps spent training the enhancer alone.
   config.two_stage = ml_collections.ConfigDict()

@@ -32,6 +32,27 @@ def _choice(name: str, value, valid) -> None:
     raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(str, valid))}.")
 
 
+def _check_training_protocol(config: ml_collections.ConfigDict) -> None:
+  """What trains what, and from where: recognizer_only, frozen recognisers, other runs' workdirs."""
+  recognizer = config.recognizer
+  for key, value in (("recognizer.init_from", recognizer.get("init_from")),
+                     ("enhancer.init_from", config.enhancer.get("init_from")),
+                     ("judge.workdir", config.judge.get("workdir"))):
+    if value is not None and not str(value).strip():
+      raise ConfigError(f"{key}={value!r} is empty: give another run's workdir, or leave it unset.")
+  if config.method == "recognizer_only":
+    if recognizer.frozen:
+      raise ConfigError("method=recognizer_only with recognizer.frozen=True would train nothing.")
+    if recognizer.pretrain_steps:
+      raise ConfigError(f"recognizer.pretrain_steps={recognizer.pretrain_steps} with "
+                        "method=recognizer_only: that method already trains the recogniser on "
+                        "high-quality images for num_train_steps; set it to 0.")
+  elif recognizer.frozen and recognizer.get("init_from") is None and not recognizer.pretrain_steps:
+    raise ConfigError("recognizer.frozen=True would keep the recogniser at its random init: also "
+                      "set recognizer.init_from (a recognizer_only run's workdir) or "
+                      "recognizer.pretrain_steps.")
+
+
 def _check_class_weights(config: ml_collections.ConfigDict) -> None:
   """task.class_weights: None, "balanced" (classification) or non-negative weights, not all 0."""
   weights = config.task.class_weights
@@ -89,6 +110,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
                       f"[0, num_train_steps={config.num_train_steps}).")
   if config.task_weight < 0:
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
+  _check_training_protocol(config)
   _check_class_weights(config)
   if not 0 <= config.random_gate.open_rate <= 1:
     raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")

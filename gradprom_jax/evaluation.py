@@ -2,10 +2,13 @@
 
 Every example is scored three ways: the recogniser on the enhanced image (the system), on the
 bicubically interpolated degraded input (``no_enhancement``: what the recogniser gets without an
-enhancer) and on the high-quality image (``high_quality``: the upper bound). Per-example values are
-computed on device, gathered from every device and host, and accumulated on the host over the whole
-split (Dice/IoU from summed counts, AUC from all scores), so results do not depend on the batch size
-or the number of devices.
+enhancer) and on the high-quality image (``hq_input``: the run's own recogniser on sharp input; not
+an upper bound when that recogniser was trained on enhanced images). With a judge (a fixed
+recogniser from another run, ``judge.workdir``) the same three images are scored by it too, in the
+same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement`` and
+``judge_high_quality``. Per-example values are computed on device, gathered from every device and
+host, and accumulated on the host over the whole split (Dice/IoU from summed counts, AUC from all
+scores), so results do not depend on the batch size or the number of devices.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from jax.experimental import multihost_utils
 from gradprom_jax import metrics as metrics_lib
 from gradprom_jax.system import TaskDrivenSystem
 
-REFERENCES = ("enhanced", "no_enhancement", "high_quality")
+REFERENCES = ("enhanced", "no_enhancement", "hq_input")
+# The judge's scores of the same three images, in the same order.
+JUDGE_REFERENCES = ("judge", "judge_no_enhancement", "judge_high_quality")
 # The eval degradation's seed is fixed and independent of the training seed, so every run of every
 # method is scored on the same low-quality inputs.
 EVAL_SEED = 20250101
@@ -35,12 +40,15 @@ def _recognition_outputs(system: TaskDrivenSystem, recognizer_params: Any, image
   return {"probabilities": probabilities}
 
 
-def make_eval_step(system: TaskDrivenSystem) -> Callable:
-  """``(enhancer_params, recognizer_params, batch, first_id) -> per-example outputs``.
+def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = None) -> Callable:
+  """``(enhancer_params, recognizer_params, batch, first_id, judge_params=None) -> per-example
+  outputs``.
 
-  Example ``i`` of the batch is degraded with the key of global example ``first_id + i``.
+  Example ``i`` of the batch is degraded with the key of global example ``first_id + i``. With a
+  ``judge`` system (only its recogniser is used), ``judge_params`` are its recogniser's params and
+  the outputs also hold :data:`JUDGE_REFERENCES`.
   """
-  def eval_step(enhancer_params, recognizer_params, batch, first_id):
+  def eval_step(enhancer_params, recognizer_params, batch, first_id, judge_params=None):
     high_quality = batch["image"]
     example_ids = first_id + jnp.arange(high_quality.shape[0])
     low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality, example_ids)
@@ -51,10 +59,14 @@ def make_eval_step(system: TaskDrivenSystem) -> Callable:
                      "ssim": metrics_lib.ssim(enhanced, high_quality)},
         "no_enhancement": {"psnr": metrics_lib.psnr(interpolated, high_quality),
                            "ssim": metrics_lib.ssim(interpolated, high_quality)},
-        "high_quality": {},
+        "hq_input": {},
     }
-    for reference, images in zip(REFERENCES, (enhanced, interpolated, high_quality)):
-      outputs[reference].update(_recognition_outputs(system, recognizer_params, images, batch))
+    images = (enhanced, interpolated, high_quality)
+    for reference, image in zip(REFERENCES, images):
+      outputs[reference].update(_recognition_outputs(system, recognizer_params, image, batch))
+    if judge is not None:
+      for reference, image in zip(JUDGE_REFERENCES, images):
+        outputs[reference] = _recognition_outputs(judge, judge_params, image, batch)
     return outputs
   return eval_step
 
@@ -75,19 +87,22 @@ class PipelineMetrics:
   """Accumulates :func:`make_eval_step` outputs over a split into flat metric names.
 
   ``compute()`` returns ``psnr``, ``ssim`` and the task metrics of the system, and the same metrics
-  prefixed ``no_enhancement_`` and ``high_quality_`` (no PSNR/SSIM for the latter: it is the target).
+  prefixed ``no_enhancement_`` and ``hq_input_`` (no PSNR/SSIM for the latter: it is the target);
+  ``judged=True`` adds the judge's task metrics prefixed ``judge_``, ``judge_no_enhancement_`` and
+  ``judge_high_quality_``.
   """
 
-  def __init__(self, recognition: str, num_classes: int):
+  def __init__(self, recognition: str, num_classes: int, *, judged: bool = False):
     task_metrics = (metrics_lib.SegmentationMetrics if recognition == "segmentation"
                     else metrics_lib.ClassificationMetrics)
     self.recognition = recognition
+    self.references = REFERENCES + (JUDGE_REFERENCES if judged else ())
     self.enhancement = {r: metrics_lib.EnhancementMetrics() for r in REFERENCES[:2]}
-    self.task = {r: task_metrics(num_classes) for r in REFERENCES}
+    self.task = {r: task_metrics(num_classes) for r in self.references}
 
   def update(self, outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray | None,
              valid: np.ndarray) -> None:
-    for reference in REFERENCES:
+    for reference in self.references:
       values = dict(outputs[reference])
       if reference in self.enhancement:
         self.enhancement[reference].update(values.pop("psnr"), values.pop("ssim"),
@@ -99,7 +114,7 @@ class PipelineMetrics:
 
   def compute(self) -> dict[str, float]:
     results = {}
-    for reference in REFERENCES:
+    for reference in self.references:
       prefix = "" if reference == "enhanced" else f"{reference}_"
       values = dict(self.task[reference].compute())
       if reference in self.enhancement:
@@ -117,23 +132,37 @@ def to_host(tree: Any) -> Any:
 
 def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
              batches: Iterable[dict[str, np.ndarray]], put_batch: Callable,
-             global_batch_size: int) -> dict[str, float]:
+             global_batch_size: int, judge_params: Any = None) -> dict[str, float]:
   """Scores ``state`` (mesh-replicated params) on every batch of a padded eval loader.
 
   ``put_batch`` places this host's slice as a global array; ``eval_step`` is the compiled
-  :func:`make_eval_step`. Padding examples (``valid == False``) are ignored.
+  :func:`make_eval_step` (made with the judge's system when ``judge_params`` are given).
+  Padding examples (``valid == False``) are ignored.
   """
-  accumulator = PipelineMetrics(system.recognition, system.num_classes)
+  accumulator = PipelineMetrics(system.recognition, system.num_classes,
+                                judged=judge_params is not None)
   for index, local_batch in enumerate(batches):
     valid = local_batch.pop("valid")
     batch = put_batch(local_batch)
     outputs = to_host(eval_step(state.enhancer_params, state.recognizer_params, batch,
-                                index * global_batch_size))
+                                index * global_batch_size, judge_params))
     labels = to_host(batch["label"]) if "label" in batch else None
     accumulator.update(outputs, labels, to_host(put_batch({"valid": valid})["valid"]))
   if system.recognition == "classification":
     warn_if_single_class_predicted(accumulator.task["enhanced"])
   return accumulator.compute()
+
+
+def without_enhancer_scores(results: dict[str, float]) -> dict[str, float]:
+  """``results`` less every score of an enhanced image (the system's and the judge's), for runs
+  whose enhancer was never trained (``recognizer_only``).
+
+  >>> without_enhancer_scores({"psnr": 9.0, "dice": 0.1, "hq_input_dice": 0.8, "judge_dice": 0.2,
+  ...                          "judge_high_quality_dice": 0.8, "no_enhancement_psnr": 20.0})
+  {'hq_input_dice': 0.8, 'judge_high_quality_dice': 0.8, 'no_enhancement_psnr': 20.0}
+  """
+  kept = tuple(f"{r}_" for r in REFERENCES[1:] + JUDGE_REFERENCES[1:])
+  return {k: v for k, v in results.items() if k.startswith(kept)}
 
 
 def warn_if_single_class_predicted(classification: metrics_lib.ClassificationMetrics) -> bool:

@@ -5,7 +5,9 @@ Every method is a sequence of phases over the global step counter ``[0, num_trai
 * optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
 * ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate``: one joint phase in
   which the enhancer is updated by the method's combiner and the recogniser by its own loss;
-* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs.
+* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs;
+* ``recognizer_only``: the recogniser alone on high-quality images, the enhancer never updated (a
+  pre-trained recogniser for other runs' ``recognizer.init_from`` or ``judge.workdir``).
 
 Each phase is compiled once into its own train step (the phase is a static argument).
 """
@@ -53,8 +55,14 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
   >>> config.method = "two_stage"
   >>> [(p.name, p.start, p.end) for p in make_phases(config)]
   [('recognizer_pretrain', 0, 10), ('enhancer', 10, 55), ('recognizer', 55, 100)]
+  >>> config.method, config.recognizer.pretrain_steps = "recognizer_only", 0
+  >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(config)]
+  [('recognizer_only', 0, 100, 'none', 'high_quality')]
   """
   total, pretrain = config.num_train_steps, config.recognizer.pretrain_steps
+  if config.method == "recognizer_only":
+    return (Phase("recognizer_only", 0, total, enhancer_gradient="none", update_recognizer=True,
+                  recognizer_input="high_quality"),)
   phases = []
   if pretrain > 0:
     phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",

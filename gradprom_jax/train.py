@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 
 from gradprom_jax import data as data_lib
-from gradprom_jax import evaluation, losses, parallel as parallel_lib, visualization
-from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory
+from gradprom_jax import evaluation, losses, parallel as parallel_lib, pretrained, visualization
+from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory, has_checkpoint
 from gradprom_jax.config_validation import ConfigError, validate_config, validate_config_for_dataset
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.metric_logging import MetricLogger
@@ -138,10 +138,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   dataset = data_lib.load_dataset(config.data)
   validate_config_for_dataset(config, dataset.image_shape, recognizer_class_names(config, dataset))
+  # Other runs' models the config names are read before the workdir is touched, so a missing or
+  # mismatched one leaves nothing behind. Warm starts are for a fresh start only.
+  system = build_system(config, dataset)
+  fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
+  init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
+                                             sharding=parallel.replicated) if fresh_start else {})
+  judge = pretrained.load_judge(config, system, dataset.image_shape, sharding=parallel.replicated)
   workdir = ensure_writable_directory(workdir)
   lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
   try:
-    return _train_and_evaluate_locked(config, workdir, parallel, dataset, is_main)
+    return _train_and_evaluate_locked(config, workdir, parallel, dataset, is_main,
+                                      init_params=init_params, judge=judge)
   finally:
     if lock is not None:
       lock.release()
@@ -149,8 +157,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                parallel: parallel_lib.DataParallel, dataset: Any,
-                               is_main: bool) -> dict[str, Any] | None:
-  """`train_and_evaluate` once the config is valid and this process holds the workdir."""
+                               is_main: bool, *, init_params: dict[str, Any],
+                               judge: pretrained.Judge | None) -> dict[str, Any] | None:
+  """`train_and_evaluate` once the config is valid and this process holds the workdir.
+
+  ``init_params`` (train-state field -> params) replace the fresh state's at a fresh start.
+  """
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
 
   system = build_system(config, dataset)
@@ -174,18 +186,24 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   if restored is not None:
     state, start_step = restored
     logging.info("Resuming from step %d.", start_step)
+  elif init_params:
+    # The optimiser states stay as initialised: none of them depends on the params' values.
+    state = state.replace(**init_params)
   start_step = int(jax.device_get(state.step))
 
   train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
-  eval_step = jax.jit(evaluation.make_eval_step(system))
+  eval_step = jax.jit(evaluation.make_eval_step(system, judge and judge.system))
   eval_batch_size = _eval_batch_size(config, parallel)
 
   def run_evaluation(split: str, global_state: TrainState) -> dict[str, float]:
     loader = data_lib.make_eval_loader(dataset, split, global_batch_size=eval_batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
-    return evaluation.evaluate(system, eval_step, global_state, loader, parallel.put_batch,
-                               eval_batch_size)
+    results = evaluation.evaluate(system, eval_step, global_state, loader, parallel.put_batch,
+                                  eval_batch_size, judge_params=judge and judge.params)
+    # recognizer_only never trains its enhancer: scores of its outputs would mean nothing.
+    return (evaluation.without_enhancer_scores(results) if config.method == "recognizer_only"
+            else results)
 
   device_state = parallel.put_state(state)
   logger = MetricLogger(workdir, total_steps=config.num_train_steps, start_step=start_step,

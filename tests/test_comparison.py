@@ -35,7 +35,7 @@ def _fake_results(row: str, seed: int, steps: int = 6) -> dict:
             "dice": 0.6 + 0.05 * rng.normal(), "iou": 0.45 + 0.05 * rng.normal()}
   results = dict(values)
   results.update({f"no_enhancement_{k}": v - 1.0 for k, v in values.items()})
-  results.update({f"high_quality_{k}": v + 0.1 for k, v in values.items()
+  results.update({f"hq_input_{k}": v + 0.1 for k, v in values.items()
                   if k not in ("psnr", "ssim")})
   results.update(method=row, seed=seed, num_train_steps=steps, nonfinite_steps=0)
   return results
@@ -110,7 +110,7 @@ def test_report_numbers_equal_mean_and_std_of_the_runs(tmp_path):
 
   with open(tmp_path / "summary.csv") as f:
     table = {line["row"]: line for line in csv.DictReader(f)}
-  assert list(table) == ["gradprom", "joint", "soft", "no_enhancement", "high_quality"]
+  assert list(table) == ["gradprom", "joint", "soft", "no_enhancement", "hq_input"]
   for row in rows:
     for metric in ("psnr", "ssim", "dice", "iou"):
       values = np.array([results[r][metric] for r in runs if r.row == row])
@@ -123,10 +123,10 @@ def test_report_numbers_equal_mean_and_std_of_the_runs(tmp_path):
   no_enhancement = [r["no_enhancement_dice"] for r in results.values()]
   assert float(table["no_enhancement"]["dice_mean"]) == pytest.approx(np.mean(no_enhancement))
   assert int(table["no_enhancement"]["dice_n"]) == 9
-  assert table["high_quality"]["psnr_n"] == "0"   # the target has no PSNR
+  assert table["hq_input"]["psnr_n"] == "0"   # the target has no PSNR
 
   summary = (tmp_path / "summary.md").read_text()
-  assert "| gradprom | " in summary and "| high_quality | " in summary
+  assert "| gradprom | " in summary and "| hq_input | " in summary
   assert "compare.py ..." in summary and "`soft`: method `gradprom`, `gradprom.mode=soft`" in summary
   # The geometry table: gradprom rows only (joint logged no cosine), medians of the logged cosines.
   geometry = summary.split("Gradient geometry", 1)[1]
@@ -258,3 +258,39 @@ def test_results_report_stitches_overview_sweeps_summaries_and_readings(tmp_path
   assert out.index("### a_setting") < out.index("**Reading.** GradProm wins.") < out.index(
       "### b_setting")
   assert f"]({sweep}/a_setting/plots/p.png)" in out and "no_summary" not in out
+
+
+def test_judge_columns_read_the_judge_on_each_rows_images_and_old_keys_are_upgraded(tmp_path):
+  rows = comparison.make_rows(["gradprom", "two_stage"])
+  runs = comparison.plan_runs(rows, [0, 1], tmp_path)
+  results = {}
+  for index, run in enumerate(runs):
+    result = _write_fake_run(run, gradprom=False)
+    result.update(judge_dice=0.5 + 0.01 * index, judge_no_enhancement_dice=0.4,
+                  judge_high_quality_dice=0.9)
+    if index == 0:   # a results.json of older code: high_quality_* for hq_input_*
+      result = {k.replace("hq_input_", "high_quality_"): v for k, v in result.items()}
+    (run.workdir / "results.json").write_text(json.dumps(result))
+    results[run] = result
+  metrics, table = comparison.summarize(comparison.read_results(runs), rows)
+  assert metrics[-1] == "judge_dice" and "high_quality_dice" not in metrics
+  assert table["gradprom"]["judge_dice"].mean == pytest.approx(0.505)
+  assert table["two_stage"]["judge_dice"].mean == pytest.approx(0.525)
+  assert table["no_enhancement"]["judge_dice"].mean == pytest.approx(0.4)
+  assert table["hq_input"]["judge_dice"].mean == pytest.approx(0.9)
+  assert table["hq_input"]["dice"].n == 4   # the old run's high_quality_dice counted too
+
+
+def test_results_report_renames_the_old_high_quality_reference(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location("results_report",
+                                                REPO / "experiments" / "results_report.py")
+  results_report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(results_report)
+  setting = tmp_path / "sweep" / "s"
+  setting.mkdir(parents=True)
+  (setting / "summary.md").write_text(
+      "# Comparison\n\n`high_quality` on the high-quality image (no PSNR/SSIM: it is the target)."
+      "\n\n| row | dice |\n|---|---|\n| high_quality | 0.5 |\n")
+  results_report.main([str(tmp_path / "sweep")])
+  out = capsys.readouterr().out
+  assert "| hq_input | 0.5 |" in out and "high_quality" not in out and "not an upper bound" in out

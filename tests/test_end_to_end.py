@@ -52,7 +52,7 @@ def test_main_writes_every_output(tmp_path, data_dir, option, recognition):
 
   results = json.loads((workdir / "results.json").read_text())
   assert results["method"] == "gradprom" and results["seed"] == 0 and results["num_train_steps"] == 6
-  for prefix in ("", "no_enhancement_", "high_quality_"):
+  for prefix in ("", "no_enhancement_", "hq_input_"):
     for name in TASK_METRICS[recognition]:
       assert f"{prefix}{name}" in results, f"{prefix}{name} missing"
   for prefix in ("", "no_enhancement_"):
@@ -121,6 +121,6 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path, data_d
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   single_results = json.loads((tmp_path / "single" / "results.json").read_text())
   multi_results = json.loads((tmp_path / "multi" / "results.json").read_text())
-  for key in ("psnr", "ssim", "dice", "no_enhancement_dice", "high_quality_dice"):
+  for key in ("psnr", "ssim", "dice", "no_enhancement_dice", "hq_input_dice"):
     assert multi_results[key] == pytest.approx(single_results[key], rel=1e-5), key
 
