@@ -5,10 +5,15 @@ r"""Applies a trained run to a folder of images: enhanced PNGs plus the recognis
   python experiments/enhance.py --workdir workdirs/default --input_dir high_quality_images \
       --output_dir demo/ --degrade     # simulate the low-quality input first (as in evaluation)
 
-Writes `OUTPUT/enhanced/<name>.png`, and `OUTPUT/masks/<name>.png` (segmentation: class index
-scaled to 0..255) or `OUTPUT/predictions.csv` (classification: predicted class and probabilities).
-Input images are used as they are (RGB or grey to match the run); for super-resolution they are the
-low-resolution inputs, and the outputs are `scale` times larger.
+Input images are taken as the low-quality images the run was trained to enhance (converted to RGB or
+grey to match the run): for a super-resolution run they are the low-resolution inputs, and the
+outputs are `scale` times larger on each side (a 64x64 input of a x4 run gives 256x256). With
+`--degrade` they are taken as high-quality images instead and degraded first, as in evaluation;
+the degraded input is saved too, so each output has its before/after pair.
+
+Writes `OUTPUT/enhanced/<name>.png`; with `--degrade` also `OUTPUT/degraded/<name>.png` (what the
+enhancer saw); and `OUTPUT/masks/<name>.png` (segmentation: class index scaled to 0..255) or
+`OUTPUT/predictions.csv` (classification: predicted class and probabilities).
 """
 import csv
 from pathlib import Path
@@ -22,7 +27,9 @@ from gradprom_jax.inference import load_trained_system
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder of images (png, jpg, bmp, tif).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where outputs are written.")
-_DEGRADE = flags.DEFINE_bool("degrade", False, "Treat inputs as high quality and degrade them first.")
+_DEGRADE = flags.DEFINE_bool(
+    "degrade", False, "Treat inputs as high quality and degrade them first (the degraded input is "
+    "saved to OUTPUT/degraded/); without it, inputs are the low-quality images themselves.")
 flags.mark_flags_as_required(["workdir", "input_dir", "output_dir"])
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -42,6 +49,8 @@ def main(argv):
     raise app.UsageError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {_INPUT_DIR.value}")
   output = Path(_OUTPUT_DIR.value)
   (output / "enhanced").mkdir(parents=True, exist_ok=True)
+  if _DEGRADE.value:
+    (output / "degraded").mkdir(exist_ok=True)
   segmentation = trained.system.recognition == "segmentation"
   if segmentation:
     (output / "masks").mkdir(exist_ok=True)
@@ -54,6 +63,8 @@ def main(argv):
       trained.system.degradation.check_image_size(*pixels.shape[:2])
     out = trained.enhance(pixels[None], degrade=_DEGRADE.value, first_id=index)
     _to_png(out["enhanced"][0]).save(output / "enhanced" / f"{path.stem}.png")
+    if _DEGRADE.value:
+      _to_png(out["input"][0]).save(output / "degraded" / f"{path.stem}.png")
     probabilities = out["probabilities"][0]
     if segmentation:
       classes = probabilities.argmax(-1).astype(np.float32) / max(probabilities.shape[-1] - 1, 1)
@@ -69,8 +80,11 @@ def main(argv):
       writer.writerows(rows)
   logging.info("Wrote %d enhanced images to %s (checkpoint step %d).", len(paths), output,
                trained.step)
-  print(f"Enhanced {len(paths)} images with the step-{trained.step} checkpoint of "
-        f"{_WORKDIR.value} -> {output}")
+  scale = trained.system.degradation.scale
+  taken_as = ("high quality, degraded first (saved in degraded/)" if _DEGRADE.value
+              else "low quality" + (f", enhanced to x{scale} their size" if scale > 1 else ""))
+  print(f"Enhanced {len(paths)} images (taken as {taken_as}) with the step-{trained.step} "
+        f"checkpoint of {_WORKDIR.value} -> {output}")
 
 
 if __name__ == "__main__":

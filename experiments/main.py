@@ -8,6 +8,12 @@ one clear message and an exit status.
 
 Running the same command again resumes from the workdir's newest checkpoint.
 
+A config file takes options after a colon, comma-separated, in any order: each config's docstring
+lists its own (`configs/ph2.py:classification,smoke` is PH2's diagnosis task, shrunk to a
+seconds-long run). Then `--config.KEY=VALUE` overrides any key, e.g. `--config.method=joint`,
+`--config.data.image_size='(64, 64)'`. Options are the way to switch the task, since they change
+the models with it; `--help --config FILE[:options]` lists every key with that config's values.
+
 Exit status:
   0    finished: results.json written.
   1    a runtime failure (unwritable or full workdir, a workdir in use by another live run, no
@@ -30,6 +36,8 @@ from ml_collections import config_flags
 
 from gradprom_jax import train
 from gradprom_jax.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
+from gradprom_jax.config import base_config
+from gradprom_jax.config_help import describe_config
 from gradprom_jax.config_validation import ConfigError, unknown_key_message, validate_config
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.distributed import initialize_distributed
@@ -44,6 +52,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# absl's --help lists only this file's two flags and exits 1; ours lists the config keys. --helpfull
+# stays absl's.
+_HELP_ARGS = ("--help", "-help", "--helpshort", "-h", "-?")
 _USAGE_ERRORS = (ConfigError, ConfigMismatchError)
 _RUNTIME_ERRORS = (WorkdirError, CheckpointRestoreError, train.NonFiniteTrainingError,
                    BadInputError, ManualDownloadError, WorkdirLockedError, SourceRunError)
@@ -68,14 +79,20 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else repr(text)
 
 
-def _unknown_override(argv: list[str]) -> str | None:
-  """The message for the first ``--config.key=value`` whose key the config file does not define."""
+def _config_file_arg(argv: list[str]) -> str | None:
+  """The ``--config`` value of a command line (``FILE.py[:options]``), or None."""
   config_args = [a.split("=", 1)[1] if a.startswith("--config=") else following
                  for a, following in zip(argv, argv[1:] + [""]) if a.split("=")[0] == "--config"]
-  if not config_args:
+  return config_args[-1] if config_args else None
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+  """The message for the first ``--config.key=value`` whose key the config file does not define."""
+  config_arg = _config_file_arg(argv)
+  if not config_arg:
     return None
   try:
-    config = flags.FLAGS["config"].parser.parse(config_args[-1])
+    config = flags.FLAGS["config"].parser.parse(config_arg)
   except Exception:  # pylint: disable=broad-except  # The file itself is broken: say that instead.
     return None
   for arg in argv:
@@ -86,8 +103,28 @@ def _unknown_override(argv: list[str]) -> str | None:
   return None
 
 
+def _print_help(argv: list[str]) -> None:
+  """This docstring, then every config key with its documentation; a given config's own values."""
+  config_arg = _config_file_arg(argv)
+  if config_arg:
+    try:
+      config = flags.FLAGS["config"].parser.parse(config_arg)
+    except Exception as e:  # pylint: disable=broad-except  # Any failure: one line, as for a run.
+      _exit(EXIT_USAGE_ERROR, f"--config {config_arg}: {_last_line(e)}")
+    heading = f"Config keys (--config.KEY=VALUE) with the values of {config_arg}:"
+  else:
+    config = base_config()
+    heading = ("Config keys (--config.KEY=VALUE) with their defaults; a config file changes some "
+               "(--help --config FILE shows its values):")
+  print(f"{__doc__}\n{heading}\n{describe_config(config)}\n\n"
+        "--helpfull lists absl's own flags too.")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every error as one line and exit status 2 (not a traceback)."""
+  if any(arg in _HELP_ARGS for arg in argv[1:]):
+    _print_help(argv)
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:

@@ -1,13 +1,16 @@
 """The comparison's plots, one PNG each, drawn with matplotlib's object API on an Agg canvas.
 
 No pyplot: every figure is a `matplotlib.figure.Figure` of its own, so nothing leaks between plots or
-into the caller's matplotlib state. A row keeps its colour (``C<i>``, its position) in every plot.
+into the caller's matplotlib state. A row keeps its colour (`row_colors`, by position) in every
+plot; the references (no enhancement, high-quality input) are black and grey, which no row gets.
+Legends sit outside the axes, so they never hide a curve.
 
   val_psnr.png, val_<task>.png     validation metric vs step, mean over seeds ± std band
   final_psnr_vs_<task>.png         test PSNR vs task metric, one point per row and seed
   cosine_hist_<row>.png            gradprom rows: every logged cos(g_enh, g_task)
   gate_<row>.png                   gradprom rows: gate-open rate (cumulative) and gate vs step
-  samples_by_row.png               each row's samples.png (first seed that has one), stacked
+  samples_by_row.png               rows x examples: each row's first examples of its samples.png
+                                   (first seed that has one), at most MAX_SIDE pixels on a side
 """
 from __future__ import annotations
 
@@ -17,11 +20,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from gradprom_jax import visualization
+
 DPI = 100
+# The longest side of samples_by_row.png, so that a screen shows it whole.
+MAX_SIDE = 2000
+REFERENCE_COLORS = {"no_enhancement": "black", "hq_input": "grey"}
+
+
+def row_colors(names: Sequence[str]) -> dict[str, str]:
+  """A colour per row, all different and none grey or black (the references' colours).
+
+  tab10 then tab20's light shades without their greys (18 colours), then evenly spaced hues.
+
+  >>> row_colors(["gradprom", "joint"])
+  {'gradprom': '#1f77b4', 'joint': '#ff7f0e'}
+  """
+  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+  shades = (*colormaps["tab10"].colors, *colormaps["tab20"].colors[1::2])
+  palette = [mcolors.to_hex(c) for c in shades]
+  palette = [c for c in palette if len(set(mcolors.to_rgb(c))) > 1]   # Drop the greys.
+  extra = max(0, len(names) - len(palette))
+  palette += [mcolors.to_hex(mcolors.hsv_to_rgb((i / extra, 0.8, 0.7))) for i in range(extra)]
+  return {name: palette[i] for i, name in enumerate(names)}
+
+
+def legend_outside(axes) -> None:
+  """The legend to the right of ``axes``, where it cannot hide a curve (saved with the figure)."""
+  axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _new_figure(width: float = 6.4, height: float = 4.2, **subplots: Any):
@@ -30,23 +61,23 @@ def _new_figure(width: float = 6.4, height: float = 4.2, **subplots: Any):
   return figure, figure.subplots(**subplots)
 
 
-def _reference_line(axes, value: float | None, linestyle: str, label: str) -> None:
+def _reference_line(axes, value: float | None, linestyle: str, label: str, color: str) -> None:
   if value is not None and np.isfinite(value):
-    axes.axhline(value, color="grey", linestyle=linestyle, label=label)
+    axes.axhline(value, color=color, linestyle=linestyle, label=label)
 
 
 def _finish(figure: Figure, axes, path: Path, **labels: Any) -> str:
   """Labels, grid and legend on ``axes``, then saves ``figure`` to ``path``."""
   axes.set(**labels)
   axes.grid(alpha=0.3)
-  axes.legend(fontsize="small")
+  legend_outside(axes)
   return _save(figure, path)
 
 
 def _save(figure: Figure, path: Path) -> str:
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.tight_layout()
-  figure.savefig(path, dpi=DPI)
+  figure.savefig(path, dpi=DPI, bbox_inches="tight")   # Keeps the legend outside the axes.
   return str(path)
 
 
@@ -95,7 +126,7 @@ def plot_metric_curves(path: Path, curves: Mapping[str, Sequence[tuple[np.ndarra
     axes.plot(steps, mean, marker="o", markersize=3, color=colors[name],
               label=f"{name} ({len(row_curves)} seeds)")
     axes.fill_between(steps, mean - std, mean + std, color=colors[name], alpha=0.2, linewidth=0)
-  _reference_line(axes, reference, "--", "no enhancement")
+  _reference_line(axes, reference, "--", "no enhancement", REFERENCE_COLORS["no_enhancement"])
   return _finish(figure, axes, path, xlabel="training step", ylabel=f"validation {metric}",
                  title=f"Validation {metric} (mean ± std over seeds)")
 
@@ -112,8 +143,10 @@ def plot_final_scatter(path: Path, points: Mapping[str, Sequence[tuple[float, fl
       axes.scatter(x, y, color=colors[name], label=name, s=30)
   if no_enhancement:
     x, y = zip(*no_enhancement)
-    axes.scatter(x, y, color="grey", marker="x", label="no enhancement (each run)")
-  _reference_line(axes, hq_input_task, ":", "high-quality input, same recogniser (mean)")
+    axes.scatter(x, y, color=REFERENCE_COLORS["no_enhancement"], marker="x",
+                 label="no enhancement (each run)")
+  _reference_line(axes, hq_input_task, ":", "high-quality input, same recogniser (mean)",
+                  REFERENCE_COLORS["hq_input"])
   return _finish(figure, axes, path, xlabel="test PSNR (dB)", ylabel=f"test {task_metric}",
                  title=f"Final PSNR vs {task_metric}, one point per run")
 
@@ -133,7 +166,7 @@ def plot_cosine_histogram(path: Path, cosines: Sequence[float], row: str, *, num
            title=f"{row}: {cosines.size} cosines ({sampled}, {num_seeds} seeds); "
                  f"{open_fraction:.0%} > threshold")
   axes.title.set_fontsize("small")
-  axes.legend(fontsize="small")
+  legend_outside(axes)
   return _save(figure, path)
 
 
@@ -151,24 +184,54 @@ def plot_gate(path: Path, per_seed: Mapping[int, Sequence[Mapping[str, Any]]], r
   gate_axes.set(xlabel="training step", ylabel="gate at logged step", ylim=(-0.05, 1.05))
   for axes in (rate_axes, gate_axes):
     axes.grid(alpha=0.3)
-  rate_axes.legend(fontsize="small")
+  legend_outside(rate_axes)
   return _save(figure, path)
 
 
-def plot_sample_grids(path: Path, grids: Mapping[str, str | os.PathLike[str]]) -> str | None:
-  """Each row's sample grid PNG, stacked top to bottom under its name; None if there are none."""
-  images = {name: np.asarray(Image.open(p).convert("RGB")) for name, p in grids.items()}
-  if not images:
+def example_strips(path: str | os.PathLike[str]) -> list[np.ndarray]:
+  """A samples.png cut into its examples (one strip of panels per example), as RGB arrays."""
+  with Image.open(path) as image:
+    count = image.text.get(visualization.EXAMPLES_KEY) if hasattr(image, "text") else None
+    pixels = np.asarray(image.convert("RGB"))
+  # Grids written before the count was stored have square panels of the default size.
+  count = int(count) if count else max(1, round(pixels.shape[0] / visualization.PANEL_PIXELS))
+  bounds = np.linspace(0, pixels.shape[0], count + 1).round().astype(int)
+  return [pixels[top:bottom] for top, bottom in zip(bounds[:-1], bounds[1:])]
+
+
+def plot_sample_grids(path: Path, grids: Mapping[str, str | os.PathLike[str]], *,
+                      max_side: int = MAX_SIDE, gap: int = 8) -> str | None:
+  """Rows x examples: each row's first examples side by side under its name; None if none.
+
+  As many examples as fit in ``max_side`` pixels across (at least one); the whole picture is then
+  scaled down if the rows are still more than ``max_side`` pixels tall.
+  """
+  strips = {name: example_strips(p) for name, p in grids.items()}
+  if not strips:
     return None
-  width = max(image.shape[1] for image in images.values()) / DPI
-  heights = [image.shape[0] / DPI + 0.35 for image in images.values()]
-  figure = Figure(figsize=(width, sum(heights)), dpi=DPI, layout="compressed")
+  strip_width = max(s.shape[1] for row in strips.values() for s in row)
+  count = max(1, min(min(len(row) for row in strips.values()),
+                     (max_side + gap) // (strip_width + gap)))
+  images = {}
+  for name, row in strips.items():
+    height = max(s.shape[0] for s in row[:count])
+    pieces = []
+    for strip in row[:count]:
+      strip = np.pad(strip, ((0, height - strip.shape[0]), (0, 0), (0, 0)), constant_values=255)
+      pieces += [strip, np.full((height, gap, 3), 255, np.uint8)]
+    images[name] = np.concatenate(pieces[:-1], axis=1)
+  title = 22   # Pixels above each row for its name.
+  width = max(image.shape[1] for image in images.values())
+  height = sum(image.shape[0] + title for image in images.values())
+  shrink = min(1.0, max_side / width, max_side / height)
+  figure = Figure(figsize=(width * shrink / DPI, height * shrink / DPI), dpi=DPI)
   FigureCanvasAgg(figure)
-  axes_list = figure.subplots(nrows=len(images), squeeze=False,
-                              gridspec_kw={"height_ratios": heights})[:, 0]
-  for axes, (name, image) in zip(axes_list, images.items()):
-    axes.imshow(image)
-    axes.set_title(name, fontsize="small")
+  top = height
+  for name, image in images.items():
+    top -= title + image.shape[0]
+    axes = figure.add_axes((0, top / height, image.shape[1] / width, image.shape[0] / height))
+    axes.imshow(image, interpolation="antialiased", aspect="auto")
+    axes.set_title(f"{name}: first {count} test examples", fontsize="small", loc="left")
     axes.axis("off")
   path.parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(path, dpi=DPI)
@@ -191,7 +254,7 @@ def write_comparison_plots(directory: str | os.PathLike[str], *, rows: Sequence[
     samples: row name -> candidate samples.png paths (the first that exists is drawn).
   """
   directory = Path(directory)
-  colors = {row.name: f"C{i % 10}" for i, row in enumerate(rows)}
+  colors = row_colors([row.name for row in rows])
   written = []
   for metric in ("psnr", task_metric):
     curves = {row.name: [series(r, metric, "val") for run, r in records.items() if run.row == row]

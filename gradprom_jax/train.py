@@ -34,7 +34,7 @@ from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.phases import make_phases, phase_at
 from gradprom_jax.preemption import PreemptionGuard
-from gradprom_jax.run_config import check_or_save_config
+from gradprom_jax.run_config import check_or_save_config, check_stored_config
 from gradprom_jax.system import TaskDrivenSystem, create_system
 from gradprom_jax.train_state import TrainState, create_train_state
 from gradprom_jax.train_step import make_train_step
@@ -136,6 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   validate_config(config, num_devices=parallel.num_devices)
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
+  # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
+  check_stored_config(workdir, config, overwrite=config.overwrite)
   dataset = data_lib.load_dataset(config.data)
   validate_config_for_dataset(config, dataset.image_shape, recognizer_class_names(config, dataset))
   # Other runs' models the config names are read before the workdir is touched, so a missing or

@@ -1,8 +1,9 @@
 """`samples.png`: one row per test example, degraded | enhanced | high quality | recognition.
 
 For segmentation the last column is the enhanced image with the predicted lesion outline (red)
-and the ground-truth outline (green); for classification the enhanced image's title reads the
-predicted and the true class (green when right, red when wrong). Degraded inputs smaller than the
+and the ground-truth outline (green); for classification the enhanced image's title adds the
+class predicted from it (green when right, red when wrong) and the high-quality image's title the
+true class. Degraded inputs smaller than the
 enhanced image are shown with nearest-neighbour upsampling, so the panel shows its real pixels.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend state), so it is
@@ -19,6 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 TASKS = ("segmentation", "classification")
+PANEL_PIXELS = 160
+TITLE_PIXELS = 14   # Above each panel, for its title.
+# PNG text key holding the number of examples (rows), so the grid can be cut into examples again.
+EXAMPLES_KEY = "Examples"
 _PREDICTED_COLOR, _TRUE_COLOR = "red", "lime"
 
 
@@ -49,7 +54,7 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
                      enhanced: np.ndarray, high_quality: np.ndarray,
                      predictions: np.ndarray | None = None, targets: np.ndarray | None = None,
                      task: str = "segmentation", class_names: Sequence[str] | None = None,
-                     panel_pixels: int = 160) -> None:
+                     panel_pixels: int = PANEL_PIXELS) -> None:
   """Writes a PNG grid of examples; each panel is `panel_pixels` square.
 
   Args:
@@ -68,8 +73,8 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
   >>> path = tempfile.mkdtemp() + "/samples.png"
   >>> save_sample_grid(path, degraded=hq[:, ::4, ::4], enhanced=hq, high_quality=hq,
   ...                  predictions=masks, targets=masks, panel_pixels=64)
-  >>> PIL.Image.open(path).size  # 4 columns x 2 rows of 64-pixel panels.
-  (256, 128)
+  >>> PIL.Image.open(path).size  # 4 columns x 2 rows of 64-pixel panels under 14-pixel titles.
+  (256, 156)
   """
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -89,10 +94,13 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
   show_masks = task == "segmentation" and (predictions is not None or targets is not None)
   columns = 4 if show_masks else 3
   dpi = 100
-  figure = Figure(figsize=(columns * panel_pixels / dpi, n * panel_pixels / dpi), dpi=dpi)
+  # Each example is a band of its titles above its panels, so the PNG cuts into examples evenly.
+  band = panel_pixels + TITLE_PIXELS
+  figure = Figure(figsize=(columns * panel_pixels / dpi, n * band / dpi), dpi=dpi)
   FigureCanvasAgg(figure)
-  axes = figure.subplots(n, columns, squeeze=False)
-  figure.subplots_adjust(left=0, right=1, bottom=0, top=1, wspace=0.02, hspace=0.12)
+  axes = np.array([[figure.add_axes(((column + 0.01) / columns, 1 - ((row + 1) * band) / (n * band),
+                                     0.98 / columns, panel_pixels / (n * band)))
+                    for column in range(columns)] for row in range(n)])
   scale = height / degraded.shape[1]
   titles = [f"degraded (x{scale:g})" if scale != 1 else "degraded", "enhanced", "high quality",
             "pred (red) / true (green)"]
@@ -112,12 +120,12 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
           axes[row, 3].contour(np.asarray(mask[row]) > 0, levels=[0.5], colors=color,
                                linewidths=1.0)
     elif task == "classification" and predictions is not None:
-      predicted = _class_name(int(predictions[row]), class_names)
-      title = f"pred {predicted}"
       color = "black"
       if targets is not None:
-        title += f" / true {_class_name(int(targets[row]), class_names)}"
+        axes[row, 2].set_title(f"high quality: true {_class_name(int(targets[row]), class_names)}",
+                               fontsize=7, pad=2)
         color = "green" if int(predictions[row]) == int(targets[row]) else "red"
-      axes[row, 1].set_title(title, fontsize=7, pad=2, color=color)
+      axes[row, 1].set_title(f"enhanced: pred {_class_name(int(predictions[row]), class_names)}",
+                             fontsize=7, pad=2, color=color)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  figure.savefig(path, dpi=dpi)
+  figure.savefig(path, dpi=dpi, metadata={EXAMPLES_KEY: str(n)})

@@ -1,10 +1,12 @@
-"""Tests for gradprom_jax.visualization: PNG size, overlays actually drawn, labels, input checks."""
+"""Tests for gradprom_jax.visualization (PNG size, overlays actually drawn, labels, input checks) and
+the pictures of gradprom_jax.comparison_plots (grid size, legends, colours)."""
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from gradprom_jax.visualization import save_sample_grid
+from gradprom_jax import comparison_plots
+from gradprom_jax.visualization import TITLE_PIXELS, save_sample_grid
 
 
 def _images(n=3, size=32, channels=3, seed=0):
@@ -21,7 +23,7 @@ def test_segmentation_grid_size_and_outlines(tmp_path):
   save_sample_grid(path, degraded=degraded, enhanced=enhanced, high_quality=high_quality,
                    predictions=masks, targets=np.zeros_like(masks), panel_pixels=100)
   image = np.asarray(PIL.Image.open(path).convert("RGB")).astype(int)
-  assert image.shape == (300, 400, 3)
+  assert image.shape == (3 * (100 + TITLE_PIXELS), 400, 3)
   # The red prediction outline shows in the fourth column only (images are at most 0.5 bright).
   red = (image[..., 0] > 200) & (image[..., 1] < 80) & (image[..., 2] < 80)
   assert red[:, 300:].sum() > 50
@@ -34,7 +36,7 @@ def test_classification_grid_grayscale(tmp_path):
   save_sample_grid(path, degraded=degraded, enhanced=enhanced, high_quality=high_quality,
                    predictions=np.array([0, 1]), targets=np.array([0, 0]),
                    task="classification", class_names=["normal", "pneumonia"], panel_pixels=80)
-  assert PIL.Image.open(path).size == (240, 160)
+  assert PIL.Image.open(path).size == (240, 2 * (80 + TITLE_PIXELS))
 
 
 def test_rejects_mismatched_inputs(tmp_path):
@@ -48,3 +50,70 @@ def test_rejects_mismatched_inputs(tmp_path):
   with pytest.raises(ValueError, match="enhanced must be"):
     save_sample_grid(tmp_path / "x.png", degraded=degraded, enhanced=enhanced[..., :2],
                      high_quality=high_quality)
+
+
+def _capture_figures(monkeypatch):
+  """Figures saved through `Figure.savefig` (still written), for inspecting their artists."""
+  from matplotlib.figure import Figure
+  figures, savefig = [], Figure.savefig
+
+  def capture(figure, *args, **kwargs):
+    figures.append(figure)
+    return savefig(figure, *args, **kwargs)
+
+  monkeypatch.setattr(Figure, "savefig", capture)
+  return figures
+
+
+def test_classification_grid_keeps_enhanced_as_the_middle_title(tmp_path, monkeypatch):
+  figures = _capture_figures(monkeypatch)
+  degraded, enhanced, high_quality = _images(n=2, channels=1)
+  save_sample_grid(tmp_path / "samples.png", degraded=degraded, enhanced=enhanced,
+                   high_quality=high_quality, predictions=np.array([0, 1]),
+                   targets=np.array([0, 0]), task="classification",
+                   class_names=["normal", "pneumonia"])
+  axes = figures[0].axes
+  titles = [a.get_title() for a in axes]
+  assert titles[:3] == ["degraded (x2)", "enhanced: pred normal", "high quality: true normal"]
+  assert titles[4] == "enhanced: pred pneumonia"
+  assert axes[1].title.get_color() == "green" and axes[4].title.get_color() == "red"
+
+
+def test_samples_by_row_is_a_rows_by_examples_grid_a_screen_shows(tmp_path):
+  # Nine rows of six examples, three 160-pixel panels each (as compare.py meets them).
+  degraded, enhanced, high_quality = _images(n=6, channels=1)
+  grids = {}
+  for row in range(9):
+    grids[f"row {row}"] = tmp_path / f"row{row}" / "samples.png"
+    save_sample_grid(grids[f"row {row}"], degraded=degraded, enhanced=enhanced,
+                     high_quality=high_quality, predictions=np.zeros(6, int),
+                     targets=np.zeros(6, int), task="classification")
+  assert PIL.Image.open(grids["row 0"]).size == (480, 6 * (160 + TITLE_PIXELS))
+  path = comparison_plots.plot_sample_grids(tmp_path / "plots" / "samples_by_row.png", grids)
+  width, height = PIL.Image.open(path).size
+  assert max(width, height) <= comparison_plots.MAX_SIDE
+  assert width > 3 * 480   # Four examples side by side, not one grid stacked under another.
+  assert comparison_plots.example_strips(grids["row 0"])[0].shape == (160 + TITLE_PIXELS, 480, 3)
+
+
+def test_legends_sit_outside_the_axes(tmp_path, monkeypatch):
+  figures = _capture_figures(monkeypatch)
+  steps = np.arange(1, 6)
+  curves = {f"row {i}": [(steps, steps * (i + 1.0))] for i in range(4)}
+  comparison_plots.plot_metric_curves(tmp_path / "val.png", curves, "psnr",
+                                      comparison_plots.row_colors(list(curves)), reference=3.0)
+  axes = figures[0].axes[0]
+  renderer = figures[0].canvas.get_renderer()
+  legend_box = axes.get_legend().get_window_extent(renderer)
+  assert not legend_box.overlaps(axes.get_window_extent(renderer))
+  assert legend_box.x0 > axes.get_window_extent(renderer).x1   # To the right, inside the PNG.
+  assert legend_box.x1 <= figures[0].bbox.x1 + 1
+
+
+def test_row_and_reference_colours_are_pairwise_different():
+  from matplotlib import colors
+  names = [f"row {i}" for i in range(30)]
+  assigned = [*comparison_plots.row_colors(names).values(),
+              *comparison_plots.REFERENCE_COLORS.values()]
+  hexes = [colors.to_hex(c) for c in assigned]
+  assert len(set(hexes)) == len(hexes) == 32

@@ -71,6 +71,11 @@ class EDSR(nn.Module):
   num_blocks: int = 8
   residual_scale: float = 1.0
 
+  @staticmethod
+  def check_scale(scale: int) -> None:
+    """Raises ValueError unless pixel shuffles can make up `scale` (1, 3 or a power of two)."""
+    upsampling_steps(scale)
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.shape[-1] != self.channels:

@@ -14,7 +14,7 @@ after the first halves the resolution.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -60,6 +60,9 @@ class ResNetClassifier(nn.Module):
   >>> jax.eval_shape(model.apply, variables, x)
   ShapeDtypeStruct(shape=(2, 3), dtype=float32)
   """
+  # What the recogniser outputs: one label per image (config validation matches it to the task).
+  recognition: ClassVar[str] = "classification"
+
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   features: int = 32

@@ -13,6 +13,7 @@ image at level 3) need no cropping.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -113,6 +114,12 @@ class UNetEnhancer(nn.Module):
   features: int = 32
   num_levels: int = 3
 
+  @staticmethod
+  def check_scale(scale: int) -> None:
+    """Any integer scale >= 1 works: the input is bicubically upsampled before the U-Net."""
+    if scale < 1:
+      raise ValueError(f"UNetEnhancer scale must be >= 1, got {scale}")
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.shape[-1] != self.channels:
@@ -140,6 +147,9 @@ class UNetSegmenter(nn.Module):
   >>> jax.eval_shape(model.apply, variables, x)
   ShapeDtypeStruct(shape=(2, 12, 10, 3), dtype=float32)
   """
+  # What the recogniser outputs: a label per pixel (config validation matches it to the task).
+  recognition: ClassVar[str] = "segmentation"
+
   num_classes: int
   features: int = 32
   num_levels: int = 3
