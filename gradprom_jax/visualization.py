@@ -3,8 +3,9 @@
 For segmentation the last column is the enhanced image with the predicted lesion outline (red)
 and the ground-truth outline (green); for classification the enhanced image's title adds the
 class predicted from it (green when right, red when wrong) and the high-quality image's title the
-true class. Degraded inputs smaller than the
-enhanced image are shown with nearest-neighbour upsampling, so the panel shows its real pixels.
+true class. Degraded inputs smaller than the enhanced image are shown with nearest-neighbour
+upsampling, so the panel shows its real pixels. Each example is a band of titles above its panels,
+and the PNG stores the number of examples (`EXAMPLES_KEY`), so a grid cuts back into examples.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend state), so it is
 safe to call from a training process without a display.
