@@ -128,9 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.judge = ml_collections.ConfigDict()
   config.judge.workdir = ml_collections.config_dict.placeholder(str)
 
-  # two_stage: the fraction of num_train_steps spent training the enhancer alone.
-  config.two_stage = ml_collections.ConfigDict()
-  config.two_stage.enhancer_fraction = 0.5
+  # two_stage trains the enhancer alone for num_train_steps (less pretrain_steps), then the
+  # recogniser alone as long (skipped when recognizer.frozen): step-matched, no option of its own.
 
   # Multi-host: see gradprom_jax.distributed.
   config.distributed = ml_collections.ConfigDict()

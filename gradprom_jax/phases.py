@@ -1,11 +1,14 @@
 """The phases of a run: which model is updated, from what, during which steps.
 
-Every method is a sequence of phases over the global step counter ``[0, num_train_steps)``:
+Every method is a sequence of phases over the global step counter, from 0 to `run_length`
+(``num_train_steps``, except for ``two_stage``):
 
 * optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
 * ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate``: one joint phase in
   which the enhancer is updated by the method's combiner and the recogniser by its own loss;
-* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs;
+* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs,
+  step-matched: each stage as many updates as a joint method gives that model (so the run is
+  longer); with ``recognizer.frozen`` the second stage is skipped;
 * ``recognizer_only``: the recogniser alone on high-quality images, the enhancer never updated (a
   pre-trained recogniser for other runs' ``recognizer.init_from`` or ``judge.workdir``).
 
@@ -45,7 +48,7 @@ class Phase:
 
 
 def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
-  """The phases ``config`` trains through, in order, covering ``[0, num_train_steps)``.
+  """The phases ``config`` trains through, in order, covering ``[0, run_length(phases))``.
 
   >>> from gradprom_jax.config import base_config
   >>> config = base_config()
@@ -54,7 +57,11 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
   [('recognizer_pretrain', 0, 10, 'none'), ('gradprom', 10, 100, 'separate')]
   >>> config.method = "two_stage"
   >>> [(p.name, p.start, p.end) for p in make_phases(config)]
-  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 55), ('recognizer', 55, 100)]
+  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100), ('recognizer', 100, 190)]
+  >>> config.recognizer.frozen = True   # a pre-trained recogniser: nothing left to train after
+  >>> [(p.name, p.start, p.end) for p in make_phases(config)]
+  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100)]
+  >>> config.recognizer.frozen = False
   >>> config.method, config.recognizer.pretrain_steps = "recognizer_only", 0
   >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(config)]
   [('recognizer_only', 0, 100, 'none', 'high_quality')]
@@ -68,11 +75,16 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
     phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
                         update_recognizer=True, recognizer_input="high_quality"))
   if config.method == "two_stage":
-    middle = pretrain + round(config.two_stage.enhancer_fraction * (total - pretrain))
-    phases.append(Phase("enhancer", pretrain, middle, enhancer_gradient="enhancement",
+    # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
+    # many. Configs stored before that split num_train_steps by two_stage.enhancer_fraction.
+    fraction = config.get("two_stage", {}).get("enhancer_fraction")
+    stage = total - pretrain if fraction is None else round(fraction * (total - pretrain))
+    end = pretrain + 2 * stage if fraction is None else total
+    phases.append(Phase("enhancer", pretrain, pretrain + stage, enhancer_gradient="enhancement",
                         update_recognizer=False, recognizer_input="enhanced"))
-    phases.append(Phase("recognizer", middle, total, enhancer_gradient="none",
-                        update_recognizer=not config.recognizer.frozen, recognizer_input="enhanced"))
+    if not config.recognizer.frozen:
+      phases.append(Phase("recognizer", pretrain + stage, end, enhancer_gradient="none",
+                          update_recognizer=True, recognizer_input="enhanced"))
   else:
     gradient = {"gradprom": "separate", "pcgrad": "separate", "joint": "summed",
                 "enhance_only": "enhancement", "random_gate": "separate"}[config.method]
@@ -82,6 +94,11 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
                         update_recognizer=not config.recognizer.frozen,
                         recognizer_input=config.recognizer.train_on))
   return tuple(p for p in phases if p.end > p.start)
+
+
+def run_length(phases: tuple[Phase, ...]) -> int:
+  """The number of train steps the phases cover (the end of the last one)."""
+  return phases[-1].end
 
 
 def phase_at(phases: tuple[Phase, ...], step: int) -> Phase:

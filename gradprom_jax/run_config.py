@@ -55,6 +55,15 @@ ADDED_KEY_DEFAULTS = {
 }
 
 
+# Keys removed from the config, each with a test of the stored (flat) config that is true when the
+# key changed nothing in that run: such a run matches today's config; any other differs and is
+# refused (its schedule would change under the new code).
+REMOVED_KEYS = {
+    # two_stage is now step-matched; the fraction mattered to two_stage runs only.
+    "two_stage.enhancer_fraction": lambda stored: stored.get("method") != "two_stage",
+}
+
+
 class ConfigMismatchError(ValueError):
   """The workdir holds a run with a different config."""
 
@@ -96,12 +105,16 @@ def flatten_config(config: Any) -> dict[str, Any]:
 def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
   """Lines ``key: old -> new`` for every differing dotted key not matching an `ignore` pattern.
 
-  A key of `ADDED_KEY_DEFAULTS` missing from ``old`` counts as holding its listed value there.
+  A key of `ADDED_KEY_DEFAULTS` missing from ``old`` counts as holding its listed value there; a
+  key of `REMOVED_KEYS` in ``old`` only is ignored where it changed nothing in that run.
 
   >>> config_differences({"lr": 0.1, "log_every": 10, "seed": 0},
   ...                    {"lr": 0.2, "log_every": 50})
   ['lr: 0.1 -> 0.2', 'seed: 0 -> <missing>']
   >>> config_differences({"lr": 0.1}, {"lr": 0.1, "gradprom": {"task_scale": "none"}})
+  []
+  >>> config_differences({"method": "joint", "two_stage": {"enhancer_fraction": 0.5}},
+  ...                    {"method": "joint"})
   []
   """
   old_flat, new_flat = flatten_config(old), flatten_config(new)
@@ -117,6 +130,8 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
       continue
     before = old_flat.get(key, ADDED_KEY_DEFAULTS.get(key, missing))
     after = new_flat.get(key, missing)
+    if after is missing and key in REMOVED_KEYS and REMOVED_KEYS[key](old_flat):
+      continue
     if before != after:
       lines.append(f"{key}: {show(before)} -> {show(after)}")
   return lines

@@ -32,7 +32,7 @@ from gradprom_jax.config_validation import ConfigError, validate_config, validat
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.phases import make_phases, phase_at
+from gradprom_jax.phases import make_phases, phase_at, run_length
 from gradprom_jax.preemption import PreemptionGuard
 from gradprom_jax.run_config import check_or_save_config, check_stored_config
 from gradprom_jax.system import TaskDrivenSystem, create_system
@@ -208,11 +208,12 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
             else results)
 
   device_state = parallel.put_state(state)
-  logger = MetricLogger(workdir, total_steps=config.num_train_steps, start_step=start_step,
+  total_steps = run_length(phases)   # num_train_steps, except for two_stage's two stages
+  logger = MetricLogger(workdir, total_steps=total_steps, start_step=start_step,
                         enabled=is_main)
   started, timed_steps, peak_streak = time.time(), 0, 0
   with logger, PreemptionGuard() as guard:
-    for step in range(start_step, config.num_train_steps):
+    for step in range(start_step, total_steps):
       phase = phase_at(phases, step)
       if phase.name not in train_steps:
         train_steps[phase.name] = parallel.compile_step(make_train_step(
@@ -226,7 +227,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
       # host: a streak that ends between two logs must still stop the run.
       peak_streak = jnp.maximum(peak_streak, jnp.max(step_metrics["nonfinite_streak"]))
       done = step + 1
-      is_last = done == config.num_train_steps
+      is_last = done == total_steps
       if done % config.log_every == 0 or is_last:
         host_metrics = parallel.metrics_to_host(step_metrics)
         streak, peak_streak = int(jax.device_get(peak_streak)), 0
@@ -254,7 +255,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
     state = parallel.global_state(device_state)
     checkpointer.wait_until_finished()
     results = run_evaluation("test", state)
-    logger.log_eval(config.num_train_steps, results, prefix="test")
+    logger.log_eval(total_steps, results, prefix="test")
   checkpointer.close()
   results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
                  nonfinite_steps=int(jax.device_get(state.nonfinite_total)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -235,3 +236,37 @@ def test_bad_sources_fail_with_one_line_and_nothing_written(tmp_path, data_dir,
   frozen = _main(tmp_path / "c", data_dir, "--config.recognizer.frozen=True")
   assert frozen.returncode == 2 and "random init" in frozen.stderr
   assert not any((tmp_path / name).exists() for name in "abc")
+
+
+# ----------------------------------------------------------------------------- two_stage
+
+
+def test_two_stage_is_step_matched_and_skips_the_recognizer_stage_when_frozen():
+  config = base_config()
+  config.method, config.num_train_steps, config.recognizer.pretrain_steps = "two_stage", 100, 10
+  phases = make_phases(config)
+  assert [(p.name, p.start, p.end) for p in phases] == [
+      ("recognizer_pretrain", 0, 10), ("enhancer", 10, 100), ("recognizer", 100, 190)]
+  # Each model gets the updates a joint method gives it, so each LR schedule spans exactly those.
+  for field, updates in (("enhancer", lambda p: p.enhancer_gradient != "none"),
+                         ("recognizer", lambda p: p.update_recognizer)):
+    config_joint = base_config()
+    config_joint.num_train_steps, config_joint.recognizer.pretrain_steps = 100, 10
+    assert (sum(p.end - p.start for p in phases if updates(p))
+            == sum(p.end - p.start for p in make_phases(config_joint) if updates(p))), field
+  config.recognizer.frozen, config.recognizer.init_from = True, "runs/rec"
+  assert [p.name for p in make_phases(config)] == ["recognizer_pretrain", "enhancer"]
+
+
+def test_old_two_stage_configs_keep_their_fraction_and_only_they_refuse_to_resume():
+  stored = base_config().to_dict()
+  stored["two_stage"] = {"enhancer_fraction": 0.5}
+  assert config_differences(stored, base_config()) == []   # a gradprom run: the key did nothing
+  stored["method"] = "two_stage"
+  new = base_config()
+  new.method = "two_stage"
+  assert config_differences(stored, new) == ["two_stage.enhancer_fraction: 0.5 -> <missing>"]
+  old = ml_collections.ConfigDict(stored)
+  old.num_train_steps = 100
+  assert [(p.name, p.start, p.end) for p in make_phases(old)] == [("enhancer", 0, 50),
+                                                                  ("recognizer", 50, 100)]
