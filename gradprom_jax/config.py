@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Global batch size over all devices and hosts.
   config.batch_size = 8
   config.log_every = 25
+  # Every this many steps, log cos(g_e, g_t) on each half of the batch and whether their signs agree
+  # (gate_probe/*: how reproducible the gate's decision is; see gradprom_jax.gate_reliability).
+  # 0: off. Each probe costs about two train steps' gradients.
+  config.gate_reliability_every = 0
   config.eval_every = 250
   config.checkpoint_every = 250
   config.keep_checkpoints = 3

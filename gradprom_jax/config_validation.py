@@ -122,6 +122,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     raise ConfigError(
         f"gradprom.threshold={config.gradprom.threshold} < 0 with gradprom.mode='hard' opens the "
         "gate on conflicting gradients, breaking the descent guarantee: set gradprom.threshold >= 0.")
+  if not isinstance(config.gate_reliability_every, int) or config.gate_reliability_every < 0:
+    raise ConfigError(f"gate_reliability_every={config.gate_reliability_every!r} must be a "
+                      "non-negative integer (0: off).")
   if not 0 <= config.gradprom.cosine_ema < 1:
     raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
                       "(0 turns the moving average off).")

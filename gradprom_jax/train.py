@@ -30,6 +30,7 @@ from gradprom_jax import evaluation, losses, parallel as parallel_lib, pretraine
 from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory, has_checkpoint
 from gradprom_jax.config_validation import ConfigError, validate_config, validate_config_for_dataset
 from gradprom_jax.distributed import initialize_distributed
+from gradprom_jax.gate_reliability import make_gate_probe, probe_is_due
 from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.phases import make_phases, phase_at, run_length
@@ -194,6 +195,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   start_step = int(jax.device_get(state.step))
 
   train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
+  gate_probe = None   # compiled at the first gate_reliability_every step
   eval_step = jax.jit(evaluation.make_eval_step(system, judge and judge.system))
   eval_batch_size = _eval_batch_size(config, parallel)
 
@@ -220,8 +222,9 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
             system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
             task_weight=config.task_weight, axis_name=parallel.axis_name,
             accumulate_steps=config.accumulate_steps))
+      local_batch = next(train_iter)
       device_state, step_metrics = train_steps[phase.name](
-          device_state, parallel.put_batch(next(train_iter)))
+          device_state, parallel.put_batch(local_batch))
       timed_steps += 1
       # The longest non-finite streak since the last log, kept on device so no step waits for the
       # host: a streak that ends between two logs must still stop the run.
@@ -240,6 +243,12 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
               f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
               f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
               f"last good checkpoint in {checkpointer.directory} is intact.")
+      if probe_is_due(config.gate_reliability_every, done) and phase.enhancer_gradient != "none":
+        # Do the two halves of the batch just used agree on the cosine's sign? (The updated
+        # parameters, the step's degradation noise.) A train record of gate_probe/* values.
+        gate_probe = gate_probe or make_gate_probe(system)
+        logger.log_train(done, gate_probe(parallel.global_state(device_state),
+                                          parallel.put_global_batch(local_batch), step))
       # Validation also at the last step, so that variants and λ can be chosen on the final model.
       if done % config.eval_every == 0 or is_last:
         logger.log_eval(done, run_evaluation("validation", parallel.global_state(device_state)))
