@@ -16,6 +16,7 @@ METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage", "random_g
 RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
+MODEL_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -104,6 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
       {"name": "edsr", "features": 32, "num_blocks": 4})
   config.model.recognizer = ml_collections.ConfigDict(
       {"name": "unet_segmenter", "features": 16, "num_levels": 3})
+  # Compute dtype of both models: float32 | bfloat16 (mixed precision: parameters, optimiser
+  # states, losses, metrics and GradProm's cosine stay float32).
+  config.model.dtype = "float32"
+  # Recompute each model block's activations in the backward pass: less memory, ~1 more forward.
+  config.model.remat = False
 
   config.optim = ml_collections.ConfigDict()
   config.optim.enhancer_lr = 1e-3

@@ -92,11 +92,15 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _choice("gradprom.granularity", config.gradprom.granularity, GRANULARITIES)
   _choice("gradprom.mode", config.gradprom.mode, GATE_MODES)
   _choice("gradprom.task_scale", config.gradprom.task_scale, TASK_SCALES)
+  _choice("model.dtype", config.model.dtype, config_lib.MODEL_DTYPES)
   for key in ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "max_nonfinite_steps", "accumulate_steps",
               "preemption_check_every"):
     if not isinstance(config[key], int) or config[key] < 1:
       raise ConfigError(f"{key}={config[key]!r} must be a positive integer.")
+  for key in ("prefetch", "num_workers"):
+    if not isinstance(config.data[key], int) or config.data[key] < 0:
+      raise ConfigError(f"data.{key}={config.data[key]!r} must be a non-negative integer.")
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the number of devices "
                       f"({num_devices}).")

@@ -50,11 +50,13 @@ class TaskDrivenSystem:
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
     return jax.vmap(lambda k, x: self.degradation(k, x[None])[0])(keys, high_quality)
 
+  # Outputs come back in float32 whatever the models' compute dtype (mixed precision): the losses,
+  # their gradients at the enhanced image, metrics and GradProm's cosine are all float32.
   def enhance(self, params: Any, low_quality: jax.Array, *, train: bool) -> jax.Array:
-    return self.enhancer.apply({"params": params}, low_quality, train=train)
+    return self.enhancer.apply({"params": params}, low_quality, train=train).astype(jnp.float32)
 
   def recognize(self, params: Any, images: jax.Array, *, train: bool) -> jax.Array:
-    return self.recognizer.apply({"params": params}, images, train=train)
+    return self.recognizer.apply({"params": params}, images, train=train).astype(jnp.float32)
 
   def interpolate(self, low_quality: jax.Array) -> jax.Array:
     """The no-enhancement reference: the degraded input, bicubically upsampled to full size."""
@@ -105,10 +107,14 @@ def create_system(config: ml_collections.ConfigDict, *, channels: int, num_class
   by the caller (``"balanced"`` needs the training split's class counts: ``train.build_system``).
   """
   degradation = degradations.parse_degradation(config.task.degradation)
+  # Configs stored before model.dtype / model.remat existed ran float32 without remat.
+  precision = {"dtype": jnp.dtype(config.model.get("dtype", "float32")),
+               "remat": bool(config.model.get("remat", False))}
   enhancer = models.create_enhancer(config.model.enhancer.name, channels=channels,
-                                    scale=degradation.scale, **_module_kwargs(config.model.enhancer))
+                                    scale=degradation.scale, **precision,
+                                    **_module_kwargs(config.model.enhancer))
   recognizer = models.create_recognizer(config.model.recognizer.name, num_classes=num_classes,
-                                        **_module_kwargs(config.model.recognizer))
+                                        **precision, **_module_kwargs(config.model.recognizer))
   return TaskDrivenSystem(
       enhancer=enhancer, recognizer=recognizer, degradation=degradation,
       recognition=config.task.recognition, num_classes=num_classes,

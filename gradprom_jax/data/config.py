@@ -31,6 +31,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.num_channels = 3
   # Class names in label-index order; None takes them from the data (sorted label values).
   config.class_names = ml_collections.config_dict.placeholder(tuple)
+  # Training batches placed on the devices ahead of the one being trained on (0: none), so the
+  # host-to-device copy overlaps the step; the checkpointed data position stays exact.
+  config.prefetch = 2
+  # grain worker processes decoding and augmenting training batches (0: in the training process).
+  config.num_workers = 0
   # Seed and (train, validation, test) fractions of the deterministic stratified split, used for the
   # splits a source does not ship (PH2 and Kvasir ship none; chest X-ray and MedMNIST ship all three).
   config.split_seed = 0

@@ -14,12 +14,13 @@ after the first halves the resolution.
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gradprom_jax.models.remat import maybe_remat
 from gradprom_jax.models.unet import group_norm
 
 
@@ -31,17 +32,17 @@ class BasicBlock(nn.Module):
   """
   features: int
   strides: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nn.Conv(self.features, (3, 3), self.strides, use_bias=False)(x)
-    y = nn.relu(group_norm(self.features)(y))
-    y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
-    y = nn.GroupNorm(num_groups=group_norm(self.features).num_groups,
-                     scale_init=nn.initializers.zeros)(y)
+    y = nn.Conv(self.features, (3, 3), self.strides, use_bias=False, dtype=self.dtype)(x)
+    y = nn.relu(group_norm(self.features, self.dtype)(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
+    y = group_norm(self.features, self.dtype, scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
-      x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x)
-      x = group_norm(self.features)(x)
+      x = nn.Conv(self.features, (1, 1), self.strides, use_bias=False, dtype=self.dtype)(x)
+      x = group_norm(self.features, self.dtype)(x)
     return nn.relu(x + y)
 
 
@@ -52,6 +53,9 @@ class ResNetClassifier(nn.Module):
     num_classes: number of classes.
     stage_sizes: residual blocks per stage; (2, 2, 2, 2) is ResNet-18.
     features: width of the first stage, doubled at each following stage.
+    dtype: compute dtype (float32 or bfloat16; the logits come out in it);
+      parameters stay float32.
+    remat: recompute each residual block in the backward pass (saves memory).
 
   >>> import jax
   >>> model = ResNetClassifier(num_classes=3, stage_sizes=(1, 1), features=4)
@@ -66,15 +70,18 @@ class ResNetClassifier(nn.Module):
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   features: int = 32
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # GroupNorm and no dropout: training and evaluation agree.
-    x = nn.Conv(self.features, (3, 3), use_bias=False)(x)
-    x = nn.relu(group_norm(self.features)(x))
+    x = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(group_norm(self.features, self.dtype)(x))
+    block_class = maybe_remat(BasicBlock, self.remat)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.features * 2**stage, strides)(x)
+        x = block_class(self.features * 2**stage, strides, self.dtype)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -13,22 +13,26 @@ image at level 3) need no cropping.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gradprom_jax import degradations
+from gradprom_jax.models.remat import maybe_remat
 
 
-def group_norm(features: int) -> nn.GroupNorm:
+def group_norm(features: int, dtype: Any = jnp.float32, **kwargs) -> nn.GroupNorm:
   """GroupNorm with up to 8 groups, as many as divide `features`.
+
+  Its statistics are computed in float32 whatever `dtype` (flax's default), so bfloat16 activations
+  are normalised as precisely as float32 ones.
 
   >>> group_norm(12).num_groups
   4
   """
-  return nn.GroupNorm(num_groups=math.gcd(features, 8))
+  return nn.GroupNorm(num_groups=math.gcd(features, 8), dtype=dtype, **kwargs)
 
 
 class ConvBlock(nn.Module):
@@ -38,12 +42,13 @@ class ConvBlock(nn.Module):
   gradient of pure round-off, which Adam would amplify into lr-sized random steps.
   """
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for _ in range(2):
-      x = nn.Conv(self.features, (3, 3), use_bias=False)(x)
-      x = nn.silu(group_norm(self.features)(x))
+      x = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(x)
+      x = nn.silu(group_norm(self.features, self.dtype)(x))
     return x
 
 
@@ -53,6 +58,8 @@ class UNet(nn.Module):
   Features double at each coarser level: `features`, 2 `features`, ...
   The last layer is a 1x1 convolution to `out_channels`, zero-initialised
   when `zero_init_output` (so a residual model starts as the identity).
+  `dtype` is the compute dtype (parameters stay float32); `remat` recomputes
+  each `ConvBlock` in the backward pass.
 
   >>> import jax
   >>> net = UNet(out_channels=2, features=4, num_levels=3)
@@ -65,25 +72,28 @@ class UNet(nn.Module):
   features: int = 32
   num_levels: int = 3
   zero_init_output: bool = False
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.num_levels < 1:
       raise ValueError(f"num_levels must be >= 1, got {self.num_levels}")
+    block = maybe_remat(ConvBlock, self.remat)
     skips = []
     for level in range(self.num_levels - 1):
-      x = ConvBlock(self.features * 2**level)(x)
+      x = block(self.features * 2**level, self.dtype)(x)
       skips.append(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-    x = ConvBlock(self.features * 2**(self.num_levels - 1))(x)
+    x = block(self.features * 2**(self.num_levels - 1), self.dtype)(x)
     for level in reversed(range(self.num_levels - 1)):
       skip = skips[level]
       # Bilinear resize to the skip's own size handles odd sizes exactly.
       x = jax.image.resize(x, (*skip.shape[:3], x.shape[-1]), "bilinear")
-      x = ConvBlock(self.features * 2**level)(jnp.concatenate([x, skip], -1))
+      x = block(self.features * 2**level, self.dtype)(jnp.concatenate([x, skip], -1))
     kernel_init = (nn.initializers.zeros if self.zero_init_output
                    else nn.linear.default_kernel_init)
-    return nn.Conv(self.out_channels, (1, 1), kernel_init=kernel_init)(x)
+    return nn.Conv(self.out_channels, (1, 1), kernel_init=kernel_init, dtype=self.dtype)(x)
 
 
 class UNetEnhancer(nn.Module):
@@ -101,6 +111,9 @@ class UNetEnhancer(nn.Module):
     scale: upsampling factor (1 for denoising / deblurring).
     features: width of the finest level.
     num_levels: resolutions of the U-Net.
+    dtype: compute dtype (float32 or bfloat16); parameters stay float32, and
+      the residual is added to the float32 input, so the output is float32.
+    remat: recompute each U-Net block in the backward pass (saves memory).
 
   >>> import jax
   >>> model = UNetEnhancer(channels=1, scale=2, features=4, num_levels=2)
@@ -113,6 +126,8 @@ class UNetEnhancer(nn.Module):
   scale: int = 1
   features: int = 32
   num_levels: int = 3
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @staticmethod
   def check_scale(scale: int) -> None:
@@ -126,8 +141,8 @@ class UNetEnhancer(nn.Module):
       raise ValueError(f"UNetEnhancer(channels={self.channels}) got an input "
                        f"with {x.shape[-1]} channels, shape {x.shape}")
     base = degradations.upsample(x, self.scale) if self.scale > 1 else x
-    residual = UNet(self.channels, self.features, self.num_levels,
-                    zero_init_output=True)(base)
+    residual = UNet(self.channels, self.features, self.num_levels, zero_init_output=True,
+                    dtype=self.dtype, remat=self.remat)(base)
     out = base + residual
     return out if train else jnp.clip(out, 0.0, 1.0)
 
@@ -138,7 +153,9 @@ class UNetSegmenter(nn.Module):
   `num_classes=2` (background, lesion) for a binary mask with softmax
   cross-entropy; `num_classes=1` for a single sigmoid channel (BCE).
   `train` is accepted for a uniform interface; the model has no dropout or
-  batch statistics, so it does not change the output.
+  batch statistics, so it does not change the output. `dtype` is the compute
+  dtype (the logits come out in it); `remat` recomputes each block in the
+  backward pass.
 
   >>> import jax
   >>> model = UNetSegmenter(num_classes=3, features=4, num_levels=2)
@@ -153,8 +170,11 @@ class UNetSegmenter(nn.Module):
   num_classes: int
   features: int = 32
   num_levels: int = 3
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # No train/eval difference: see the class docstring.
-    return UNet(self.num_classes, self.features, self.num_levels)(x)
+    return UNet(self.num_classes, self.features, self.num_levels, dtype=self.dtype,
+                remat=self.remat)(x)
