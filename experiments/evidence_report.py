@@ -6,6 +6,8 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
   python experiments/evidence_report.py report DIR --task_metric auc --setting "PneumoniaMNIST ..."
   # 3. the claims of several settings as one table (the opening table of RESULTS.md)
   python experiments/evidence_report.py claims DIR [DIR ...]
+  # copy finished runs (results.json, run.json, config.json, metrics.jsonl.gz) into results/
+  python experiments/evidence_report.py collect WORKDIR DESTINATION
 
 DIR is an `experiments/compare.py` directory whose λ rows are named ``<method>_l<λ>``. Every number
 written is computed here from the runs' results.json and metrics.jsonl; the logic is in
@@ -228,8 +230,12 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
   out += ["## Fronts over λ (validation, seed 0)\n",
           f"![front](plots/front_psnr_{judge}.png) ![front](plots/front_psnr_{task_metric}.png)\n",
           "The table behind them is lambda_selection.md.\n"]
-  total = sum(json.loads(p.read_text()).get("wall_seconds", 0.0)
-              for p in directory.glob("*/seed_*/run.json"))
+  infos = [json.loads(p.read_text()) for p in sorted(directory.glob("*/seed_*/run.json"))]
+  total = sum(info.get("wall_seconds", 0.0) for info in infos)
+  example = next((i["command"] for i in infos
+                  if f"/{rows.get(GRADPROM)}/" in i.get("command", "")), None)
+  if example:
+    out.append(f"Command of one run (every run's is in its run.json): `{example}`\n")
   out.append(f"Run time, summed over the {len(runs)} finished runs: {total / 60:.1f} min.\n")
   (directory / "report.md").write_text("\n".join(out))
   (directory / CLAIMS_FILENAME).write_text(json.dumps({"setting": setting, "claims": claims},
@@ -261,6 +267,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--task_metric", required=True)
     if name == "report":
       p.add_argument("--setting", required=True)
+  p = sub.add_parser("collect", help="copy finished runs (metrics gzip-compressed) into results/")
+  p.add_argument("workdir", type=Path)
+  p.add_argument("destination", type=Path)
   p = sub.add_parser("claims")
   p.add_argument("directories", type=Path, nargs="+")
   args = parser.parse_args(argv)
@@ -268,6 +277,8 @@ def main(argv: list[str]) -> None:
     select(args.directory, args.task_metric)
   elif args.command == "report":
     report(args.directory, args.task_metric, args.setting)
+  elif args.command == "collect":
+    print(f"Copied {evidence.collect(args.workdir, args.destination)} runs to {args.destination}.")
   else:
     print(claims_table(args.directories))
 

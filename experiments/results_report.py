@@ -1,15 +1,25 @@
-r"""Assembles RESULTS.md from the committed sweep summaries and the readings written beside them.
+r"""Assembles RESULTS.md from the committed results and the readings written beside them.
 
-  python experiments/results_report.py results/issue7_500 results/issue7 > RESULTS.md
+  python experiments/results_report.py results/pretrained_recognizer \
+      results/scratch_recognizer_500steps results/scratch_recognizer_100steps > RESULTS.md
 
-Prints ``results/overview.md`` (the cross-setting reading, beside the sweep directories), then for
-each sweep directory its ``about.md`` (what the sweep is: steps, machine) and, per setting, the
-``<setting>/summary.md`` that `experiments/compare.py` wrote (every number in it is computed from
-the runs' results.json and metrics.jsonl) followed by ``<setting>/reading.md``, the analyst's
-interpretation of that table. This script only stitches them together, so no figure is typed here.
+Prints ``results/header.md``, then for each directory:
+
+* a *protocol* directory (one holding ``PROTOCOL.md``, e.g. ``results/pretrained_recognizer``): the
+  table of the paper's claims × setting that `experiments/evidence_report.py claims` computes from
+  each setting's ``claims.json``, then per setting its ``reading.md`` (the analyst's interpretation),
+  ``report.md`` (paired differences, claims, gate reliability, fronts) and ``lambda_selection.md``
+  (λ chosen on validation), all written by `experiments/evidence_report.py`;
+* a *sweep* directory of the earlier protocol: ``results/overview.md`` once, its ``about.md`` and,
+  per setting, the ``summary.md`` that `experiments/compare.py` wrote, then ``reading.md``.
+
+This script only stitches files together, so no figure is typed here.
 """
+import importlib.util
 import sys
 from pathlib import Path
+
+_EVIDENCE_REPORT = Path(__file__).resolve().parent / "evidence_report.py"
 
 
 def shift_headings(markdown: str, levels: int) -> str:
@@ -47,23 +57,61 @@ def upgrade_summary(markdown: str) -> str:
 def setting_section(setting: Path) -> str:
   """One setting's summary (its own title dropped, plot links made repository-relative) and reading."""
   body = upgrade_summary((setting / "summary.md").read_text()).split("\n", 1)[1]  # no "# Comparison"
-  text = [f"### {setting.name}\n", body.replace("](plots/", f"]({setting}/plots/").strip() + "\n"]
+  text = [f"#### {setting.name}\n", body.replace("](plots/", f"]({setting}/plots/").strip() + "\n"]
   reading = setting / "reading.md"
   if reading.exists():
     text.append("**Reading.** " + reading.read_text().strip() + "\n")
   return "\n".join(text)
 
 
+def _evidence_report_module():
+  spec = importlib.util.spec_from_file_location("evidence_report", _EVIDENCE_REPORT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def protocol_section(directory: Path) -> str:
+  """A protocol directory: the claims × setting table, then each setting's reading and reports."""
+  settings = sorted(p for p in directory.iterdir() if (p / "claims.json").exists())
+  text = [f"## The paper's claims, per setting ({directory.name.replace('_', ' ')} protocol)\n",
+          f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
+          "Each cell: the verdict and the statistic behind it (seed-paired difference, "
+          "Bonferroni interval), computed by `experiments/evidence_report.py claims`.\n"]
+  if settings:
+    text.append(_evidence_report_module().claims_table(settings) + "\n")
+  for setting in settings:
+    text.append(f"### {setting.name}\n")
+    reading = setting / "reading.md"
+    if reading.exists():
+      text.append("**Reading.** " + reading.read_text().strip() + "\n")
+    for name in ("report.md", "lambda_selection.md"):
+      path = setting / name
+      if path.exists():
+        body = shift_headings(path.read_text().strip(), 3)
+        text.append(body.replace("](plots/", f"]({setting}/plots/") + "\n")
+  return "\n".join(text)
+
+
 def main(directories: list[str]) -> None:
   if not directories:
-    sys.exit("usage: results_report.py SWEEP_DIR [SWEEP_DIR ...] > RESULTS.md")
-  overview = Path(directories[0]).parent / "overview.md"
-  if overview.exists():
-    print(overview.read_text().strip() + "\n")
-  for directory in map(Path, directories):
+    sys.exit("usage: results_report.py DIR [DIR ...] > RESULTS.md")
+  paths = list(map(Path, directories))
+  header = paths[0].parent / "header.md"
+  if header.exists():
+    print(header.read_text().strip() + "\n")
+  overview_printed = False
+  for directory in paths:
+    if (directory / "PROTOCOL.md").exists():
+      print(protocol_section(directory))
+      continue
+    overview = directory.parent / "overview.md"
+    if not overview_printed and overview.exists():
+      print(shift_headings(overview.read_text().strip(), 1) + "\n")
+      overview_printed = True
     about = directory / "about.md"
-    print(shift_headings(about.read_text().strip(), 1) + "\n" if about.exists()
-          else f"## {directory}\n")
+    print(shift_headings(about.read_text().strip(), 2) + "\n" if about.exists()
+          else f"### {directory}\n")
     for setting in sorted(p for p in directory.iterdir() if (p / "summary.md").exists()):
       print(setting_section(setting))
 

@@ -19,6 +19,7 @@ implemented here are the ones fixed in ``results/pretrained_recognizer/PROTOCOL.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import re
@@ -58,10 +59,41 @@ def load_runs(directory: str | Path) -> dict[tuple[str, int], Run]:
   for results_path in sorted(Path(directory).glob(f"*/seed_*/{RESULTS_FILENAME}")):
     run_dir = results_path.parent
     row, seed = run_dir.parent.name, int(run_dir.name.removeprefix("seed_"))
-    metrics_path = run_dir / METRICS_FILENAME
-    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    records = read_run_records(run_dir)
     runs[row, seed] = Run(row, seed, json.loads(results_path.read_text()), records)
   return runs
+
+
+def read_run_records(run_dir: str | Path) -> list[dict[str, Any]]:
+  """A run's metrics.jsonl records, or those of its gzip-compressed copy (as committed in results/)."""
+  run_dir = Path(run_dir)
+  if (run_dir / METRICS_FILENAME).exists():
+    return read_metrics(run_dir / METRICS_FILENAME)
+  compressed = run_dir / f"{METRICS_FILENAME}.gz"
+  if not compressed.exists():
+    return []
+  with gzip.open(compressed, "rt", encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def collect(workdir: str | Path, destination: str | Path) -> int:
+  """Copies each finished run's results.json, run.json, config.json and gzip-compressed metrics.jsonl
+  from a comparison ``workdir`` to ``destination/<row>/seed_<s>/`` (what results/ commits); returns
+  the number of runs copied."""
+  count = 0
+  for results_path in sorted(Path(workdir).glob(f"*/seed_*/{RESULTS_FILENAME}")):
+    source = results_path.parent
+    target = Path(destination) / source.parent.name / source.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (RESULTS_FILENAME, "run.json", "config.json"):
+      if (source / name).exists():
+        (target / name).write_bytes((source / name).read_bytes())
+    if (source / METRICS_FILENAME).exists():
+      # mtime=0: the same metrics give the same bytes, so re-collecting changes nothing in git.
+      (target / f"{METRICS_FILENAME}.gz").write_bytes(
+          gzip.compress((source / METRICS_FILENAME).read_bytes(), mtime=0))
+    count += 1
+  return count
 
 
 def lambda_row(row: str) -> tuple[str, float] | None:

@@ -101,3 +101,15 @@ def test_select_and_report_on_a_synthetic_sweep(tmp_path, capsys):
   assert "Holm" in report_text and (tmp_path / "plots" / "front_psnr_judge_auc.png").exists()
   table = report_module.claims_table([tmp_path])
   assert "synthetic check" in table and "**better**" in table
+
+
+def test_collect_compresses_metrics_and_reports_read_them(tmp_path):
+  workdir, destination = tmp_path / "workdir", tmp_path / "results"
+  _write_run(workdir, "gradprom_l0.1", 0, val={"psnr": 25.0, "auc": 0.9}, test={"psnr": 24.0})
+  (workdir / "joint_l1" / "seed_0").mkdir(parents=True)   # unfinished: no results.json
+  assert evidence.collect(workdir, destination) == 1
+  copied = destination / "gradprom_l0.1" / "seed_0"
+  assert (copied / "metrics.jsonl.gz").exists() and not (copied / "metrics.jsonl").exists()
+  runs = evidence.load_runs(destination)
+  assert runs["gradprom_l0.1", 0].final_validation()["psnr"] == 25.0
+  assert runs["gradprom_l0.1", 0].results["psnr"] == 24.0
