@@ -35,6 +35,7 @@ from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.phases import make_phases, phase_at, run_length
 from gradprom_jax.preemption import PreemptionGuard
+from gradprom_jax.prefetch import DevicePrefetcher, device_placer
 from gradprom_jax.run_config import check_or_save_config, check_stored_config
 from gradprom_jax.system import TaskDrivenSystem, create_system
 from gradprom_jax.train_state import TrainState, create_train_state
@@ -182,7 +183,12 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   train_iter = iter(data_lib.make_train_loader(
       dataset, global_batch_size=config.batch_size, seed=config.seed,
       patch_size=config.data.patch_size, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+      process_count=jax.process_count(), num_workers=config.data.num_workers))
+  # The next data.prefetch batches are copied to the devices while a step runs; the checkpointed
+  # position stays that of the last batch trained on. Each item: (host batch, placed batch).
+  place_batch = device_placer(parallel)
+  train_iter = DevicePrefetcher(train_iter, lambda b: (b, place_batch(b)),
+                                size=config.data.prefetch)
   checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=config.checkpoint_every,
                               max_to_keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(state, train_iter)
@@ -222,9 +228,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
             system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
             task_weight=config.task_weight, axis_name=parallel.axis_name,
             accumulate_steps=config.accumulate_steps))
-      local_batch = next(train_iter)
-      device_state, step_metrics = train_steps[phase.name](
-          device_state, parallel.put_batch(local_batch))
+      local_batch, device_batch = next(train_iter)
+      device_state, step_metrics = train_steps[phase.name](device_state, device_batch)
       timed_steps += 1
       # The longest non-finite streak since the last log, kept on device so no step waits for the
       # host: a streak that ends between two logs must still stop the run.
