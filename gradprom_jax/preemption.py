@@ -2,15 +2,24 @@
 
 Clusters preempt with SIGTERM and kill a few seconds (SLURM: `--signal`/`KillWait`, 30 s by
 default) later. Doing the save inside the signal handler would run orbax at an arbitrary point of
-the loop, so the handler only sets a flag; the loop checks `should_stop()` once per step, saves
-with `force=True`, waits for the write and returns. A second SIGINT (Ctrl-C twice) aborts at once.
+the loop, so the handler only sets a flag; the loop polls it after each step, saves with
+`force=True`, waits for the write and returns. A second SIGINT (Ctrl-C twice) aborts at once.
+
+Polling never blocks a single-process run: it reads a Python flag, so the host keeps dispatching
+steps ahead of the device. A multi-host run must stop every host at the same step, which takes a
+blocking all-gather; it is done only every ``check_every`` steps and at steps where the loop
+already waits for the device (logging, checkpointing), so a stop comes at most ``check_every``
+steps late (SLURM's default grace of 30 s covers that for any step shorter than a few seconds).
+JAX's own `multihost_utils.reached_preemption_sync_point` does the same agreement without a
+per-step collective, but only under `jax.distributed` with its preemption service, and it reacts to
+the SIGTERM JAX itself receives; this guard works with or without it.
 
 Typical use in the loop::
 
   with PreemptionGuard() as guard:
     for step in range(start, total):
       state = train_step(state, next(batches))
-      if guard.should_stop_all_hosts():
+      if guard.should_stop_all_hosts(step + 1):
         checkpointer.save(step, state, batches, force=True)
         break
   checkpointer.wait_until_finished()
@@ -43,7 +52,11 @@ class PreemptionGuard:
   (False, True, 'SIGTERM')
   """
 
-  def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+  def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT), *,
+               check_every: int = 1):
+    if check_every < 1:
+      raise ValueError(f"check_every={check_every} must be >= 1")
+    self.check_every = check_every
     self._signals = tuple(signals)
     self._stop = threading.Event()
     self._previous: dict[signal.Signals, object] = {}
@@ -81,14 +94,19 @@ class PreemptionGuard:
     """Whether this process received a stop signal."""
     return self._stop.is_set()
 
-  def should_stop_all_hosts(self) -> bool:
-    """Whether any process received a stop signal; all processes must call it at the same step.
+  def should_stop_all_hosts(self, step: int | None = None, *, sync: bool = False) -> bool:
+    """Whether any process received a stop signal; all processes must call it at the same steps.
 
     On a cluster each host gets SIGTERM at a slightly different moment; agreeing through a tiny
     all-gather keeps every host stopping (and joining the collective checkpoint save) at the
-    same step. With a single process this is just `should_stop()`.
+    same step. The all-gather blocks until every host has dispatched this far, so it runs only when
+    ``step`` is a multiple of ``check_every``, when ``sync`` (a step where the loop waits for the
+    device anyway) or when no ``step`` is given; otherwise this returns False. With a single
+    process this is just `should_stop()`, at every step: no host synchronisation at all.
     """
     if jax.process_count() == 1:
       return self.should_stop()
+    if not (sync or step is None or step % self.check_every == 0):
+      return False
     flags = multihost_utils.process_allgather(np.int32(self.should_stop()))
     return bool(np.any(flags))

@@ -219,8 +219,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   total_steps = run_length(phases)   # num_train_steps, except for two_stage's two stages
   logger = MetricLogger(workdir, total_steps=total_steps, start_step=start_step,
                         enabled=is_main)
-  started, timed_steps, peak_streak = time.time(), 0, 0
-  with logger, PreemptionGuard() as guard:
+  started, timed_steps, streaks = time.time(), 0, []
+  with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard:
     for step in range(start_step, total_steps):
       phase = phase_at(phases, step)
       if phase.name not in train_steps:
@@ -231,14 +231,14 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
       local_batch, device_batch = next(train_iter)
       device_state, step_metrics = train_steps[phase.name](device_state, device_batch)
       timed_steps += 1
-      # The longest non-finite streak since the last log, kept on device so no step waits for the
-      # host: a streak that ends between two logs must still stop the run.
-      peak_streak = jnp.maximum(peak_streak, jnp.max(step_metrics["nonfinite_streak"]))
+      # Every step's non-finite streak, fetched at the next log: a streak that ends between two
+      # logs must still stop the run. No device op here: even a max waits for the step on CPU.
+      streaks.append(step_metrics["nonfinite_streak"])
       done = step + 1
       is_last = done == total_steps
       if done % config.log_every == 0 or is_last:
         host_metrics = parallel.metrics_to_host(step_metrics)
-        streak, peak_streak = int(jax.device_get(peak_streak)), 0
+        streak, streaks = int(max(np.max(s) for s in jax.device_get(streaks))), []
         host_metrics["steps_per_second"] = timed_steps / max(time.time() - started, 1e-9)
         logger.log_train(done, {"phase": phases.index(phase), **host_metrics})
         started, timed_steps = time.time(), 0
@@ -259,7 +259,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
         logger.log_eval(done, run_evaluation("validation", parallel.global_state(device_state)))
       if done % config.checkpoint_every == 0 or is_last:
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last)
-      if guard.should_stop_all_hosts():
+      # Multi-host runs agree on a stop (a blocking all-gather) only every preemption_check_every
+      # steps or where the loop waited for the device anyway; never once per step.
+      waited = is_last or done % config.log_every == 0 or done % config.checkpoint_every == 0
+      if guard.should_stop_all_hosts(done, sync=waited):
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()

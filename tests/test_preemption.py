@@ -7,6 +7,7 @@ import sys
 import time
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from gradprom_jax.checkpointing import Checkpointer
@@ -91,3 +92,29 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
     assert ckpt.latest_step() == saved_step
     restored, _ = ckpt.restore_latest({"w": jnp.zeros(3)})
   assert float(restored["w"][0]) == saved_step + 1
+
+
+# ---- No host synchronisation per step.
+
+def test_multi_host_agreement_runs_every_k_steps_and_at_synced_steps(monkeypatch):
+  from gradprom_jax import preemption
+  gathered_at = []
+  step_now = [0]
+
+  def fake_allgather(flag):
+    gathered_at.append(step_now[0])
+    return np.array([int(flag), 0])   # This host's flag and a second host that saw nothing.
+
+  monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(preemption.multihost_utils, "process_allgather", fake_allgather)
+  stopped_at = None
+  with PreemptionGuard(check_every=10) as guard:
+    for done in range(1, 41):
+      step_now[0] = done
+      if done == 13:
+        guard.request_stop()
+      if guard.should_stop_all_hosts(done, sync=done == 5):
+        stopped_at = done
+        break
+  assert gathered_at == [5, 10, 20]   # Every 10th step and the synced step 5, never in between.
+  assert stopped_at == 20             # The stop requested at 13 waits for the next agreement.
