@@ -13,3 +13,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests must never download anything: TFDS would otherwise try to reach GCS for metadata.
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
+# Nor write into the user's compilation cache (experiments/main.py's default, ~/.cache/gradprom_jax):
+# tests of the cache pass their own tmp directory.
+os.environ["GRADPROM_COMPILATION_CACHE"] = "off"

@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
+from gradprom_jax.console import hide_library_noise
 from gradprom_jax.inference import load_trained_system
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
@@ -42,6 +43,7 @@ def _to_png(array: np.ndarray) -> Image.Image:
 
 def main(argv):
   del argv
+  hide_library_noise()   # orbax logs every step of a restore at INFO
   trained = load_trained_system(_WORKDIR.value)
   channels = trained.system.enhancer.channels
   paths = sorted(p for p in Path(_INPUT_DIR.value).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -6,7 +6,16 @@ one clear message and an exit status.
   python experiments/main.py --config configs/default.py --workdir workdirs/default
   python experiments/main.py --config configs/ph2.py:smoke --workdir /tmp/ph2 --config.method=joint
 
-Running the same command again resumes from the workdir's newest checkpoint.
+Running the same command again resumes from the workdir's newest checkpoint; once the run has
+finished it says "already finished, results in WORKDIR/results.json" and exits 0 at once, unless
+`--reevaluate` (restore the final checkpoint, score the test set again, rewrite results.json,
+samples.png and the test record of metrics.jsonl).
+
+Compiled programs are kept in JAX's persistent compilation cache, so a second run of a config skips
+the compile: `~/.cache/gradprom_jax/jax` by default, `GRADPROM_COMPILATION_CACHE=DIR` to move it,
+`GRADPROM_COMPILATION_CACHE=off` to turn it off (see `gradprom_jax/compilation_cache.py`). The
+console shows progress and results; the libraries' INFO lines are hidden (`--verbosity=1` shows
+everything).
 
 A config file takes options after a colon, comma-separated, in any order: each config's docstring
 lists its own (`configs/ph2.py:classification,smoke` is PH2's diagnosis task, shrunk to a
@@ -28,6 +37,7 @@ Exit status:
        a finished one; 143 = 128 + SIGTERM is what a shell reports for a SIGTERM'd process.
 """
 import contextlib
+from pathlib import Path
 import sys
 
 from absl import app, flags, logging
@@ -36,9 +46,11 @@ from ml_collections import config_flags
 
 from gradprom_jax import train
 from gradprom_jax.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
+from gradprom_jax.compilation_cache import enable_compilation_cache
 from gradprom_jax.config import base_config
 from gradprom_jax.config_help import describe_config
 from gradprom_jax.config_validation import ConfigError, unknown_key_message, validate_config
+from gradprom_jax.console import hide_library_noise
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.run_config import ConfigMismatchError
@@ -50,6 +62,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file; `file.py:smoke` shrinks it to a seconds-long run.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_REEVALUATE = flags.DEFINE_bool(
+    "reevaluate", False, "On a finished run: score the test set again from the final checkpoint "
+    "(without it, a finished run is left as it is).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # absl's --help lists only this file's two flags and exits 1; ours lists the config keys. --helpfull
@@ -58,14 +73,6 @@ _HELP_ARGS = ("--help", "-help", "--helpshort", "-h", "-?")
 _USAGE_ERRORS = (ConfigError, ConfigMismatchError)
 _RUNTIME_ERRORS = (WorkdirError, CheckpointRestoreError, train.NonFiniteTrainingError,
                    BadInputError, ManualDownloadError, WorkdirLockedError, SourceRunError)
-
-
-class _HideLibraryInfo(logging.logging.Filter):
-  """Keeps our INFO lines but drops the chatty INFO of orbax and TFDS (their warnings still show)."""
-
-  def filter(self, record):
-    return record.levelno >= logging.logging.WARNING or not any(
-        name in record.pathname for name in ("/orbax/", "/tensorflow_datasets/", "/grain/"))
 
 
 def _exit(status: int, message: str) -> None:
@@ -146,17 +153,25 @@ def main(argv):
   if len(argv) > 1:
     _exit(EXIT_USAGE_ERROR, f"unexpected arguments: {argv[1:]}")
   config, workdir = _CONFIG.value, _WORKDIR.value
+  requested_verbosity = logging.get_verbosity()
   with _expected_failures_as_exit_status():
     # Quiet until the config is known to be good, so that a bad one prints exactly one line.
     logging.set_verbosity(logging.WARNING)
     validate_config(config, num_devices=1)  # Everything but the device count, before touching JAX.
+    finished = None if _REEVALUATE.value else train.finished_results_path(workdir, config)
+    if finished is not None:
+      print(f"already finished, results in {finished} (--reevaluate scores it again)", flush=True)
+      return
+    enable_compilation_cache()
     initialize_distributed(config.distributed)
     validate_config(config, num_devices=jax.device_count())
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_HideLibraryInfo())
-    results = train.train_and_evaluate(config, workdir)
+    logging.set_verbosity(max(requested_verbosity, logging.INFO))
+    hide_library_noise()
+    results = train.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
   if results is None:
     sys.exit(EXIT_PREEMPTED)
+  print(f"results in {Path(workdir) / train.RESULTS_FILENAME}, "
+        f"samples in {Path(workdir) / train.SAMPLES_FILENAME}", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.phases import make_phases, phase_at, run_length
 from gradprom_jax.preemption import PreemptionGuard
 from gradprom_jax.prefetch import DevicePrefetcher, device_placer
-from gradprom_jax.run_config import check_or_save_config, check_stored_config
+from gradprom_jax.run_config import (CONFIG_FILENAME, check_or_save_config, check_stored_config,
+                                     config_differences)
 from gradprom_jax.system import TaskDrivenSystem, create_system
 from gradprom_jax.train_state import TrainState, create_train_state
 from gradprom_jax.train_step import make_train_step
@@ -106,7 +107,7 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
   local_batch = next(iter(loader))
-  batch = parallel.put_batch(local_batch)
+  batch = parallel.put_global_batch(local_batch)
   predict_step = jax.jit(evaluation.make_predict_step(system))
   out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
   host_batch = evaluation.to_host(batch)
@@ -126,8 +127,40 @@ def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
   return -(-config.batch_size // devices) * devices
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+def finished_results_path(workdir: str | os.PathLike[str],
+                          config: ml_collections.ConfigDict) -> Path | None:
+  """``workdir/results.json`` if the workdir holds this config's finished run, else None.
+
+  A run is finished once ``results.json`` is written (the last output, after ``samples.png``) for
+  this run length, with a stored ``config.json`` equal to ``config`` (ignoring what may change on
+  resume, such as how often to log).
+
+  >>> import tempfile
+  >>> from gradprom_jax.config import base_config
+  >>> print(finished_results_path(tempfile.mkdtemp(), base_config()))
+  None
+  """
+  results_path, config_path = Path(workdir) / RESULTS_FILENAME, Path(workdir) / CONFIG_FILENAME
+  try:
+    results = json.loads(results_path.read_text())
+    stored_config = json.loads(config_path.read_text())
+  except (OSError, ValueError):   # absent, unreadable or cut short: not finished
+    return None
+  if (results.get("num_train_steps") != config.num_train_steps
+      or stored_config.get("num_train_steps") != config.num_train_steps
+      or config_differences(stored_config, config)):
+    return None
+  return results_path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       reevaluate: bool = False) -> dict[str, Any] | None:
   """Trains and evaluates as ``config`` says, writing everything to ``workdir``.
+
+  A workdir that already holds this config's finished run (see :func:`finished_results_path`) is
+  not touched: its stored results are returned at once, before the dataset is built, unless
+  ``reevaluate``, which restores the final checkpoint and scores the test set again (rewriting
+  ``results.json``, ``samples.png`` and the test record of ``metrics.jsonl``).
 
   Returns:
     The test results (also in ``results.json``), or None if the run was preempted (SIGTERM/SIGINT):
@@ -140,6 +173,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
   check_stored_config(workdir, config, overwrite=config.overwrite)
+  finished = finished_results_path(workdir, config)
+  if finished is not None and not reevaluate:
+    logging.info("Already finished, results in %s.", finished)
+    return json.loads(finished.read_text())
   dataset = data_lib.load_dataset(config.data)
   validate_config_for_dataset(config, dataset.image_shape, recognizer_class_names(config, dataset))
   # Other runs' models the config names are read before the workdir is touched, so a missing or
@@ -209,32 +246,45 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
     loader = data_lib.make_eval_loader(dataset, split, global_batch_size=eval_batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
-    results = evaluation.evaluate(system, eval_step, global_state, loader, parallel.put_batch,
-                                  eval_batch_size, judge_params=judge and judge.params)
+    # A plain jit program in both parallel modes: global state, batch split over the mesh.
+    results = evaluation.evaluate(system, eval_step, global_state, loader,
+                                  parallel.put_global_batch, eval_batch_size,
+                                  judge_params=judge and judge.params)
     # recognizer_only never trains its enhancer: scores of its outputs would mean nothing.
     return (evaluation.without_enhancer_scores(results) if config.method == "recognizer_only"
             else results)
 
   device_state = parallel.put_state(state)
+  # The test record is rewritten at the end of every start (a resumed or re-evaluated run).
   total_steps = run_length(phases)   # num_train_steps, except for two_stage's two stages
   logger = MetricLogger(workdir, total_steps=total_steps, start_step=start_step,
-                        enabled=is_main)
+                        enabled=is_main, replace_kinds=("test",))
   started, timed_steps, streaks = time.time(), 0, []
   with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard:
     for step in range(start_step, total_steps):
       phase = phase_at(phases, step)
-      if phase.name not in train_steps:
+      compiling = phase.name not in train_steps
+      if compiling:
         train_steps[phase.name] = parallel.compile_step(make_train_step(
             system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
             task_weight=config.task_weight, axis_name=parallel.axis_name,
             accumulate_steps=config.accumulate_steps))
+        phase_label = f" ({phase.name} phase)" if len(phases) > 1 else ""
+        logger.write(f"compiling the train step{phase_label}...")
+        compile_started = time.time()
+      # Returns once the step is compiled and dispatched; the device runs it asynchronously.
       local_batch, device_batch = next(train_iter)
       device_state, step_metrics = train_steps[phase.name](device_state, device_batch)
+      if compiling:
+        logger.write(f"compiled the train step{phase_label} in "
+                     f"{time.time() - compile_started:.1f} s")
+        started, timed_steps = time.time(), 0   # steps_per_second counts steps, not compiles
       timed_steps += 1
       # Every step's non-finite streak, fetched at the next log: a streak that ends between two
       # logs must still stop the run. No device op here: even a max waits for the step on CPU.
       streaks.append(step_metrics["nonfinite_streak"])
       done = step + 1
+      logger.advance(done)   # counts dispatched steps: no host sync
       is_last = done == total_steps
       if done % config.log_every == 0 or is_last:
         host_metrics = parallel.metrics_to_host(step_metrics)
@@ -276,7 +326,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   checkpointer.close()
   results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
                  nonfinite_steps=int(jax.device_get(state.nonfinite_total)))
-  if is_main:
-    _write_json(workdir / RESULTS_FILENAME, results)
   _save_samples(workdir / SAMPLES_FILENAME, system, state, dataset, config, parallel)
+  if is_main:   # last: results.json marks the run finished (see finished_results_path)
+    _write_json(workdir / RESULTS_FILENAME, results)
   return results

@@ -138,7 +138,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
           builder.download_and_prepare(
               file_format="array_record",
               download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        logging.info("%s", banner.getvalue().strip())
+        logging.debug("%s", banner.getvalue().strip())   # "Downloading ... Unknown size": noise here
         skipped = tuple(getattr(getattr(builder, "bad_inputs", None), "messages", ()))
         if skipped:
           logging.warning("%s: skipped %d bad inputs (skip_bad=True)", config.name, len(skipped))
