@@ -1,8 +1,14 @@
 """Images/s of the training input pipeline, for the default synthetic config and for PH2 (if present).
 
     .venv/bin/python benchmarks/input_pipeline.py [--batch 32] [--steps 50] [--workers 0]
+    .venv/bin/python benchmarks/input_pipeline.py --full_size 512 --workers_list 0,2 --step_ms 250
 
 Builds into a temporary TFDS dir (the synthetic build time is reported too) and ends with one JSON line.
+
+``--full_size S``: synthetic lesion images of S×S×3 (ISIC-like at 512) are built into a temporary
+dir and read with each of ``--workers_list`` grain worker counts; the rate is compared with an
+*assumed* accelerator step time ``--step_ms`` for one batch (nothing is measured on an accelerator
+here): ``pipeline_over_step`` > 1 means the host keeps up.
 """
 import argparse
 import json
@@ -25,12 +31,40 @@ def images_per_second(dataset, *, batch: int, steps: int, workers: int, patch_si
   return batch * steps / (time.perf_counter() - start)
 
 
+def full_size(args) -> None:
+  """Images/s at S×S×3 for each worker count, against the assumed step time."""
+  results = {"image_size": args.full_size, "batch": args.batch, "assumed_step_ms": args.step_ms,
+             "images_per_s": {}, "pipeline_over_step": {}}
+  with tempfile.TemporaryDirectory() as data_dir:
+    config = default_data_config()
+    config.data_dir, config.image_size = data_dir, (args.full_size, args.full_size)
+    config.num_train, config.num_validation, config.num_test = 2 * args.batch, 2, 2
+    start = time.perf_counter()
+    dataset = load_dataset(config)
+    results["build_s"] = round(time.perf_counter() - start, 1)
+    needed = args.batch / (args.step_ms / 1e3)
+    for workers in (int(w) for w in args.workers_list.split(",")):
+      rate = images_per_second(dataset, batch=args.batch, steps=args.steps, workers=workers)
+      results["images_per_s"][workers] = round(rate, 1)
+      results["pipeline_over_step"][workers] = round(rate / needed, 2)
+      print(f"{args.full_size}x{args.full_size}x3, batch {args.batch}, {workers} workers: "
+            f"{rate:.1f} images/s; a {args.step_ms:g} ms step needs {needed:.0f} images/s", flush=True)
+  print(json.dumps(results))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument("--workers", type=int, default=0)
+  parser.add_argument("--full_size", type=int, default=0, help="Square image size (0: default mode).")
+  parser.add_argument("--workers_list", default="0,2", help="--full_size: worker counts to time.")
+  parser.add_argument("--step_ms", type=float, default=250.0,
+                      help="--full_size: assumed accelerator step time for one batch.")
   args = parser.parse_args()
+  if args.full_size:
+    full_size(args)
+    return
   results = {}
   with tempfile.TemporaryDirectory() as data_dir:
     config = default_data_config()

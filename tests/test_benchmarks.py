@@ -32,3 +32,17 @@ def test_step_time_smoke_ends_with_json_of_the_required_ratios(tmp_path):
   # The naive step really runs a second enhancer forward (XLA did not merge it away).
   assert result["convolutions"]["gradprom_naive"] > result["convolutions"]["gradprom"]
   assert result["pipeline_images_per_s"] > 0
+
+
+@pytest.mark.slow  # ~3 min on 2 shared cores: four compiles of the tiny step.
+def test_accelerator_check_runs_on_cpu_and_ends_with_json(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable,
+         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  out = subprocess.run(["bash", str(REPO / "benchmarks" / "accelerator_check.sh")], env=env,
+                       cwd=tmp_path, check=True, capture_output=True, text=True, timeout=900).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["platform"] == "cpu" and result["tiny"] is True
+  assert {(r["dtype"], r["devices"]) for r in result["runs"]} == {("float32", 1), ("bfloat16", 1)}
+  assert all(r["step_ms"] > 0 and r["loss_finite"] for r in result["runs"])
+  assert result["bfloat16_speedup_1_device"] > 0
+  assert result["input_pipeline"]["images_per_s"]["0"] > 0

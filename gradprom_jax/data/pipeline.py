@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from gradprom_jax.data.registry import Dataset
 
@@ -100,6 +101,8 @@ def make_train_loader(dataset: Dataset, *, global_batch_size: int, seed: int,
 
   ds = grain.MapDataset.range(0, sys.maxsize).map(load).batch(batch_size, drop_remainder=True)
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; a plain script parsed none.
+      flags.FLAGS.mark_as_parsed()
     return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds.to_iter_dataset()
 
