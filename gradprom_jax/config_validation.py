@@ -118,10 +118,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _check_class_weights(config)
   if not 0 <= config.random_gate.open_rate <= 1:
     raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")
-  try:
-    degradation = degradations.parse_degradation(config.task.degradation)
-  except ValueError as e:
-    raise ConfigError(f"task.degradation={config.task.degradation!r}: {e}") from None
   if config.gradprom.mode == "hard" and config.gradprom.threshold < 0:
     raise ConfigError(
         f"gradprom.threshold={config.gradprom.threshold} < 0 with gradprom.mode='hard' opens the "
@@ -132,6 +128,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   if not 0 <= config.gradprom.cosine_ema < 1:
     raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
                       "(0 turns the moving average off).")
+  try:
+    degradation = degradations.parse_degradation(config.task.degradation)
+  except ValueError as e:
+    raise ConfigError(f"task.degradation={config.task.degradation!r}: {e}") from None
   for key in ("image_size", "patch_size"):
     size = config.data.get(key)
     if size is not None:
@@ -147,7 +147,9 @@ _CLASSIFICATION_HINT = ("use the config file's ':classification' option "
 _SEGMENTATION_HINT = ("use a segmentation config "
                       "(e.g. configs/image_folder.py without ':classification')")
 # Constructor arguments the training system fills in itself (from the data and the degradation).
-_SYSTEM_SUPPLIED = {"enhancer": {"channels", "scale"}, "recognizer": {"num_classes"}}
+# dtype and remat come from model.dtype and model.remat, for both models at once.
+_SYSTEM_SUPPLIED = {"enhancer": {"channels", "scale", "dtype", "remat"},
+                    "recognizer": {"num_classes", "dtype", "remat"}}
 
 
 def _check_models(config: ml_collections.ConfigDict, scale: int) -> None:

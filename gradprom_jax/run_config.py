@@ -36,10 +36,10 @@ RESUMABLE_KEYS = (
     # uninterrupted run of the new length; train.py warns when it changes.
     "num_train_steps",
     "data.data_dir",         # where the built TFDS files live, not what they hold
+    "accumulate_steps",      # the same update in fewer, larger micro-batches: memory, not results
     "data.prefetch",         # how the same batches reach the devices
     "data.num_workers",
     "model.remat",           # recomputes the same activations: memory, not results
-    "accumulate_steps",      # the same update in fewer, larger micro-batches: memory, not results
     "distributed.*",
 )
 
