@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = ensure_writable_directory(workdir)
   lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
   try:
-    return _train_and_evaluate_locked(config, workdir, parallel, dataset, is_main,
+    return _train_and_evaluate_locked(config, workdir, parallel, dataset, system, is_main,
                                       init_params=init_params, judge=judge)
   finally:
     if lock is not None:
@@ -198,15 +198,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                parallel: parallel_lib.DataParallel, dataset: Any,
-                               is_main: bool, *, init_params: dict[str, Any],
+                               system: TaskDrivenSystem, is_main: bool, *,
+                               init_params: dict[str, Any],
                                judge: pretrained.Judge | None) -> dict[str, Any] | None:
   """`train_and_evaluate` once the config is valid and this process holds the workdir.
 
   ``init_params`` (train-state field -> params) replace the fresh state's at a fresh start.
   """
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
-
-  system = build_system(config, dataset)
   if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
     _write_json(workdir / MODEL_INFO_FILENAME, {
         "image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
