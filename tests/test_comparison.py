@@ -251,12 +251,24 @@ def test_results_report_stitches_overview_sweeps_summaries_and_readings(tmp_path
     (sweep / name / "summary.md").write_text(
         f"# Comparison\n\n| row | psnr |\n\nPlots: [p.png](plots/p.png) {name}\n")
   (sweep / "a_setting" / "reading.md").write_text("GradProm wins.\n")
-  results_report.main([str(sweep)])
+  (tmp_path / "header.md").write_text("# All results\n")
+  protocol = tmp_path / "protocol"
+  (protocol / "setting").mkdir(parents=True)
+  (protocol / "PROTOCOL.md").write_text("fixed before the runs\n")
+  (protocol / "setting" / "claims.json").write_text(json.dumps(
+      {"setting": "Setting A", "claims": {"1. claim": {"verdict": "holds", "statistic": "+1 [0, 2]"}}}))
+  (protocol / "setting" / "report.md").write_text("# Setting A\n\n![f](plots/f.png)\n")
+  (protocol / "setting" / "reading.md").write_text("Holds here.\n")
+  results_report.main([str(protocol), str(sweep)])
   out = capsys.readouterr().out
-  assert out.startswith("# Results\n\nOverview text.")
-  assert "## Long runs" in out and "### Detail" in out and "# Comparison" not in out
-  assert out.index("### a_setting") < out.index("**Reading.** GradProm wins.") < out.index(
-      "### b_setting")
+  # The header, then the protocol's claims table and its setting, then the earlier sweeps.
+  assert out.startswith("# All results\n")
+  assert out.index("| 1. claim | **holds**: +1 [0, 2] |") < out.index("**Reading.** Holds here.")
+  assert "#### Setting A" in out and f"]({protocol}/setting/plots/f.png)" in out
+  assert out.index("Holds here.") < out.index("## Results\n\nOverview text.")
+  assert "### Long runs" in out and "#### Detail" in out and "# Comparison" not in out
+  assert out.index("#### a_setting") < out.index("**Reading.** GradProm wins.") < out.index(
+      "#### b_setting")
   assert f"]({sweep}/a_setting/plots/p.png)" in out and "no_summary" not in out
 
 
