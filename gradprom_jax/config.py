@@ -10,9 +10,8 @@ import ml_collections
 
 from gradprom_jax.data.config import default_data_config
 from gradprom_jax.degradations import parse_degradation
+from gradprom_jax.methods import METHODS   # each declared once, in gradprom_jax.methods
 
-METHODS = ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage", "random_gate",
-           "recognizer_only")
 RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-from gradprom_jax.combiners import get_combiner
+from gradprom_jax.methods import build_combiner
 from gradprom_jax.phases import Phase
 
 
@@ -33,20 +33,7 @@ def make_enhancer_tx(config: ml_collections.ConfigDict,
   updates = sum(p.end - p.start for p in phases if p.enhancer_gradient != "none")
   members = []
   if any(p.enhancer_gradient == "separate" for p in phases):
-    if config.method == "gradprom":
-      combiner = get_combiner("gradprom", task_weight=config.task_weight,
-                              threshold=config.gradprom.threshold,
-                              granularity=config.gradprom.granularity, mode=config.gradprom.mode,
-                              task_scale=config.gradprom.task_scale,
-                              cosine_ema=config.gradprom.cosine_ema)
-    elif config.method == "enhance_only":
-      combiner = get_combiner("enhance_only")
-    elif config.method == "random_gate":
-      combiner = get_combiner("random_gate", task_weight=config.task_weight,
-                              open_rate=config.random_gate.open_rate, seed=config.seed)
-    else:
-      combiner = get_combiner(config.method, task_weight=config.task_weight)
-    members.append(combiner)
+    members.append(build_combiner(config))
   members += _clipping(config)
   members.append(_adamw(config, config.optim.enhancer_lr, updates))
   return optax.chain(*members)

@@ -4,8 +4,9 @@ Every method is a sequence of phases over the global step counter, from 0 to `ru
 (``num_train_steps``, except for ``two_stage``):
 
 * optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
-* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate``: one joint phase in
-  which the enhancer is updated by the method's combiner and the recogniser by its own loss;
+* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate`` (every method with a
+  ``"joint"`` schedule in :mod:`gradprom_jax.methods`): one joint phase in which the enhancer is
+  updated as the method's ``enhancer_gradient`` says and the recogniser by its own loss;
 * ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs,
   step-matched: each stage as many updates as a joint method gives that model (so the run is
   longer); with ``recognizer.frozen`` the second stage is skipped;
@@ -19,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 
 import ml_collections
+
+from gradprom_jax.methods import enhancer_gradient, method_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +70,15 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
   [('recognizer_only', 0, 100, 'none', 'high_quality')]
   """
   total, pretrain = config.num_train_steps, config.recognizer.pretrain_steps
-  if config.method == "recognizer_only":
+  spec = method_spec(config.method)
+  if spec.schedule == "recognizer_only":
     return (Phase("recognizer_only", 0, total, enhancer_gradient="none", update_recognizer=True,
                   recognizer_input="high_quality"),)
   phases = []
   if pretrain > 0:
     phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
                         update_recognizer=True, recognizer_input="high_quality"))
-  if config.method == "two_stage":
+  if spec.schedule == "two_stage":
     # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
     # many. Configs stored before that split num_train_steps by two_stage.enhancer_fraction.
     fraction = config.get("two_stage", {}).get("enhancer_fraction")
@@ -86,10 +90,8 @@ def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
       phases.append(Phase("recognizer", pretrain + stage, end, enhancer_gradient="none",
                           update_recognizer=True, recognizer_input="enhanced"))
   else:
-    gradient = {"gradprom": "separate", "pcgrad": "separate", "joint": "summed",
-                "enhance_only": "enhancement", "random_gate": "separate"}[config.method]
-    if config.measure_baseline_cosine and config.method in ("joint", "enhance_only"):
-      gradient = "separate"   # the same update, with g_e and g_t pulled back apart to log their cosine
+    # measure_baseline_cosine: the same update, g_e and g_t pulled back apart to log their cosine.
+    gradient = enhancer_gradient(spec, config.measure_baseline_cosine)
     phases.append(Phase(config.method, pretrain, total, enhancer_gradient=gradient,
                         update_recognizer=not config.recognizer.frozen,
                         recognizer_input=config.recognizer.train_on))

@@ -2,7 +2,8 @@
 
 Each takes the enhancement gradient g_e as ``updates`` and the task gradient g_t as the keyword-only
 extra argument ``task_grads``, and keeps a :class:`CombinerState` (the cosine is measured and logged by
-all of them, so runs of every method can be compared on the same plots).
+all of them, so runs of every method can be compared on the same plots). Each is only its combine
+rule, built into a combiner by :func:`~gradprom_jax.combiners.skeleton.make_combiner`.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.combiners import gradient_geometry as geometry
-from gradprom_jax.combiners.gradprom import check_task_grads
-from gradprom_jax.combiners.state import init_combiner_state, next_combiner_state
+from gradprom_jax.combiners.skeleton import make_combiner
 
 
 def joint(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -28,18 +28,13 @@ def joint(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformationE
   >>> tx.update(g_e, tx.init(g_e), task_grads=g_t)[0]
   Array([-1.,  1.], dtype=float32)
   """
-  def init_fn(params):
-    return init_combiner_state(params)
-
-  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
-    del params, extra_args
-    check_task_grads(updates, task_grads, "joint")
+  def rule(updates, task_grads, count):
+    del count
     weight = jnp.asarray(task_weight, jnp.float32)
     combined = jax.tree.map(lambda e, t: geometry.add_scaled(e, t, weight), updates, task_grads)
-    cosine = geometry.cosine_similarity(updates, task_grads)
-    return combined, next_combiner_state(state, cosine, jnp.ones([], jnp.float32))
+    return combined, jnp.ones([], jnp.float32)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return make_combiner("joint", rule)
 
 
 def pcgrad(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -59,12 +54,8 @@ def pcgrad(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformation
   >>> tx.update(g_e, tx.init(g_e), task_grads=g_t)[0]
   Array([1., 1.], dtype=float32)
   """
-  def init_fn(params):
-    return init_combiner_state(params)
-
-  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
-    del params, extra_args
-    check_task_grads(updates, task_grads, "pcgrad")
+  def rule(updates, task_grads, count):
+    del count
     coefficient = geometry.squared_norm_ratio_projection(
         jax.tree.leaves(task_grads), jax.tree.leaves(updates))
     # Project only a conflicting gradient (negative coefficient); an agreeing one is kept whole.
@@ -76,12 +67,10 @@ def pcgrad(task_weight: float | jax.Array = 1.0) -> optax.GradientTransformation
       projected = t32 - removed * e32
       return geometry.add_scaled(e32, projected, weight).astype(e.dtype)
 
-    combined = jax.tree.map(combine, updates, task_grads)
-    cosine = geometry.cosine_similarity(updates, task_grads)
     no_conflict = (coefficient >= 0).astype(jnp.float32)
-    return combined, next_combiner_state(state, cosine, no_conflict)
+    return jax.tree.map(combine, updates, task_grads), no_conflict
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return make_combiner("pcgrad", rule)
 
 
 def random_gate(task_weight: float | jax.Array = 1.0, open_rate: float | jax.Array = 0.5,
@@ -121,19 +110,13 @@ def random_gate(task_weight: float | jax.Array = 1.0, open_rate: float | jax.Arr
   if isinstance(open_rate, (int, float)) and not 0 <= open_rate <= 1:
     raise ValueError(f"open_rate must be in [0, 1], got {open_rate}.")
 
-  def init_fn(params):
-    return init_combiner_state(params)
-
-  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
-    del params, extra_args
-    check_task_grads(updates, task_grads, "random_gate")
-    gate = random_gate_coin(seed, state.count, open_rate).astype(jnp.float32)
+  def rule(updates, task_grads, count):
+    gate = random_gate_coin(seed, count, open_rate).astype(jnp.float32)
     weight = gate * jnp.asarray(task_weight, jnp.float32)
     combined = jax.tree.map(lambda e, t: geometry.add_scaled(e, t, weight), updates, task_grads)
-    cosine = geometry.cosine_similarity(updates, task_grads)
-    return combined, next_combiner_state(state, cosine, gate)
+    return combined, gate
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return make_combiner("random_gate", rule)
 
 
 def random_gate_coin(seed: int | jax.Array, count: jax.Array,
@@ -159,13 +142,8 @@ def enhance_only() -> optax.GradientTransformationExtraArgs:
   >>> tx.update(g_e, tx.init(g_e), task_grads=-g_e)[0]
   Array([1., 0.], dtype=float32)
   """
-  def init_fn(params):
-    return init_combiner_state(params)
+  def rule(updates, task_grads, count):
+    del task_grads, count
+    return updates, jnp.zeros([], jnp.float32)
 
-  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
-    del params, extra_args
-    cosine = (jnp.zeros([], jnp.float32) if task_grads is None
-              else geometry.cosine_similarity(updates, task_grads))
-    return updates, next_combiner_state(state, cosine, jnp.zeros([], jnp.float32))
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return make_combiner("enhance_only", rule, needs_task_grads=False)

@@ -21,13 +21,14 @@ exactly the updates of τ = 0.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gradprom_jax.combiners import gradient_geometry as geometry
+from gradprom_jax.combiners.skeleton import check_task_grads
 from gradprom_jax.combiners.state import (CombinerState, GradPromEmaState, init_combiner_state,
                                           next_combiner_state, next_cosine_ema)
 
@@ -76,17 +77,6 @@ def check_threshold(threshold: float | jax.Array, mode: GateMode) -> None:
         f"threshold={threshold} < 0 with mode='hard' opens the gate on conflicting gradients and on "
         "undefined cosines, breaking the descent guarantee: use a threshold >= 0 (0 is the paper's "
         "rule).")
-
-
-def check_task_grads(updates: Any, task_grads: Any, name: str) -> None:
-  """A clear error when ``task_grads`` is missing or does not match ``updates``."""
-  if task_grads is None:
-    raise ValueError(
-        f"{name} needs the task gradient: call tx.update(g_e, state, params, task_grads=g_t).")
-  if jax.tree.structure(updates) != jax.tree.structure(task_grads):
-    raise ValueError(
-        f"{name}: task_grads must have the same tree structure as updates; got "
-        f"{jax.tree.structure(task_grads)} vs {jax.tree.structure(updates)}.")
 
 
 def gradprom(

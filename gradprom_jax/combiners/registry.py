@@ -1,20 +1,14 @@
-"""Combiners by name, so a config's ``method`` picks one."""
+"""Combiners by name, so a config's ``method`` picks one (derived from :mod:`gradprom_jax.methods`)."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import optax
 
-from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad, random_gate
-from gradprom_jax.combiners.gradprom import gradprom
+from gradprom_jax.methods import COMBINER_FACTORIES
 
-COMBINERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
-    "gradprom": gradprom,
-    "joint": joint,
-    "pcgrad": pcgrad,
-    "enhance_only": enhance_only,
-    "random_gate": random_gate,
-}
+# The methods that have a combiner; declared, with their config keys, in gradprom_jax.methods.
+COMBINERS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = dict(COMBINER_FACTORIES)
 
 
 def get_combiner(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:

@@ -86,6 +86,18 @@ def find_combiner_state(opt_state: Any) -> CombinerState | None:
   return found[0] if found else None
 
 
+def is_per_leaf(state: CombinerState) -> bool:
+  """Whether ``state`` holds one decision per parameter array: its ``gate`` is a tree of the params'
+  structure (a container), where a global decision's gate is a single scalar leaf.
+
+  >>> import jax.numpy as jnp
+  >>> params = {"w": jnp.ones(3), "b": jnp.ones(1)}
+  >>> is_per_leaf(init_combiner_state(params)), is_per_leaf(init_combiner_state(params, per_leaf=True))
+  (False, True)
+  """
+  return not jax.tree_util.treedef_is_leaf(jax.tree.structure(state.gate))
+
+
 def _mean_over_leaves(tree: Any) -> jax.Array:
   leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
   return jnp.mean(jnp.stack(leaves)) if leaves else jnp.zeros([], jnp.float32)
@@ -120,15 +132,20 @@ def combiner_metrics(state: CombinerState) -> dict[str, jax.Array]:
   """Scalar summaries for logging: the last cosine and gate, and the fraction of promoted updates.
 
   Per-leaf states are summarised over leaves: ``cosine`` is the mean per-leaf cosine, ``gate`` the
-  fraction of leaves whose gate was open at the last update (the *promoted fraction*).
+  fraction of leaves whose gate was open at the last update (the *promoted fraction*). Whether a
+  state is per-leaf is read from its structure (see :func:`is_per_leaf`), so a state restored from a
+  checkpoint as NumPy arrays is summarised as the one that was saved.
 
-  >>> import jax.numpy as jnp
+  >>> import jax.numpy as jnp, numpy as np
   >>> state = next_combiner_state(init_combiner_state({"w": jnp.ones(3)}), 0.5, 1.0)
   >>> {k: round(float(v), 2) for k, v in combiner_metrics(state).items()}
   {'cosine': 0.5, 'gate': 1.0, 'gate_open_rate': 1.0}
+  >>> soft = state._replace(gate=np.float32(0.3))   # a soft global gate, restored as NumPy
+  >>> round(float(combiner_metrics(soft)["gate"]), 2)
+  0.3
   """
   mean = _mean_over_leaves
-  per_leaf = not isinstance(state.gate, jax.Array)
+  per_leaf = is_per_leaf(state)
   open_gates = jax.tree.map(lambda g: (g > 0).astype(jnp.float32), state.gate)
   count = jnp.maximum(state.count, 1).astype(jnp.float32)
   return {
