@@ -151,8 +151,9 @@ def test_a_spec_refuses_inconsistent_declarations():
 
 
 def test_the_skeleton_counts_logs_and_checks_for_its_rule():
-  scaled = make_combiner("scaled", lambda e, t, count: (jax.tree.map(lambda x, y: x + count * y, e, t),
-                                                       jnp.float32(count > 0)))
+  # The rule gives the term added to g_e: here count·g_t.
+  scaled = make_combiner("scaled", lambda e, t, count, task: (jax.tree.map(lambda y: count * y, t),
+                                                             jnp.float32(count > 0)))
   g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0])
   state = scaled.init(g_e)
   first, state = scaled.update(g_e, state, task_grads=g_t)

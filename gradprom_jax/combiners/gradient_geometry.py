@@ -135,3 +135,31 @@ def add_scaled(e: jax.Array, t: jax.Array, weight: jax.Array) -> jax.Array:
   """
   combined = e.astype(jnp.float32) + weight * t.astype(jnp.float32)
   return jnp.where(weight != 0, combined, e.astype(jnp.float32)).astype(e.dtype)
+
+
+def scaled(t: jax.Array, weight: jax.Array) -> jax.Array:
+  """``weight * t`` in float32; exactly 0 where ``weight == 0``, so a closed gate's term stays out.
+
+  The ``where`` (rather than a multiply by 0) keeps a non-finite ``t`` out of a closed gate's output.
+
+  >>> import jax.numpy as jnp
+  >>> scaled(jnp.array([jnp.nan, 2.0]), jnp.float32(0.0)), scaled(jnp.array([1.0, 2.0]), 0.5)
+  (Array([0., 0.], dtype=float32), Array([0.5, 1. ], dtype=float32))
+  """
+  weight = jnp.asarray(weight, jnp.float32)
+  return jnp.where(weight != 0, weight * t.astype(jnp.float32), 0.0)
+
+
+def add_terms(updates: Any, terms: list[Any]) -> Any:
+  """``updates + Σ terms`` leaf by leaf, summed in float32 and cast back to each leaf's dtype.
+
+  ``terms`` are trees with ``updates``' structure (float32 leaves, e.g. from :func:`scaled`), one per
+  task; with none, ``updates`` itself is returned.
+
+  >>> import jax.numpy as jnp
+  >>> add_terms({"w": jnp.ones(2, jnp.bfloat16)}, [{"w": jnp.array([0.5, 0.0])}, {"w": jnp.ones(2)}])
+  {'w': Array([2.5, 2], dtype=bfloat16)}
+  """
+  if not terms:
+    return updates
+  return jax.tree.map(lambda e, *ts: sum(ts, e.astype(jnp.float32)).astype(e.dtype), updates, *terms)

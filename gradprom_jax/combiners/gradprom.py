@@ -18,10 +18,25 @@ average of the cosine (``cosine_ema=β``, ours) keeps it too: the average can on
 the guarantee, and open on an undefined cosine (reported as 0), adding a zero or non-finite g_t. The
 soft gate accepts it, harmlessly: its weight max(cos, 0) is 0 wherever cos ≤ 0, so any τ < 0 gives
 exactly the updates of τ = 0.
+
+Several tasks (``tasks=K``, e.g. lesion masks and a diagnosis for the same images) are gated each on
+its own against g_e, with its own options (λ_k, τ_k, mode, granularity, task_scale):
+
+    d = g_e + Σ_k w_k · λ_k s_k g_t,k,    w_k = the gate of task k, from cos(g_e, g_t,k) and τ_k
+
+**The guarantee holds for any K.** ⟨d, g_e⟩ = ‖g_e‖² + Σ_k Σ_b w_k,b λ_k s_k,b ⟨g_t,k,b, g_e,b⟩,
+where b runs over task k's blocks (one, the whole tree, for a global task; each leaf for a per-leaf
+one) and s_k,b ≥ 0 is its task_scale factor. A term is non-zero only where w_k,b > 0, that is (hard
+or soft gate, with or without the moving average, which only closes gates) where
+cos(g_e,b, g_t,k,b) > τ_k ≥ 0, so ⟨g_t,k,b, g_e,b⟩ > 0 there; with λ_k ≥ 0 every term is ≥ 0, and
+⟨d, g_e⟩ ≥ ‖g_e‖². The soft gate's weight max(cos, 0) is ≥ 0 too, so the sum of soft terms is the
+same argument. When every task is per-leaf the bound holds in every leaf (⟨d_b, g_e,b⟩ ≥ ‖g_e,b‖²);
+a global task's term is only bounded over the whole tree. Tasks are not gated against each other:
+two open tasks may conflict with each other, never with g_e.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +46,7 @@ from gradprom_jax.combiners import gradient_geometry as geometry
 from gradprom_jax.combiners.skeleton import check_task_grads
 from gradprom_jax.combiners.state import (CombinerState, GradPromEmaState, init_combiner_state,
                                           next_combiner_state, next_cosine_ema)
+from gradprom_jax.combiners.tasks import TaskSpec, resolve_tasks
 
 GateMode = Literal["hard", "soft"]
 GATE_MODES = ("hard", "soft")
@@ -79,14 +95,35 @@ def check_threshold(threshold: float | jax.Array, mode: GateMode) -> None:
         "rule).")
 
 
+class GateOptions(NamedTuple):
+  """One task's options of :func:`gradprom` (the per-task values of its arguments)."""
+  task_weight: Any
+  threshold: Any
+  granularity: geometry.Granularity
+  mode: GateMode
+  task_scale: TaskScale
+
+  def check(self) -> None:
+    """Raises ValueError for an option out of its range (a traced number is the caller's to keep)."""
+    geometry.check_granularity(self.granularity)
+    if self.mode not in GATE_MODES:
+      raise ValueError(f"Unknown gate mode {self.mode!r}; expected one of {GATE_MODES}.")
+    if self.task_scale not in TASK_SCALES:
+      raise ValueError(f"Unknown task_scale {self.task_scale!r}; expected one of {TASK_SCALES}.")
+    if isinstance(self.task_weight, (int, float)) and self.task_weight < 0:
+      raise ValueError(f"task_weight must be >= 0, got {self.task_weight}.")
+    check_threshold(self.threshold, self.mode)
+
+
 def gradprom(
-    task_weight: float | jax.Array = 1.0,
-    threshold: float | jax.Array = 0.0,
+    task_weight: Any = 1.0,
+    threshold: Any = 0.0,
     *,
-    granularity: geometry.Granularity = "global",
-    mode: GateMode = "hard",
-    task_scale: TaskScale = "none",
+    granularity: geometry.Granularity | tuple | dict = "global",
+    mode: GateMode | tuple | dict = "hard",
+    task_scale: TaskScale | tuple | dict = "none",
     cosine_ema: float | None = None,
+    tasks: TaskSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Gradient promotion: ``g_e + gate(cos(g_e, g_t)) · task_weight · g_t``.
 
@@ -123,10 +160,18 @@ def gradprom(
       ⟨d, g_e⟩ ≥ ‖g_e‖² in every block**, because ⟨d, g_e⟩ = ‖g_e‖² + gate·λ·s·⟨g_t, g_e⟩ (s > 0 the
       task_scale factor) and gate > 0 only where cos_t > τ ≥ 0. A Python float, as it decides the
       state's structure (to pass it through ``inject_hyperparams``, list it in ``static_args``).
+      With several tasks, each task keeps its own average.
+    tasks: None for one task (``task_grads`` one tree), else the number of tasks (``task_grads`` a
+      tuple of trees) or their names (a dict by name); implied by any per-task option. Each of
+      ``task_weight``, ``threshold``, ``granularity``, ``mode`` and ``task_scale`` is then one value for
+      every task or a tuple/dict with one per task. Fixes the state's structure: under
+      ``inject_hyperparams``, list it in ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`CombinerState`, or with
-    ``cosine_ema > 0`` a :class:`GradPromEmaState` holding one (`find_combiner_state` finds it).
+    ``cosine_ema > 0`` a :class:`GradPromEmaState` holding one (`find_combiner_state` finds it); for
+    several tasks, a :class:`~gradprom_jax.combiners.tasks.MultiTaskState` of one such state per task
+    (``find_combiner_metrics`` logs ``cosine/<task>``, ``gate/<task>``, ...).
 
   >>> import jax.numpy as jnp, optax
   >>> tx = optax.chain(gradprom(), optax.sgd(0.1))
@@ -138,50 +183,67 @@ def gradprom(
   Array([-0.2, -0.1], dtype=float32)
   >>> tx.update(g_e, state, params, task_grads=opposed)[0]["w"]
   Array([-0.1, -0. ], dtype=float32)
+
+  Two tasks, each gated on its own: the aligned one is added (with its λ), the opposed one is not.
+
+  >>> tx = gradprom(task_weight={"masks": 1.0, "diagnosis": 0.5})
+  >>> g_t = {"masks": opposed, "diagnosis": aligned}
+  >>> update, state = tx.update(g_e, tx.init(params), task_grads=g_t)
+  >>> update["w"], float(state.tasks["masks"].gate), float(state.tasks["diagnosis"].gate)
+  (Array([1.5, 0.5], dtype=float32), 0.0, 1.0)
   """
-  geometry.check_granularity(granularity)
-  if mode not in GATE_MODES:
-    raise ValueError(f"Unknown gate mode {mode!r}; expected one of {GATE_MODES}.")
-  if task_scale not in TASK_SCALES:
-    raise ValueError(f"Unknown task_scale {task_scale!r}; expected one of {TASK_SCALES}.")
-  if isinstance(task_weight, (int, float)) and task_weight < 0:
-    raise ValueError(f"task_weight must be >= 0, got {task_weight}.")
-  check_threshold(threshold, mode)
+  resolved = resolve_tasks(tasks, task_weight=task_weight, threshold=threshold,
+                           granularity=granularity, mode=mode, task_scale=task_scale)
+  options = [GateOptions(*values) for values in zip(*(
+      resolved.option(name, value) for name, value in (
+          ("task_weight", task_weight), ("threshold", threshold), ("granularity", granularity),
+          ("mode", mode), ("task_scale", task_scale))))]
+  for task_options in options:
+    task_options.check()
   if cosine_ema is not None and (not isinstance(cosine_ema, (int, float))
                                  or not 0 <= cosine_ema < 1):
     raise ValueError(f"cosine_ema must be a Python float in [0, 1) (0: off), got {cosine_ema!r}; "
                      "under inject_hyperparams, list it in static_args.")
-  per_leaf = granularity == "per_leaf"
   use_ema = bool(cosine_ema)
 
-  def init_fn(params):
-    state = init_combiner_state(params, per_leaf=per_leaf)
+  def init_task(params, task: GateOptions):
+    state = init_combiner_state(params, per_leaf=task.granularity == "per_leaf")
     return GradPromEmaState(state, cosine_ema=state.cosine) if use_ema else state
 
-  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
-    del params, extra_args
-    check_task_grads(updates, task_grads, "gradprom")
+  def init_fn(params):
+    return resolved.join_states([init_task(params, task) for task in options])
+
+  def decide(updates, task_grads, state, task: GateOptions):
+    """One task's term λ·gate·g_t (a float32 tree like g_e) and its next state."""
     combiner_state = state.combiner if use_ema else state
-    cosine = geometry.cosine_similarity(updates, task_grads, granularity)
-    gate = jax.tree.map(lambda c: gate_weight(c, mode, threshold), cosine)
+    cosine = geometry.cosine_similarity(updates, task_grads, task.granularity)
+    gate = jax.tree.map(lambda c: gate_weight(c, task.mode, task.threshold), cosine)
     if use_ema:
       smoothed = jax.tree.map(
           lambda m, c: next_cosine_ema(m, c, combiner_state.count, cosine_ema),
           state.cosine_ema, cosine)
       # The average only closes gates (never opens one), so each step keeps its descent guarantee.
-      gate = jax.tree.map(lambda g, m: jnp.where(m > jnp.asarray(threshold, jnp.float32), g, 0.0),
-                          gate, smoothed)
-    weight = jax.tree.map(lambda g: g * jnp.asarray(task_weight, jnp.float32), gate)
-    if task_scale == "enhancement_norm":
+      threshold = jnp.asarray(task.threshold, jnp.float32)
+      gate = jax.tree.map(lambda g, m: jnp.where(m > threshold, g, 0.0), gate, smoothed)
+    weight = jax.tree.map(lambda g: g * jnp.asarray(task.task_weight, jnp.float32), gate)
+    if task.task_scale == "enhancement_norm":
       weight = jax.tree.map(jnp.multiply, weight,
-                            geometry.norm_ratio(updates, task_grads, granularity))
-    if per_leaf:
-      combined = jax.tree.map(geometry.add_scaled, updates, task_grads, weight)
+                            geometry.norm_ratio(updates, task_grads, task.granularity))
+    if task.granularity == "per_leaf":
+      term = jax.tree.map(geometry.scaled, task_grads, weight)
     else:
-      combined = jax.tree.map(lambda e, t: geometry.add_scaled(e, t, weight), updates, task_grads)
+      term = jax.tree.map(lambda t: geometry.scaled(t, weight), task_grads)
     new_state = next_combiner_state(combiner_state, cosine, gate)
     if use_ema:
-      return combined, GradPromEmaState(new_state, cosine_ema=smoothed)
-    return combined, new_state
+      return term, GradPromEmaState(new_state, cosine_ema=smoothed)
+    return term, new_state
+
+  def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
+    del params, extra_args
+    check_task_grads(updates, task_grads, "gradprom", resolved)
+    terms, new_states = zip(*(
+        decide(updates, g_t, task_state, task) for g_t, task_state, task in zip(
+            resolved.split(task_grads), resolved.split_states(state), options)))
+    return geometry.add_terms(updates, list(terms)), resolved.join_states(new_states)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -3,7 +3,9 @@
 All fields are arrays (never Python scalars), so the state jits, shards and checkpoints like any optax
 state. With ``granularity="per_leaf"`` the per-decision fields are pytrees with the gradients' structure.
 GradProm gating on a moving average of the cosine wraps this state in a :class:`GradPromEmaState`
-(the :class:`CombinerState` itself never changes, so checkpoints of older runs still restore).
+(the :class:`CombinerState` itself never changes, so checkpoints of older runs still restore). A
+combiner built for several tasks keeps one such state per task in a
+:class:`~gradprom_jax.combiners.tasks.MultiTaskState`; a single task's state is unchanged.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from gradprom_jax.combiners.tasks import MultiTaskState
 
 
 class CombinerState(NamedTuple):
@@ -80,7 +84,11 @@ def next_combiner_state(state: CombinerState, cosine: Any, gate: Any) -> Combine
 
 
 def find_combiner_state(opt_state: Any) -> CombinerState | None:
-  """The first :class:`CombinerState` inside an optimiser state (``optax.chain``, ``partition``, …)."""
+  """The first :class:`CombinerState` inside an optimiser state (``optax.chain``, ``partition``, …).
+
+  For a combiner of several tasks, that is the first task's (its ``count`` is every task's); use
+  :func:`find_combiner_metrics` for all of them.
+  """
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, CombinerState))
            if isinstance(s, CombinerState)]
   return found[0] if found else None
@@ -103,11 +111,27 @@ def _mean_over_leaves(tree: Any) -> jax.Array:
   return jnp.mean(jnp.stack(leaves)) if leaves else jnp.zeros([], jnp.float32)
 
 
+def _first(tree: Any, kind: type) -> Any:
+  is_kind = lambda x: isinstance(x, kind)
+  found = [s for s in jax.tree.leaves(tree, is_leaf=is_kind) if is_kind(s)]
+  return found[0] if found else None
+
+
+def _per_task(state: MultiTaskState, metrics_of) -> dict[str, jax.Array]:
+  """``metrics_of`` each task's state, the names suffixed with the task's (``cosine/masks``)."""
+  tasks = state.tasks
+  items = tasks.items() if isinstance(tasks, dict) else ((str(k), s) for k, s in enumerate(tasks))
+  return {f"{key}/{name}": value for name, task_state in items
+          for key, value in metrics_of(task_state).items()}
+
+
 def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   """The combiner's scalars to log from a whole optimiser state ({} when it holds no combiner).
 
   `combiner_metrics` of its :class:`CombinerState`, plus ``cosine_ema`` (the bias-corrected moving
-  average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`.
+  average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`. For a
+  combiner of several tasks, each task's, suffixed with the task's name (``cosine/masks``, or
+  ``cosine/0`` for tasks given by number).
 
   >>> import jax.numpy as jnp, optax
   >>> from gradprom_jax.combiners.gradprom import gradprom
@@ -117,24 +141,27 @@ def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   >>> {k: round(float(v), 3) for k, v in find_combiner_metrics(state).items()}
   {'cosine': 0.707, 'gate': 1.0, 'gate_open_rate': 1.0, 'cosine_ema': 0.707}
   """
+  multi_task = _first(opt_state, MultiTaskState)
+  if multi_task is not None:
+    return _per_task(multi_task, find_combiner_metrics)
   combiner_state = find_combiner_state(opt_state)
   if combiner_state is None:
     return {}
   metrics = combiner_metrics(combiner_state)
-  is_ema = lambda x: isinstance(x, GradPromEmaState)
-  ema_states = [s for s in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(s)]
-  if ema_states:
-    metrics["cosine_ema"] = _mean_over_leaves(ema_states[0].cosine_ema)
+  ema_state = _first(opt_state, GradPromEmaState)
+  if ema_state is not None:
+    metrics["cosine_ema"] = _mean_over_leaves(ema_state.cosine_ema)
   return metrics
 
 
-def combiner_metrics(state: CombinerState) -> dict[str, jax.Array]:
+def combiner_metrics(state: CombinerState | MultiTaskState) -> dict[str, jax.Array]:
   """Scalar summaries for logging: the last cosine and gate, and the fraction of promoted updates.
 
   Per-leaf states are summarised over leaves: ``cosine`` is the mean per-leaf cosine, ``gate`` the
   fraction of leaves whose gate was open at the last update (the *promoted fraction*). Whether a
   state is per-leaf is read from its structure (see :func:`is_per_leaf`), so a state restored from a
-  checkpoint as NumPy arrays is summarised as the one that was saved.
+  checkpoint as NumPy arrays is summarised as the one that was saved. A :class:`MultiTaskState` is
+  summarised task by task, the names suffixed with the task's (as :func:`find_combiner_metrics`).
 
   >>> import jax.numpy as jnp, numpy as np
   >>> state = next_combiner_state(init_combiner_state({"w": jnp.ones(3)}), 0.5, 1.0)
@@ -144,6 +171,8 @@ def combiner_metrics(state: CombinerState) -> dict[str, jax.Array]:
   >>> round(float(combiner_metrics(soft)["gate"]), 2)
   0.3
   """
+  if isinstance(state, MultiTaskState):
+    return _per_task(state, find_combiner_metrics)
   mean = _mean_over_leaves
   per_leaf = is_per_leaf(state)
   open_gates = jax.tree.map(lambda g: (g > 0).astype(jnp.float32), state.gate)
