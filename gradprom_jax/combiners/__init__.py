@@ -6,10 +6,11 @@ from gradprom_jax.combiners.registry import COMBINERS, get_combiner
 from gradprom_jax.combiners.state import (CombinerState, GradPromEmaState, combiner_metrics,
                                           find_combiner_metrics, find_combiner_state,
                                           init_combiner_state)
+from gradprom_jax.combiners.tasks import MultiTaskState
 
 __all__ = [
     "COMBINERS", "CombinerState", "GradPromEmaState", "GradPromState", "combiner_metrics",
     "cosine_similarity", "enhance_only", "find_combiner_metrics", "find_combiner_state",
-    "gate_weight", "get_combiner", "gradprom", "init_combiner_state", "joint", "pcgrad",
-    "random_gate",
+    "gate_weight", "get_combiner", "gradprom", "init_combiner_state", "joint", "MultiTaskState",
+    "pcgrad", "random_gate",
 ]
