@@ -12,7 +12,9 @@ research run needs on a shared cluster:
 * each saved leaf carries a fingerprint (a position-weighted sum of its bits, computed on device,
   so sharded arrays cost no host gather) that is checked on restore: orbax itself does not notice
   flipped bytes inside a chunk and would hand back wrong numbers;
-* an unwritable (or full) directory raises `WorkdirError` naming the path, before training starts.
+* an unwritable (or full) directory raises `WorkdirError` naming the path, before training starts;
+* with ``best_metric``, each save takes the step's metrics and only the best-scoring checkpoints
+  are kept (orbax's ``best_fn``): the best-on-validation model, beside the newest ones.
 
 `restore_field_from_run` reads one field of another run's newest train state (its recogniser or
 enhancer parameters) without writing to that run: warm starts and the judge use it.
@@ -21,6 +23,7 @@ enhancer parameters) without writing to that run: warm starts and the judge use 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 import warnings
@@ -112,6 +115,22 @@ def _fingerprint_dict(tree: Any) -> dict[str, int]:
           for path, value in jax.tree_util.tree_leaves_with_path(prints)}
 
 
+def best_score_fn(metric: str):
+  """``metrics -> score`` (higher is better) for ``metric``; a ``"-"`` prefix means lower is better.
+
+  A NaN scores lowest, so it is never kept over a number.
+
+  >>> best_score_fn("-loss")({"loss": 0.5}), best_score_fn("dice")({"dice": float("nan")})
+  (-0.5, -inf)
+  """
+  name, sign = (metric[1:], -1.0) if metric.startswith("-") else (metric, 1.0)
+
+  def score(metrics: dict[str, float]) -> float:
+    value = sign * float(metrics[name])
+    return -math.inf if math.isnan(value) else value
+  return score
+
+
 def _abstract(target: Any) -> Any:
   """ShapeDtypeStructs (keeping shardings) for the restore target; structs pass through."""
   return jax.tree.map(
@@ -127,6 +146,8 @@ class Checkpointer:
     save_interval_steps: `save` writes only on multiples of this, unless forced.
     max_to_keep: how many of the newest checkpoints to keep.
     async_save: write in a background thread so training continues during the write.
+    best_metric: keep the ``max_to_keep`` checkpoints that score best on this key of the metrics
+      given to `save` (see :func:`best_score_fn`), not the newest ones.
 
   Raises:
     WorkdirError: when `directory` cannot be created or written.
@@ -143,7 +164,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike[str], *, save_interval_steps: int,
-               max_to_keep: int = 3, async_save: bool = True):
+               max_to_keep: int = 3, async_save: bool = True, best_metric: str | None = None):
     if save_interval_steps < 1:
       raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
     if max_to_keep < 1:
@@ -156,6 +177,8 @@ class Checkpointer:
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
             create=True,
+            best_fn=None if best_metric is None else best_score_fn(best_metric),
+            best_mode="max",
         ))
 
   def latest_step(self) -> int | None:
@@ -166,12 +189,16 @@ class Checkpointer:
     """All saved steps, oldest first."""
     return sorted(self._manager.all_steps())
 
+  def best_step(self) -> int | None:
+    """The best-scoring saved step (the newest without ``best_metric``), or None when there is none."""
+    return self._manager.best_step()
+
   def save(self, step: int, state: Any, data_iterator: Iterator | None = None, *,
-           force: bool = False) -> bool:
+           force: bool = False, metrics: dict[str, float] | None = None) -> bool:
     """Saves `state` (and the iterator's position) at `step` if due; returns whether it did.
 
     `force=True` saves off the interval (at the end of training, or on preemption); a step that
-    is already saved is not written twice.
+    is already saved is not written twice. `metrics` score the checkpoint for ``best_metric``.
     """
     step = int(step)
     if step in self._manager.all_steps():
@@ -185,7 +212,8 @@ class Checkpointer:
     if data_iterator is not None:
       items[_DATA] = grain_checkpoint.CheckpointSave(data_iterator)
     try:
-      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=force,
+                                metrics=metrics)
     except OSError as e:
       raise self._workdir_error(e) from e
 

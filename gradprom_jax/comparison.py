@@ -64,7 +64,7 @@ JUDGE_REFERENCE_PREFIXES = {"no_enhancement": "judge_no_enhancement_",
 # results.json keys written before the rename: high_quality_* is now hq_input_*.
 _LEGACY_PREFIXES = {"high_quality_": "hq_input_"}
 # Results keys that describe a run rather than score it.
-RUN_KEYS = ("method", "seed", "num_train_steps", "nonfinite_steps")
+RUN_KEYS = ("method", "seed", "num_train_steps", "nonfinite_steps", "evaluated_step")
 # Column order of the tables; metrics not listed follow in alphabetical order.
 METRIC_ORDER = ("psnr", "ssim", "dice", "iou", "dice_per_image", "pixel_accuracy", "accuracy",
                 "balanced_accuracy", "macro_f1", "auc")

@@ -16,6 +16,7 @@ RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
 MODEL_DTYPES = ("float32", "bfloat16")
+WEIGHT_DECAY_MASKS = ("kernels", "all")   # optim.weight_decay_mask
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -43,6 +44,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every = 250
   config.checkpoint_every = 250
   config.keep_checkpoints = 3
+  # Also keep the checkpoint with the best validation score of this metric (a key of the validation
+  # record, e.g. "psnr", "dice", "auc"; higher is better, a "-" prefix means lower is better) under
+  # checkpoints_best/. None: off.
+  config.checkpoint_best_metric = ml_collections.config_dict.placeholder(str)
+  # Score the test set (results.json, samples.png) with that best checkpoint instead of the last;
+  # results.json's evaluated_step says which step was scored. Needs checkpoint_best_metric.
+  config.test_on_best = False
   # Data parallelism: "mesh" (jit over a Mesh with NamedSharding) or "pmap" (jax.pmap + lax.pmean).
   config.parallel = "mesh"
   # Resume even if the workdir holds a run of a different config.
@@ -115,6 +123,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.recognizer_lr = 1e-3
   config.optim.warmup_steps = 50
   config.optim.weight_decay = 1e-4
+  # What AdamW's weight decay applies to: "kernels" (conv and dense kernels; biases and norm scales
+  # are not decayed) or "all" (every parameter, as runs made before this key did).
+  config.optim.weight_decay_mask = "kernels"
+  # Decay of a moving average of the enhancer's parameters, used by every evaluation (validation,
+  # test, samples) when set, e.g. 0.999; it starts at the initial parameters. None or 0: off.
+  config.optim.ema_decay = ml_collections.config_dict.placeholder(float)
   # Global-norm clipping after the combiner (None: no clipping).
   config.optim.clip_norm = 1.0
 

@@ -69,6 +69,21 @@ def _check_class_weights(config: ml_collections.ConfigDict) -> None:
                       "non-negative weights, one per class, not all 0.")
 
 
+def _check_optimizer_extras(config: ml_collections.ConfigDict) -> None:
+  """The parameter average, the weight-decay mask and the best-on-validation checkpoint."""
+  _choice("optim.weight_decay_mask", config.optim.weight_decay_mask, config_lib.WEIGHT_DECAY_MASKS)
+  decay = config.optim.ema_decay
+  if decay is not None and not 0 <= decay < 1:
+    raise ConfigError(f"optim.ema_decay={decay} must be in [0, 1), e.g. 0.999 (None or 0: off).")
+  metric = config.checkpoint_best_metric
+  if metric is not None and not metric.lstrip("-").strip():
+    raise ConfigError(f"checkpoint_best_metric={metric!r} names no metric: give a validation key "
+                      "such as 'psnr', 'dice' or 'auc' ('-' prefix: lower is better), or None.")
+  if config.test_on_best and metric is None:
+    raise ConfigError("test_on_best=True needs checkpoint_best_metric (e.g. 'psnr'): which "
+                      "validation metric picks the best checkpoint?")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
   """Raises :class:`ConfigError` if ``config`` cannot run on ``num_devices`` devices.
 
@@ -116,6 +131,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
   _check_training_protocol(config)
   _check_class_weights(config)
+  _check_optimizer_extras(config)
   if not 0 <= config.random_gate.open_rate <= 1:
     raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")
   if config.gradprom.mode == "hard" and config.gradprom.threshold < 0:
@@ -228,7 +244,7 @@ def unknown_key_message(config: ml_collections.ConfigDict, dotted_key: str) -> s
 
   >>> from gradprom_jax.config import base_config
   >>> print(unknown_key_message(base_config(), "optim.enhancer_rl"))
-  unknown config key 'optim.enhancer_rl': did you mean 'optim.enhancer_lr'? Keys of 'optim': clip_norm, enhancer_lr, recognizer_lr, warmup_steps, weight_decay
+  unknown config key 'optim.enhancer_rl': did you mean 'optim.enhancer_lr'? Keys of 'optim': clip_norm, ema_decay, enhancer_lr, recognizer_lr, warmup_steps, weight_decay, weight_decay_mask
   >>> unknown_key_message(base_config(), "optim.enhancer_lr") is None
   True
   """

@@ -72,6 +72,7 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   if restored is None:
     raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: train the run first.")
   state, step = restored
+  state = state.for_evaluation()   # the enhancer's parameter average, when the run kept one
   return TrainedSystem(config=config, system=system, enhancer_params=state.enhancer_params,
                        recognizer_params=state.recognizer_params,
                        class_names=tuple(info["class_names"]), step=step)

@@ -1,10 +1,15 @@
-"""The two optimisers of a run: the enhancer's (combiner → clipping → AdamW) and the recogniser's."""
+"""The two optimisers of a run: the enhancer's (combiner → clipping → AdamW → optional parameter
+average) and the recogniser's (clipping → AdamW)."""
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import ml_collections
 import optax
 
 from gradprom_jax.methods import build_combiner
+from gradprom_jax.params_ema import params_ema
 from gradprom_jax.phases import Phase
 
 
@@ -15,11 +20,31 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> 
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, total_steps)
 
 
+def kernels_only(params: Any) -> Any:
+  """True for the conv and dense kernels (leaves named ``kernel`` with ndim >= 2), False for biases
+  and norm scales: weight decay pulls a GroupNorm scale or a bias towards 0, not towards simplicity.
+
+  >>> import jax.numpy as jnp
+  >>> kernels_only({"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
+  ...               "norm": {"scale": jnp.ones(4)}})
+  {'conv': {'bias': False, 'kernel': True}, 'norm': {'scale': False}}
+  """
+  def is_kernel(path, leaf):
+    last = path[-1] if path else None
+    name = getattr(last, "key", getattr(last, "name", None))
+    return name == "kernel" and leaf.ndim >= 2
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
 def _adamw(config: ml_collections.ConfigDict, peak_lr: float, total_steps: int):
-  # inject_hyperparams exposes the current learning rate in the state, so the loop can log it.
-  return optax.inject_hyperparams(optax.adamw)(
+  # inject_hyperparams exposes the current learning rate in the state, so the loop can log it; the
+  # mask is a function of the params, not a schedule, hence static. Configs saved before the key
+  # existed decayed every parameter.
+  masked = config.optim.get("weight_decay_mask", "all") == "kernels"
+  mask = {"mask": kernels_only} if masked else {}
+  return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
       learning_rate=learning_rate_schedule(peak_lr, config.optim.warmup_steps, total_steps),
-      weight_decay=config.optim.weight_decay)
+      weight_decay=config.optim.weight_decay, **mask)
 
 
 def _clipping(config: ml_collections.ConfigDict) -> list[optax.GradientTransformation]:
@@ -29,13 +54,16 @@ def _clipping(config: ml_collections.ConfigDict) -> list[optax.GradientTransform
 def make_enhancer_tx(config: ml_collections.ConfigDict,
                      phases: tuple[Phase, ...]) -> optax.GradientTransformationExtraArgs:
   """The enhancer's optimiser: the method's combiner (when a phase combines g_e and g_t), clipping,
-  AdamW with a warm-up cosine schedule over the steps that update the enhancer."""
+  AdamW with a warm-up cosine schedule over the steps that update the enhancer, and with
+  ``optim.ema_decay`` a moving average of the parameters (evaluation uses it)."""
   updates = sum(p.end - p.start for p in phases if p.enhancer_gradient != "none")
   members = []
   if any(p.enhancer_gradient == "separate" for p in phases):
     members.append(build_combiner(config))
   members += _clipping(config)
   members.append(_adamw(config, config.optim.enhancer_lr, updates))
+  if config.optim.get("ema_decay"):   # None or 0: off (configs saved before the key: off)
+    members.append(params_ema(config.optim.ema_decay))
   return optax.chain(*members)
 
 

@@ -55,6 +55,10 @@ ADDED_KEY_DEFAULTS = {
     "recognizer.init_from": None,
     "enhancer.init_from": None,
     "judge.workdir": None,
+    "optim.ema_decay": None,
+    "optim.weight_decay_mask": "all",
+    "checkpoint_best_metric": None,
+    "test_on_best": False,
 }
 
 

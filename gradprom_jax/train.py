@@ -6,9 +6,10 @@ Resumable at any moment: running it again on the same workdir continues from the
 Workdir outputs:
   config.json        the run's config (a different config refuses to resume unless overwrite)
   checkpoints/       orbax checkpoints, every ``checkpoint_every`` steps and at the end
+  checkpoints_best/  with ``checkpoint_best_metric``: the checkpoint that scored best on validation
   metrics.jsonl      one JSON object per logging step and per evaluation
   tensorboard/       TensorBoard event files
-  results.json       test-set metrics of the system and of the two references
+  results.json       test-set metrics of the system and of the two references, and the step scored
   samples.png        degraded | enhanced | high quality | prediction, for a few test examples
 """
 from __future__ import annotations
@@ -109,6 +110,7 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   local_batch = next(iter(loader))
   batch = parallel.put_global_batch(local_batch)
   predict_step = jax.jit(evaluation.make_predict_step(system))
+  state = state.for_evaluation()
   out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
   host_batch = evaluation.to_host(batch)
   keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
@@ -125,6 +127,22 @@ def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
   """The eval batch: the train batch rounded up to a multiple of the device count."""
   devices = parallel.num_devices
   return -(-config.batch_size // devices) * devices
+
+
+def _check_best_metric(metric: str, validation: dict[str, float]) -> None:
+  """checkpoint_best_metric must name a key of the validation record."""
+  if metric.lstrip("-") not in validation:
+    raise ConfigError(f"checkpoint_best_metric={metric!r} is not a validation metric of this run; "
+                      f"choose one of: {', '.join(sorted(validation))}.")
+
+
+def _restore_best(best_checkpointer: Checkpointer, target: TrainState) -> tuple[TrainState, int]:
+  """The best-on-validation state and its step (the directory keeps only that checkpoint)."""
+  restored = best_checkpointer.restore_latest(target)
+  if restored is None:
+    raise RuntimeError(f"test_on_best=True but {best_checkpointer.directory} holds no checkpoint.")
+  logging.info("Scoring the test set with the best checkpoint, step %d.", restored[1])
+  return restored
 
 
 def finished_results_path(workdir: str | os.PathLike[str],
@@ -227,13 +245,20 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                 size=config.data.prefetch)
   checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=config.checkpoint_every,
                               max_to_keep=config.keep_checkpoints)
+  # Keeps the one checkpoint that scored best on validation; it survives restarts like the others.
+  best_checkpointer = None if config.checkpoint_best_metric is None else Checkpointer(
+      workdir / "checkpoints_best", save_interval_steps=1, max_to_keep=1,
+      best_metric=config.checkpoint_best_metric)
   restored = checkpointer.restore_latest(state, train_iter)
   if restored is not None:
     state, start_step = restored
     logging.info("Resuming from step %d.", start_step)
   elif init_params:
-    # The optimiser states stay as initialised: none of them depends on the params' values.
+    # The optimiser states do not depend on the params' values, except the enhancer's parameter
+    # average (optim.ema_decay), which must start at the warm-started params.
     state = state.replace(**init_params)
+    state = state.replace(enhancer_opt_state=jax.device_put(
+        enhancer_tx.init(state.enhancer_params), parallel.replicated))
   start_step = int(jax.device_get(state.step))
 
   train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
@@ -246,7 +271,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
     # A plain jit program in both parallel modes: global state, batch split over the mesh.
-    results = evaluation.evaluate(system, eval_step, global_state, loader,
+    results = evaluation.evaluate(system, eval_step, global_state.for_evaluation(), loader,
                                   parallel.put_global_batch, eval_batch_size,
                                   judge_params=judge and judge.params)
     # recognizer_only never trains its enhancer: scores of its outputs would mean nothing.
@@ -305,7 +330,11 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                           parallel.put_global_batch(local_batch), step))
       # Validation also at the last step, so that variants and λ can be chosen on the final model.
       if done % config.eval_every == 0 or is_last:
-        logger.log_eval(done, run_evaluation("validation", parallel.global_state(device_state)))
+        validation = run_evaluation("validation", parallel.global_state(device_state))
+        logger.log_eval(done, validation)
+        if best_checkpointer:
+          _check_best_metric(config.checkpoint_best_metric, validation)
+          best_checkpointer.save(done, parallel.global_state(device_state), metrics=validation)
       if done % config.checkpoint_every == 0 or is_last:
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last)
       # Multi-host runs agree on a stop (a blocking all-gather) only every preemption_check_every
@@ -315,17 +344,25 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
+        if best_checkpointer:
+          best_checkpointer.close()
         logging.warning("Stopped by %s at step %d; checkpoint saved.", guard.signal_name, done)
         return None
 
     state = parallel.global_state(device_state)
     checkpointer.wait_until_finished()
-    results = run_evaluation("test", state)
+    tested_state, tested_step = state, total_steps
+    if config.test_on_best:
+      tested_state, tested_step = _restore_best(best_checkpointer, state)
+    results = run_evaluation("test", tested_state)
     logger.log_eval(total_steps, results, prefix="test")
   checkpointer.close()
+  if best_checkpointer:
+    best_checkpointer.close()
   results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
-                 nonfinite_steps=int(jax.device_get(state.nonfinite_total)))
-  _save_samples(workdir / SAMPLES_FILENAME, system, state, dataset, config, parallel)
+                 nonfinite_steps=int(jax.device_get(state.nonfinite_total)),
+                 evaluated_step=tested_step)
+  _save_samples(workdir / SAMPLES_FILENAME, system, tested_state, dataset, config, parallel)
   if is_main:   # last: results.json marks the run finished (see finished_results_path)
     _write_json(workdir / RESULTS_FILENAME, results)
   return results

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradprom_jax.params_ema import find_params_ema
+
 
 class TrainState(flax.struct.PyTreeNode):
   """The state of a run.
@@ -33,6 +35,12 @@ class TrainState(flax.struct.PyTreeNode):
   @property
   def key(self) -> jax.Array:
     return jax.random.wrap_key_data(self.rng)
+
+  def for_evaluation(self) -> TrainState:
+    """The state that evaluation scores: with a moving average of the enhancer's parameters in its
+    optimiser state (``optim.ema_decay``), that average in place of the enhancer's parameters."""
+    ema = find_params_ema(self.enhancer_opt_state)
+    return self if ema is None else self.replace(enhancer_params=ema)
 
 
 def create_train_state(*, seed: int, enhancer_params: Any, recognizer_params: Any,
