@@ -80,7 +80,7 @@ def initialize_distributed(config: Any = None) -> bool:
                  jax.process_index(), jax.process_count())
     return True
   if mode == "off":
-    logging.info("Distributed initialisation off: single process.")
+    logging.debug("Distributed initialisation off: single process.")
     return False
 
   kwargs: dict[str, Any] = {}
@@ -96,7 +96,7 @@ def initialize_distributed(config: Any = None) -> bool:
   else:
     cluster = detect_cluster()
     if cluster is None:
-      logging.info("No multi-process launch detected: single process.")
+      logging.debug("No multi-process launch detected: single process.")
       return False
     source = f"auto-detected {cluster}"
 
