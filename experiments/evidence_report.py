@@ -184,10 +184,17 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
       "1. GradProm ≥ joint on SSIM": claim("joint", "ssim", MARGINS["ssim"]),
       "2. GradProm close to (≥ −0.5 dB) or better than enhancement-only on PSNR":
           claim("enhance_only", "psnr", CLOSE_TO_ENHANCE_ONLY_DB),
-      f"3. GradProm ≥ two-stage on {task_metric}": claim(two_stage, task_metric, TASK_MARGIN),
-      f"3. GradProm ≥ two-stage on {judge}": claim(two_stage, judge, TASK_MARGIN),
-      f"3. GradProm competitive with joint on {task_metric}": claim("joint", task_metric, TASK_MARGIN),
-      f"3. GradProm competitive with joint on {judge}": claim("joint", judge, TASK_MARGIN),
+      "3. GradProm ≥ two-stage on the task metric (the run's recogniser)":
+          claim(two_stage, task_metric, TASK_MARGIN),
+      "3. GradProm ≥ two-stage on the task metric (the judge)": claim(two_stage, judge, TASK_MARGIN),
+      "3. GradProm competitive with joint on the task metric (the run's recogniser)":
+          claim("joint", task_metric, TASK_MARGIN),
+      "3. GradProm competitive with joint on the task metric (the judge)":
+          claim("joint", judge, TASK_MARGIN),
+      "4. ⟨update, g_e⟩ ≥ ‖g_e‖² at every step": {
+          "verdict": "holds",
+          "statistic": "by construction; property-tested (tests/test_gradprom.py, "
+                       "tests/test_multitask_combiners.py)"},
   }
   if two_stage == "enhance_only":
     for key in claims:
@@ -199,10 +206,16 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
     claims["5. gate-open rate strictly between 0 and 1"] = {
         "verdict": "holds" if 0 < min(rates) and max(rates) < 1 else "does not hold",
         "statistic": f"final gate-open rate {min(rates):.3f}–{max(rates):.3f} over {len(rates)} runs"}
+  finished = [run for (row, _), run in runs.items() if row in rows.values()]
+  nonfinite = sum(int(run.results.get("nonfinite_steps", 0)) for run in finished)
+  claims["6. runs unchanged on this pairing"] = {
+      "verdict": "holds" if finished and not nonfinite else "does not hold",
+      "statistic": f"{len(finished)} runs finished, {nonfinite} non-finite steps"}
   for name in ("gp_norm", "pcgrad", "random_gate"):
     if name in rows:
       claims[f"(ours) GradProm vs {name} on PSNR"] = claim(name, "psnr", MARGINS["psnr"])
-      claims[f"(ours) GradProm vs {name} on {task_metric}"] = claim(name, task_metric, TASK_MARGIN)
+      claims[f"(ours) GradProm vs {name} on the task metric"] = claim(name, task_metric,
+                                                                     TASK_MARGIN)
   out += ["## Claims of PAPER.md in this setting\n",
           f"Verdicts from the Bonferroni intervals with the protocol's margins (PSNR {MARGINS['psnr']} "
           f"dB, SSIM {MARGINS['ssim']}, task metrics {TASK_MARGIN}): better (lower bound > 0), holds "

@@ -97,6 +97,8 @@ def test_select_and_report_on_a_synthetic_sweep(tmp_path, capsys):
   assert claims["2. GradProm close to (≥ −0.5 dB) or better than enhancement-only on PSNR"][
       "verdict"] == "holds"
   assert claims["5. gate-open rate strictly between 0 and 1"]["verdict"] == "holds"
+  assert claims["6. runs unchanged on this pairing"]["statistic"] == (
+      "15 runs finished, 0 non-finite steps")
   report_text = (tmp_path / "report.md").read_text()
   assert "Holm" in report_text and (tmp_path / "plots" / "front_psnr_judge_auc.png").exists()
   table = report_module.claims_table([tmp_path])
