@@ -7,20 +7,14 @@ from hypothesis import given, settings, strategies as st
 
 from gradprom_jax import combiner_metrics, gradprom, joint
 
+from combiner_trees import random_tree, update_thrice_under_jit, vdot  # noqa: E402
+
 VARIANTS = [dict(mode="hard"), dict(mode="soft"), dict(mode="hard", granularity="per_leaf"),
             dict(mode="soft", granularity="per_leaf"), dict(mode="hard", threshold=0.3),
             dict(mode="hard", task_weight=5.0), dict(task_scale="enhancement_norm"),
             dict(mode="soft", granularity="per_leaf", task_scale="enhancement_norm")]
 
 
-def random_tree(rng, shapes, scale=1.0):
-  return {f"layer{i}": jnp.asarray(rng.normal(size=s) * scale, jnp.float32)
-          for i, s in enumerate(shapes)}
-
-
-def vdot(a, b):
-  return sum(float(np.vdot(np.float64(x), np.float64(y)))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def apply(tx, g_e, g_t):
@@ -174,15 +168,7 @@ def test_bfloat16_gradients_keep_their_dtype_and_agree_with_float32(variant):
 def test_state_structure_shapes_and_dtypes_are_stable(variant):
   rng = np.random.default_rng(2)
   g_e, g_t = random_tree(rng, [(3,), (2, 5)]), random_tree(rng, [(3,), (2, 5)])
-  tx = gradprom(**variant)
-  state = tx.init(g_e)
-  update = jax.jit(tx.update)
-  for _ in range(3):
-    _, new_state = update(g_e, state, task_grads=g_t)
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
-      assert (old.shape, old.dtype) == (new.shape, new.dtype)
-    state = new_state
+  state = update_thrice_under_jit(gradprom(**variant), g_e, g_t)
   assert int(state.count) == 3
 
 
@@ -303,15 +289,7 @@ def test_cosine_average_state_is_stable_under_jit_and_per_leaf(variant):
   from gradprom_jax.combiners import find_combiner_state
   rng = np.random.default_rng(3)
   g_e, g_t = random_tree(rng, [(3,), (2, 5)]), random_tree(rng, [(3,), (2, 5)])
-  tx = gradprom(**variant)
-  state = tx.init(g_e)
-  update = jax.jit(tx.update)
-  for _ in range(3):
-    _, new_state = update(g_e, state, task_grads=g_t)
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
-      assert (old.shape, old.dtype) == (new.shape, new.dtype)
-    state = new_state
+  state = update_thrice_under_jit(gradprom(**variant), g_e, g_t)
   assert int(find_combiner_state(state).count) == 3
   # The same pair thrice: the bias-corrected average equals that pair's cosine.
   for ema, cosine in zip(jax.tree.leaves(state.cosine_ema), jax.tree.leaves(state.combiner.cosine)):

@@ -14,19 +14,13 @@ from gradprom_jax.combiners import (CombinerState, GradPromEmaState, enhance_onl
 from gradprom_jax.combiners.baselines import random_gate_coin
 from gradprom_jax.combiners.tasks import MultiTaskState
 
+from combiner_trees import random_tree, vdot  # noqa: E402
+
 GATE_MODES = st.sampled_from(["hard", "soft"])
 GRANULARITIES = st.sampled_from(["global", "per_leaf"])
 SCALES = st.sampled_from(["none", "enhancement_norm"])
 
 
-def random_tree(rng, shapes, scale=1.0):
-  return {f"layer{i}": jnp.asarray(rng.normal(size=s) * scale, jnp.float32)
-          for i, s in enumerate(shapes)}
-
-
-def vdot(a, b):
-  return sum(float(np.vdot(np.float64(x), np.float64(y)))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def mixed_task_grads(rng, g_e, shapes, correlations):
