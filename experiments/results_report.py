@@ -93,6 +93,12 @@ def protocol_section(directory: Path) -> str:
       if path.exists():
         body = shift_headings(path.read_text().strip(), 3)
         text.append(body.replace("](plots/", f"]({setting}/plots/") + "\n")
+  pending = sorted(p for p in directory.iterdir()
+                   if (p / "lambda_selection.md").exists() and not (p / "claims.json").exists())
+  for setting in pending:   # a sweep cut off after its λ selection: shown, not yet in the claims
+    text.append(f"### {setting.name}: λ chosen, seed runs not yet made\n")
+    body = shift_headings((setting / "lambda_selection.md").read_text().strip(), 3)
+    text.append(body + "\n")
   return "\n".join(text)
 
 

@@ -259,13 +259,17 @@ def test_results_report_stitches_overview_sweeps_summaries_and_readings(tmp_path
       {"setting": "Setting A", "claims": {"1. claim": {"verdict": "holds", "statistic": "+1 [0, 2]"}}}))
   (protocol / "setting" / "report.md").write_text("# Setting A\n\n![f](plots/f.png)\n")
   (protocol / "setting" / "reading.md").write_text("Holds here.\n")
+  (protocol / "cut_off").mkdir()
+  (protocol / "cut_off" / "lambda_selection.md").write_text("# λ chosen\n\n| gradprom | 0.1 |\n")
   results_report.main([str(protocol), str(sweep)])
   out = capsys.readouterr().out
   # The header, then the protocol's claims table and its setting, then the earlier sweeps.
   assert out.startswith("# All results\n")
   assert out.index("| 1. claim | **holds**: +1 [0, 2] |") < out.index("**Reading.** Holds here.")
   assert "#### Setting A" in out and f"]({protocol}/setting/plots/f.png)" in out
-  assert out.index("Holds here.") < out.index("## Results\n\nOverview text.")
+  cut_off = out.index("### cut_off: λ chosen, seed runs not yet made")
+  assert out.index("Holds here.") < cut_off < out.index("## Results\n\nOverview text.")
+  assert "| cut_off" not in out   # not a column of the claims table
   assert "### Long runs" in out and "#### Detail" in out and "# Comparison" not in out
   assert out.index("#### a_setting") < out.index("**Reading.** GradProm wins.") < out.index(
       "#### b_setting")
