@@ -77,7 +77,7 @@ def select(directory: Path, task_metric: str) -> dict:
     sys.exit(f"{directory}/enhance_only/seed_0 has not finished: it is the PSNR reference.")
   reference_psnr = reference.final_validation()["psnr"]
   judge = _judge_metric(task_metric)
-  lines = [f"# λ chosen on validation (seed 0, final step)\n",
+  lines = ["# λ chosen on validation (seed 0, final step)\n",
            f"Rule (PROTOCOL.md): admissible λ keep validation PSNR ≥ enhancement-only's "
            f"({reference_psnr:.4f} dB) − 1.0 dB; among them the highest validation {task_metric} of "
            "the run's own recogniser (ties < 0.002 broken by PSNR); none admissible: the highest PSNR.\n"]
@@ -165,7 +165,7 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
   table = [[f"GradProm − {o}", m, diffs[o, m].format(digits.get(m, 4)),
             f"[{wide[o, m].low:+.4f}, {wide[o, m].high:+.4f}]", f"{adjusted[o, m]:.3g}",
             "yes" if adjusted[o, m] < 0.05 else "no"] for o, m in pairs]
-  out += [f"## Paired differences (same seed = pair)\n",
+  out += ["## Paired differences (same seed = pair)\n",
           f"Mean difference with its 95 % t interval and paired t-test p; Holm-adjusted p over the "
           f"{len(pairs)} comparisons; Bonferroni interval at level {level:.4f}.\n",
           _table(["comparison", "metric", "mean [95 % CI] (n, p)", "Bonferroni CI", "Holm p",

@@ -10,7 +10,7 @@ import ml_collections
 
 from gradprom_jax.data.config import default_data_config
 from gradprom_jax.degradations import parse_degradation
-from gradprom_jax.methods import METHODS   # each declared once, in gradprom_jax.methods
+from gradprom_jax.methods import METHODS  # noqa: F401  (re-exported: each declared once, in gradprom_jax.methods)
 
 RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")

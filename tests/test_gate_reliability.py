@@ -13,14 +13,11 @@ import pytest
 from gradprom_jax.config import base_config
 from gradprom_jax.config_validation import ConfigError, validate_config
 from gradprom_jax.gate_reliability import make_gate_probe
-from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.phases import make_phases
-from gradprom_jax.system import create_system
-from gradprom_jax.train_state import create_train_state
 from gradprom_jax.train_step import make_train_step
 
+from test_train_step import IMAGE, setup  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-IMAGE = (16, 16, 3)
 KEYS = ("cosine_half_a", "cosine_half_b", "cosine_full", "halves_agree")
 
 
@@ -30,14 +27,7 @@ def toy_system(degradation):
   config.task.degradation = degradation
   config.model.enhancer = {"name": "edsr", "features": 4, "num_blocks": 1}
   config.model.recognizer = {"name": "unet_segmenter", "features": 4, "num_levels": 2}
-  system = create_system(config, channels=IMAGE[-1], num_classes=2)
-  phases = make_phases(config)
-  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
-  enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
-  state = create_train_state(seed=0, enhancer_params=enhancer_params,
-                             recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
-                             recognizer_tx=recognizer_tx)
-  return system, phases, enhancer_tx, recognizer_tx, state
+  return setup(config)   # the train-step tests' system, phases, optimisers and state
 
 
 def make_batch(seed, batch_size):
