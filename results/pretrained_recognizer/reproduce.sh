@@ -3,10 +3,12 @@
 # pre-trained recognisers (seeds 0-4) and the judge (seed 100), the seed-0 λ sweep, the λ chosen on
 # validation, the seed runs at the chosen λ, then the report. Each compare.py call resumes. (The
 # committed runs were made with these same compare.py arguments, split over parallel invocations.)
-#   bash results/pretrained_recognizer/reproduce.sh pneumoniamnist|ph2_seg [frozen|finetuned]
+#   bash results/pretrained_recognizer/reproduce.sh SETTING [frozen|finetuned]
+# SETTING: pneumoniamnist | ph2_seg | synthetic_seg | ph2_sr8_seg (ph2_sr8_seg reuses ph2_seg's
+# recognisers and judge: they are trained on the same high-quality images).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-setting=${1:?pneumoniamnist or ph2_seg}; regime=${2:-frozen}
+setting=${1:?pneumoniamnist, ph2_seg, synthetic_seg or ph2_sr8_seg}; regime=${2:-frozen}
 PY=${PYTHON:-.venv/bin/python}
 W=workdirs/pretrained_recognizer/$setting
 DATA_DIR=${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}
@@ -22,13 +24,31 @@ case $setting in
             --config.data.data_dir="$DATA_DIR")
     METRIC=dice; DIRNAME=ph2_sr4_seg
     NAME="PH2 96×128, ×4 super-resolution + lesion segmentation" ;;
+  ph2_sr8_seg)
+    CONFIG=(--config configs/ph2.py '--config.data.image_size=(96, 128)'
+            '--config.data.patch_size=(48, 64)' --config.model.enhancer.features=16
+            --config.model.enhancer.num_blocks=2 --config.model.recognizer.features=8
+            '--config.task.degradation=downsample(scale=8) > gaussian_noise(sigma=0.05)'
+            --config.data.data_dir="$DATA_DIR")
+    METRIC=dice; DIRNAME=ph2_sr8_seg; REC_SETTING=ph2_seg
+    NAME="PH2 96×128, ×8 super-resolution + lesion segmentation" ;;
+  synthetic_seg)
+    CONFIG=(--config configs/default.py '--config.data.image_size=(96, 128)'
+            '--config.data.patch_size=(48, 64)' --config.model.enhancer.features=16
+            --config.model.enhancer.num_blocks=2 --config.model.recognizer.features=8
+            --config.data.data_dir="$DATA_DIR")
+    METRIC=dice; DIRNAME=synthetic_sr4_seg
+    NAME="Synthetic lesions 96×128, ×4 super-resolution + lesion segmentation" ;;
   *) echo "unknown setting $setting" >&2; exit 2 ;;
 esac
-REC=$PWD/$W/recognizers/recognizer_only
-$PY experiments/compare.py "${CONFIG[@]}" --methods recognizer_only --seeds 0,1,2,3,4,100 \
-  --workdir "$W/recognizers" --config.num_train_steps=600 --config.optim.warmup_steps=30 \
-  --config.log_every=50 --config.eval_every=200 --config.checkpoint_every=600 \
-  --config.keep_checkpoints=1
+R=workdirs/pretrained_recognizer/${REC_SETTING:-$setting}/recognizers
+REC=$PWD/$R/recognizer_only
+if [ -z "${REC_SETTING:-}" ]; then   # else the named setting made them
+  $PY experiments/compare.py "${CONFIG[@]}" --methods recognizer_only --seeds 0,1,2,3,4,100 \
+    --workdir "$R" --config.num_train_steps=600 --config.optim.warmup_steps=30 \
+    --config.log_every=50 --config.eval_every=200 --config.checkpoint_every=600 \
+    --config.keep_checkpoints=1
+fi
 frozen=true; [ "$regime" = finetuned ] && frozen=false
 RUN=("${CONFIG[@]}" --workdir "$W/$regime" --config.recognizer.init_from="$REC/seed_{seed}"
      --config.recognizer.frozen=$frozen --config.judge.workdir="$REC/seed_100"
@@ -63,7 +83,7 @@ if [ "$setting" = pneumoniamnist ]; then   # gate reliability at three batch siz
 fi
 D=results/pretrained_recognizer/${DIRNAME}_${regime}_300steps
 $PY experiments/evidence_report.py collect "$W/$regime" "$D"
-$PY experiments/evidence_report.py collect "$W/recognizers" "$D/recognizers"
+$PY experiments/evidence_report.py collect "$R" "$D/recognizers"
 $PY experiments/evidence_report.py select "$D" --task_metric $METRIC
 $PY experiments/evidence_report.py report "$D" --task_metric $METRIC \
   --setting "$NAME, $regime recogniser, 300 steps"
