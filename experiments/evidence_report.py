@@ -6,6 +6,9 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
   python experiments/evidence_report.py report DIR --task_metric auc --setting "PneumoniaMNIST ..."
   # 3. the claims of several settings as one table (the opening table of RESULTS.md)
   python experiments/evidence_report.py claims DIR [DIR ...]
+  # 4. a side study (rows named freely): paired differences of one reference row against the rest
+  python experiments/evidence_report.py paired DIR --reference gp_hard --metrics psnr,ssim,auc,judge_auc \
+      --title "..."
   # copy finished runs (results.json, run.json, config.json, metrics.jsonl.gz) into results/
   python experiments/evidence_report.py collect WORKDIR DESTINATION
 
@@ -257,6 +260,53 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
   return claims
 
 
+def paired(directory: Path, reference: str, metrics: list[str], title: str,
+           filename: str = "paired.md") -> str:
+  """Every row of ``directory`` against ``reference``, seed-paired (Holm over the family).
+
+  For side studies whose rows are not a λ sweep (a gate option, several tasks on one enhancer):
+  test metrics per row, paired differences reference − row with 95 % t intervals, Holm-adjusted p,
+  and each row's final gate-open rate and half-batch sign agreement where it logged them.
+  """
+  runs = evidence.load_runs(directory)
+  rows = sorted({row for row, _ in runs}, key=lambda r: (r != reference, r))
+  if reference not in rows:
+    raise SystemExit(f"paired: no finished run of row {reference!r} under {directory} "
+                     f"(rows: {', '.join(rows) or 'none'})")
+  out = [f"# {title}\n", f"Test split; mean ± std over seeds (n). Every number is computed by "
+         f"`experiments/evidence_report.py paired` from the runs' results.json and metrics.jsonl.\n"]
+  table = []
+  for row in rows:
+    cells = [_mean_std(list(evidence.values(runs, row, m).values())) for m in metrics]
+    rates = [r.train_series("gate_open_rate")[-1] for (name, _), r in runs.items()
+             if name == row and r.train_series("gate_open_rate")]
+    agreement = [evidence.halves_agreement(r) for (name, _), r in runs.items() if name == row]
+    agreement = [a for a, count in agreement if count]
+    table.append([f"`{row}`"] + cells + [_fmt(float(np.mean(rates)), 3) if rates else "—",
+                                         _fmt(float(np.mean(agreement)), 3) if agreement else "—"])
+  out += ["## Test metrics\n", _table(["row"] + metrics + ["gate-open rate (final, mean)",
+                                                          "halves agree in sign (mean)"], table), ""]
+  pairs = [(row, m) for row in rows if row != reference for m in metrics]
+  diffs = {(o, m): evidence.paired_difference(evidence.values(runs, reference, m),
+                                              evidence.values(runs, o, m)) for o, m in pairs}
+  adjusted = dict(zip(pairs, evidence.holm([diffs[p].p_value for p in pairs])))
+  table = [[f"{reference} − {o}", m, diffs[o, m].format(3 if m.endswith("psnr") else 4),
+            f"{adjusted[o, m]:.3g}", "yes" if adjusted[o, m] < 0.05 else "no"] for o, m in pairs]
+  out += ["## Paired differences (same seed = pair)\n",
+          f"Mean difference with its 95 % t interval and paired t-test p; Holm-adjusted p over the "
+          f"{len(pairs)} comparisons.\n",
+          _table(["comparison", "metric", "mean [95 % CI] (n, p)", "Holm p",
+                  "significant (family-wise 0.05)"], table), ""]
+  infos = [json.loads(p.read_text()) for p in sorted(directory.glob("*/seed_*/run.json"))]
+  example = next((i["command"] for i in infos if f"/{reference}/" in i.get("command", "")), None)
+  if example:
+    out.append(f"Command of one run (every run's is in its run.json): `{example}`\n")
+  text = "\n".join(out)
+  (directory / filename).write_text(text)
+  print(text)
+  return text
+
+
 def claims_table(directories: list[Path]) -> str:
   """Claim × setting, from each directory's claims.json."""
   settings = [json.loads((d / CLAIMS_FILENAME).read_text()) for d in directories]
@@ -285,11 +335,18 @@ def main(argv: list[str]) -> None:
   p.add_argument("destination", type=Path)
   p = sub.add_parser("claims")
   p.add_argument("directories", type=Path, nargs="+")
+  p = sub.add_parser("paired", help="one reference row against every other row, seed-paired")
+  p.add_argument("directory", type=Path)
+  p.add_argument("--reference", required=True)
+  p.add_argument("--metrics", required=True, help="comma-separated results.json keys")
+  p.add_argument("--title", required=True)
   args = parser.parse_args(argv)
   if args.command == "select":
     select(args.directory, args.task_metric)
   elif args.command == "report":
     report(args.directory, args.task_metric, args.setting)
+  elif args.command == "paired":
+    paired(args.directory, args.reference, args.metrics.split(","), args.title)
   elif args.command == "collect":
     print(f"Copied {evidence.collect(args.workdir, args.destination)} runs to {args.destination}.")
   else:

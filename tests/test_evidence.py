@@ -115,3 +115,21 @@ def test_collect_compresses_metrics_and_reports_read_them(tmp_path):
   runs = evidence.load_runs(destination)
   assert runs["gradprom_l0.1", 0].final_validation()["psnr"] == 25.0
   assert runs["gradprom_l0.1", 0].results["psnr"] == 24.0
+
+
+def test_paired_side_study_against_a_reference_row(tmp_path):
+  report_module = _load_report_module()
+  rng = np.random.default_rng(2)
+  for seed in range(5):
+    base = 25.0 + float(rng.normal(0, 0.5))   # shared by the seed's rows: the pairing removes it
+    _write_run(tmp_path, "gp_hard", seed, test={"psnr": base + 0.3, "auc": 0.9}, val={},
+               gate_rate=0.5, probes=[("halves_agree", 0.0)])
+    _write_run(tmp_path, "gp_ema", seed, test={"psnr": base + float(rng.normal(0, 0.01)),
+                                               "auc": 0.9}, val={}, gate_rate=0.2)
+  text = report_module.paired(tmp_path, "gp_hard", ["psnr", "auc"], "gate study")
+  assert (tmp_path / "paired.md").read_text() == text
+  row = next(line for line in text.splitlines() if line.startswith("| gp_hard − gp_ema | psnr"))
+  assert "+0.3" in row and row.endswith("| yes |")   # significant despite 0.5 dB seed noise
+  assert "| `gp_ema` |" in text and "0.200" in text and "0.000" in text   # rate, agreement
+  with pytest.raises(SystemExit, match="no finished run of row 'missing'"):
+    report_module.paired(tmp_path, "missing", ["psnr"], "x")
