@@ -99,6 +99,15 @@ def protocol_section(directory: Path) -> str:
     text.append(f"### {setting.name}: λ chosen, seed runs not yet made\n")
     body = shift_headings((setting / "lambda_selection.md").read_text().strip(), 3)
     text.append(body + "\n")
+  # Side studies (rows named freely, one reference row against the rest: `evidence_report.py
+  # paired`): after the settings, each with its reading.
+  for study in sorted(p for p in directory.iterdir() if (p / "paired.md").exists()):
+    text.append(f"### Side study: {study.name}\n")
+    reading = study / "reading.md"
+    if reading.exists():
+      text.append("**Reading.** " + reading.read_text().strip() + "\n")
+    body = shift_headings((study / "paired.md").read_text().strip(), 3)
+    text.append(body.replace("](plots/", f"]({study}/plots/") + "\n")
   return "\n".join(text)
 
 

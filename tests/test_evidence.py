@@ -133,3 +133,18 @@ def test_paired_side_study_against_a_reference_row(tmp_path):
   assert "| `gp_ema` |" in text and "0.200" in text and "0.000" in text   # rate, agreement
   with pytest.raises(SystemExit, match="no finished run of row 'missing'"):
     report_module.paired(tmp_path, "missing", ["psnr"], "x")
+
+
+def test_results_report_shows_side_studies_after_the_settings(tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      "results_report", REPORT_SCRIPT.parent / "results_report.py")
+  results_report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(results_report)
+  (tmp_path / "PROTOCOL.md").write_text("# Protocol\n")
+  study = tmp_path / "gate_study"
+  study.mkdir()
+  (study / "paired.md").write_text("# gate study\n\n## Test metrics\n| row |\n")
+  (study / "reading.md").write_text("The moving average does not help.")
+  text = results_report.protocol_section(tmp_path)
+  assert "### Side study: gate_study" in text and "**Reading.** The moving average" in text
+  assert "#### gate study" in text and "##### Test metrics" in text   # headings shifted under it
