@@ -432,11 +432,17 @@ def metric_names(results: Iterable[Mapping[str, Any]]) -> list[str]:
   >>> metric_names([{"dice": 1, "psnr": 2, "no_enhancement_dice": 3, "seed": 0, "zeta": 1,
   ...                "judge_dice": 4, "judge_high_quality_dice": 5}])
   ['psnr', 'dice', 'zeta', 'judge_dice']
+  >>> metric_names([{"hq_input_dice": 0.9, "no_enhancement_psnr": 20.0}])   # recognizer_only
+  ['psnr', 'dice']
   """
   references = (*(f"{r}_" for r in REFERENCES), *JUDGE_REFERENCE_PREFIXES.values())
-  names = {k for result in results for k, v in result.items()
-           if k not in RUN_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-           and not k.startswith(references)}
+  numeric = [(k, v) for result in results for k, v in result.items()
+             if k not in RUN_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+  names = {k for k, _ in numeric if not k.startswith(references)}
+  # A metric that only a reference reports still gets a column (a `recognizer_only` run scores
+  # no enhanced image, only the references' images).
+  names |= {k.removeprefix(prefix) for k, _ in numeric for prefix in references
+            if k.startswith(prefix) and prefix in {f"{r}_" for r in REFERENCES}}
   judged = {k for k in names if k.startswith(JUDGE_PREFIX)}
   names -= judged
   ordered = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
