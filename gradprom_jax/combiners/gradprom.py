@@ -208,7 +208,10 @@ def gradprom(
 
   def init_task(params, task: GateOptions):
     state = init_combiner_state(params, per_leaf=task.granularity == "per_leaf")
-    return GradPromEmaState(state, cosine_ema=state.cosine) if use_ema else state
+    # A buffer of its own (not state.cosine itself): a donated train step refuses a state in
+    # which two leaves share one buffer.
+    return (GradPromEmaState(state, cosine_ema=jax.tree.map(jnp.zeros_like, state.cosine))
+            if use_ema else state)
 
   def init_fn(params):
     return resolved.join_states([init_task(params, task) for task in options])
