@@ -55,9 +55,9 @@ def peak_rss_of_run(command: list[str], env: dict[str, str]) -> tuple[float, flo
   return usage.ru_maxrss / 1024, wall
 
 
-def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: dict,
-                         batch: int, method: str = "gradprom") -> dict:
-  """Bytes of the default config's train step compiled for one device (lowered from shapes only)."""
+def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: dict, batch: int,
+                       method: str = "gradprom"):
+  """The default config's train step for ``batch`` square images, lowered from shapes only."""
   import jax
   import jax.numpy as jnp
 
@@ -83,12 +83,23 @@ def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: 
                               recognizer_tx=recognizer_tx)
 
   state = jax.eval_shape(init_state)
+  # float32 images, as the loaders yielded them when the table was begun (now uint8, made float in
+  # the step): 3 bytes per pixel more in the arguments, a few MiB against GiB of temporaries.
   batch_shapes = {"image": jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32),
                   "mask": jax.ShapeDtypeStruct((batch, image_size, image_size), jnp.int32)}
   step = make_train_step(system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
                          task_weight=config.task_weight)
+  return jax.jit(step, donate_argnums=0).lower(state, batch_shapes)
+
+
+def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: dict,
+                         batch: int, method: str = "gradprom") -> dict:
+  """Bytes of the default config's train step compiled for one device (lowered from shapes only)."""
+  import jax
+
   start = time.perf_counter()
-  analysis = jax.jit(step, donate_argnums=0).lower(state, batch_shapes).compile().memory_analysis()
+  analysis = lower_default_step(image_size=image_size, dtype=dtype, remat=remat, enhancer=enhancer,
+                                batch=batch, method=method).compile().memory_analysis()
   compile_s = time.perf_counter() - start
   sizes = {name: int(getattr(analysis, f"{name}_size_in_bytes"))
            for name in ("argument", "output", "alias", "temp")}
