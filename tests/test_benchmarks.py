@@ -50,6 +50,20 @@ def test_accelerator_check_runs_on_cpu_and_ends_with_json(tmp_path):
   assert result["input_pipeline"]["images_per_s"]["0"] > 0
 
 
+@pytest.mark.slow  # ~15-60 s: the smoke step compiled once, then 3 intervals of 2 steps.
+def test_host_overhead_smoke_ends_with_json_of_paired_rounds(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, str(REPO / "benchmarks" / "host_overhead.py"), "--smoke",
+             "--rounds", "2", "--log_every", "2", "--data_dir", str(tmp_path / "tfds")]
+  out = subprocess.run(command, env=env, cwd=tmp_path, check=True, capture_output=True, text=True,
+                       timeout=600).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["rounds"] == 2 and result["log_every"] == 2
+  assert len(result["loop_ms_per_step"]) == len(result["tight_loop_ms_per_step"]) == 2
+  assert all(ms > 0 for ms in result["loop_ms_per_step"] + result["tight_loop_ms_per_step"])
+  assert math.isfinite(result["host_overhead"]) and result["host_ms_per_step"] > 0
+
+
 def test_memory_table_resume_keeps_finished_rows_without_compiling(tmp_path, capsys):
   spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "benchmarks" / "memory.py")
   memory = importlib.util.module_from_spec(spec)
