@@ -8,7 +8,10 @@ Builds into a temporary TFDS dir (the synthetic build time is reported too) and 
 ``--full_size S``: synthetic lesion images of S×S×3 (ISIC-like at 512) are built into a temporary
 dir and read with each of ``--workers_list`` grain worker counts; the rate is compared with an
 *assumed* accelerator step time ``--step_ms`` for one batch (nothing is measured on an accelerator
-here): ``pipeline_over_step`` > 1 means the host keeps up.
+here): ``pipeline_over_step`` > 1 means the host keeps up. ``images_per_cpu_second`` (0 workers:
+CPU time of all the process's threads) is what one core decodes and augments, for sizing
+``data.num_workers``; ``--step_flops`` adds the TFLOP of the default step at that size and the
+TFLOP/s the assumed step time stands for.
 """
 import argparse
 import json
@@ -21,14 +24,26 @@ from gradprom_jax.data import default_data_config, load_dataset, make_train_load
 PH2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ph2"
 
 
-def images_per_second(dataset, *, batch: int, steps: int, workers: int, patch_size=None) -> float:
+def images_per_second(dataset, *, batch: int, steps: int, workers: int, patch_size=None,
+                      cpu_seconds: list | None = None) -> float:
+  """Images/s drawn from the train loader; ``cpu_seconds`` gets this process's CPU time (all threads)."""
   iterator = iter(make_train_loader(dataset, global_batch_size=batch, seed=0, patch_size=patch_size,
                                     num_workers=workers))
   next(iterator)  # Warm-up: opens files, starts workers.
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(steps):
     next(iterator)
+  if cpu_seconds is not None:
+    cpu_seconds.append(time.process_time() - start_cpu)
   return batch * steps / (time.perf_counter() - start)
+
+
+def default_step_tflop(image_size: int, batch: int) -> float:
+  """TFLOP of one default GradProm train step on ``batch`` images of ``image_size``² (XLA's count)."""
+  from memory import ENHANCERS, lower_default_step
+  lowered = lower_default_step(image_size=image_size, dtype="float32", remat=False,
+                               enhancer=ENHANCERS["edsr_32x4"], batch=batch)
+  return lowered.cost_analysis()["flops"] / 1e12
 
 
 def full_size(args) -> None:
@@ -42,13 +57,23 @@ def full_size(args) -> None:
     start = time.perf_counter()
     dataset = load_dataset(config)
     results["build_s"] = round(time.perf_counter() - start, 1)
+    results["image_dtype"] = str(next(iter(make_train_loader(
+        dataset, global_batch_size=args.batch, seed=0)))["image"].dtype)
     needed = args.batch / (args.step_ms / 1e3)
     for workers in (int(w) for w in args.workers_list.split(",")):
-      rate = images_per_second(dataset, batch=args.batch, steps=args.steps, workers=workers)
+      cpu_seconds = []
+      rate = images_per_second(dataset, batch=args.batch, steps=args.steps, workers=workers,
+                               cpu_seconds=cpu_seconds)
       results["images_per_s"][workers] = round(rate, 1)
       results["pipeline_over_step"][workers] = round(rate / needed, 2)
+      if workers == 0:   # all the decoding is in this process: images per second of one core
+        results["images_per_cpu_second"] = round(args.batch * args.steps / cpu_seconds[0], 1)
       print(f"{args.full_size}x{args.full_size}x3, batch {args.batch}, {workers} workers: "
             f"{rate:.1f} images/s; a {args.step_ms:g} ms step needs {needed:.0f} images/s", flush=True)
+  if args.step_flops:
+    tflop = default_step_tflop(args.full_size, args.batch)
+    results["default_step_tflop"] = round(tflop, 3)
+    results["assumed_step_tflops_per_s"] = round(tflop / (args.step_ms / 1e3), 1)
   print(json.dumps(results))
 
 
@@ -61,6 +86,10 @@ def main():
   parser.add_argument("--workers_list", default="0,2", help="--full_size: worker counts to time.")
   parser.add_argument("--step_ms", type=float, default=250.0,
                       help="--full_size: assumed accelerator step time for one batch.")
+  parser.add_argument("--step_flops", action="store_true",
+                      help="--full_size: also count the default GradProm step's FLOPs at this size "
+                           "(XLA's cost analysis of the lowered step, seconds) and the rate the "
+                           "assumed step time implies.")
   args = parser.parse_args()
   if args.full_size:
     full_size(args)

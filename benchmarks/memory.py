@@ -4,6 +4,8 @@ r"""Memory of training: peak RSS of short runs, or the compiled train step's per
     .venv/bin/python benchmarks/memory.py --methods gradprom --steps 30 --data_dir /tmp/tfds
     .venv/bin/python benchmarks/memory.py --table                  # full image size, compile only
     .venv/bin/python benchmarks/memory.py --table --sizes 64 --dtypes float32 --remat off,on
+    XLA_FLAGS=--xla_backend_optimization_level=0 .venv/bin/python benchmarks/memory.py --table \
+        --out results/benchmarks/memory_table.json --resume    # the missing rows, compiled faster
 
 Default mode: each run is ``experiments/main.py --config configs/default.py`` (evaluation only at the
 end), in its own process; its peak RSS is read from ``os.wait4``'s resource usage, so the runs do not
@@ -19,6 +21,11 @@ state and its own batch slice, so this is the per-device figure. The figures are
 backend compiling (XLA:CPU here; a GPU's buffer assignment and convolution workspaces differ).
 One JSON line per configuration, then a markdown table saying which fit a 16, 40 and 80 GiB device
 at JAX's default GPU memory fraction (75 %), then one JSON line with all of them.
+
+XLA:CPU compiles the full-size steps slowly (1–6 min each at the default optimisation level on 2
+shared cores). ``--xla_backend_optimization_level=0`` lowers only the LLVM code generation's effort;
+buffer assignment, hence every byte count here, is decided before it: the 256² and 512² rows came
+out identical at both levels, in 30–70 % of the time. Each row records its ``xla_flags``.
 """
 from __future__ import annotations
 
@@ -55,9 +62,9 @@ def peak_rss_of_run(command: list[str], env: dict[str, str]) -> tuple[float, flo
   return usage.ru_maxrss / 1024, wall
 
 
-def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: dict,
-                         batch: int, method: str = "gradprom") -> dict:
-  """Bytes of the default config's train step compiled for one device (lowered from shapes only)."""
+def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: dict, batch: int,
+                       method: str = "gradprom"):
+  """The default config's train step for ``batch`` square images, lowered from shapes only."""
   import jax
   import jax.numpy as jnp
 
@@ -83,12 +90,23 @@ def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: 
                               recognizer_tx=recognizer_tx)
 
   state = jax.eval_shape(init_state)
+  # float32 images, as the loaders yielded them when the table was begun (now uint8, made float in
+  # the step): 3 bytes per pixel more in the arguments, a few MiB against GiB of temporaries.
   batch_shapes = {"image": jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32),
                   "mask": jax.ShapeDtypeStruct((batch, image_size, image_size), jnp.int32)}
   step = make_train_step(system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
                          task_weight=config.task_weight)
+  return jax.jit(step, donate_argnums=0).lower(state, batch_shapes)
+
+
+def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: dict,
+                         batch: int, method: str = "gradprom") -> dict:
+  """Bytes of the default config's train step compiled for one device (lowered from shapes only)."""
+  import jax
+
   start = time.perf_counter()
-  analysis = jax.jit(step, donate_argnums=0).lower(state, batch_shapes).compile().memory_analysis()
+  analysis = lower_default_step(image_size=image_size, dtype=dtype, remat=remat, enhancer=enhancer,
+                                batch=batch, method=method).compile().memory_analysis()
   compile_s = time.perf_counter() - start
   sizes = {name: int(getattr(analysis, f"{name}_size_in_bytes"))
            for name in ("argument", "output", "alias", "temp")}
@@ -96,36 +114,52 @@ def compiled_step_memory(*, image_size: int, dtype: str, remat: bool, enhancer: 
   return {"image_size": image_size, "dtype": dtype, "remat": remat, "batch_per_device": batch,
           "method": method, **{f"{k}_bytes": v for k, v in sizes.items()}, "total_bytes": total,
           "fits_gib": [gib for gib in DEVICE_GIB if total <= USABLE_FRACTION * gib * 2**30],
-          "compile_s": round(compile_s, 1), "platform": jax.devices()[0].platform}
+          "compile_s": round(compile_s, 1), "platform": jax.devices()[0].platform,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def markdown_table(rows: list[dict]) -> str:
   """The table of ``--table``: one line per configuration, sizes in GiB."""
   gib = lambda b: f"{b / 2**30:.2f}"
-  lines = ["| enhancer | image | dtype | remat | temp GiB | total GiB | fits (GiB device) |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| enhancer | image | images/device | dtype | remat | temp GiB | total GiB | "
+           "fits (GiB device) |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     fits = ", ".join(map(str, r["fits_gib"])) or "none"
-    lines.append(f"| {r['enhancer']} | {r['image_size']}² | {r['dtype']} | "
+    lines.append(f"| {r['enhancer']} | {r['image_size']}² | {r['batch_per_device']} | {r['dtype']} | "
                  f"{'on' if r['remat'] else 'off'} | {gib(r['temp_bytes'])} | "
                  f"{gib(r['total_bytes'])} | {fits} |")
   return "\n".join(lines)
 
 
+def _row_key(row: dict) -> tuple:
+  return row["enhancer"], row["image_size"], row["dtype"], row["remat"], row["batch_per_device"]
+
+
 def memory_table(args: argparse.Namespace) -> None:
   rows = []
   out = Path(args.out) if args.out else None
+  # --resume: the rows --out already holds are kept, not compiled again.
+  done = ({_row_key(r): r for r in json.loads(out.read_text())["rows"]}
+          if args.resume and out and out.exists() else {})
   for size in (int(s) for s in args.sizes.split(",")):
     for name in args.enhancers.split(","):
       for dtype in args.dtypes.split(","):
         for remat in (r == "on" for r in args.remat.split(",")):
-          row = {"enhancer": name, **compiled_step_memory(
-              image_size=size, dtype=dtype, remat=remat, enhancer=ENHANCERS[name],
-              batch=args.batch)}
+          row = done.pop((name, size, dtype, remat, args.batch), None)
+          if row is None:
+            row = {"enhancer": name, **compiled_step_memory(
+                image_size=size, dtype=dtype, remat=remat, enhancer=ENHANCERS[name],
+                batch=args.batch)}
           rows.append(row)
           print(json.dumps(row), flush=True)
           if out:  # Rewritten after every row, so a long run that is stopped keeps what finished.
-            out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+            out.write_text(json.dumps({"rows": rows + list(done.values())}, indent=1) + "\n")
+  # Rows of --out outside this grid stay; all in one order: size, images per device, enhancer...
+  rows = sorted([*rows, *done.values()], key=lambda r: (
+      r["image_size"], -r["batch_per_device"], list(ENHANCERS).index(r["enhancer"]),
+      ("float32", "bfloat16").index(r["dtype"]), r["remat"]))
+  if out:
+    out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
   print(markdown_table(rows))
   print(json.dumps({"rows": rows}))
 
@@ -144,6 +178,8 @@ def main(argv=None) -> None:
   parser.add_argument("--enhancers", default=",".join(ENHANCERS), help="--table: enhancers.")
   parser.add_argument("--batch", type=int, default=8, help="--table: images per device.")
   parser.add_argument("--out", default=None, help="--table: also write the rows to this JSON file.")
+  parser.add_argument("--resume", action="store_true",
+                      help="--table: keep the rows --out already holds instead of compiling them.")
   args = parser.parse_args(argv)
   if args.table:
     memory_table(args)

@@ -180,6 +180,7 @@ def benchmark(args: argparse.Namespace) -> dict:
   from gradprom_jax import data as data_lib
   from gradprom_jax import parallel as parallel_lib
   from gradprom_jax import train_step as train_step_lib
+  from gradprom_jax.image_dtype import to_unit_float
   from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
   from gradprom_jax.phases import make_phases
   from gradprom_jax.train import build_system, initial_state
@@ -241,7 +242,7 @@ def benchmark(args: argparse.Namespace) -> dict:
   enhancer_params = jax.device_get(
       parallel.global_state(states["joint"]).enhancer_params if parallel.mode == "pmap"
       else states["joint"].enhancer_params)
-  host_image = jnp.asarray(host_batches[0]["image"])
+  host_image = jnp.asarray(to_unit_float(host_batches[0]["image"]))   # the loader's are uint8
   low_quality = system.degrade(jax.random.key(0), host_image, jnp.arange(host_image.shape[0]))
   enhanced_shape = jax.eval_shape(lambda p, x: system.enhance(p, x, train=True),
                                   enhancer_params, low_quality)

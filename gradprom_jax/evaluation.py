@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gradprom_jax import metrics as metrics_lib
+from gradprom_jax.image_dtype import with_float_images
 from gradprom_jax.system import TaskDrivenSystem
 
 REFERENCES = ("enhanced", "no_enhancement", "hq_input")
@@ -49,6 +50,7 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
   the outputs also hold :data:`JUDGE_REFERENCES`.
   """
   def eval_step(enhancer_params, recognizer_params, batch, first_id, judge_params=None):
+    batch = with_float_images(batch)
     high_quality = batch["image"]
     example_ids = first_id + jnp.arange(high_quality.shape[0])
     low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality, example_ids)
@@ -75,6 +77,7 @@ def make_predict_step(system: TaskDrivenSystem) -> Callable:
   """``(enhancer_params, recognizer_params, batch, first_id) -> images and predictions``, for
   sample grids."""
   def predict_step(enhancer_params, recognizer_params, batch, first_id):
+    batch = with_float_images(batch)
     example_ids = first_id + jnp.arange(batch["image"].shape[0])
     low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"], example_ids)
     enhanced = system.enhance(enhancer_params, low_quality, train=False)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gradprom_jax.combiners import cosine_similarity
+from gradprom_jax.image_dtype import with_float_images
 from gradprom_jax.system import TaskDrivenSystem
 from gradprom_jax.train_state import TrainState
 from gradprom_jax.train_step import Batch, shared_forward_gradients
@@ -85,7 +86,8 @@ def make_gate_probe(system: TaskDrivenSystem
   >>> all(-1 <= v <= 1 for v in values.values())
   True
   """
-  compiled = jax.jit(lambda state, batch, step: halves_cosines(system, state, batch, step))
+  compiled = jax.jit(lambda state, batch, step: halves_cosines(system, state,
+                                                              with_float_images(batch), step))
 
   def probe(state: TrainState, batch: Batch, step: int) -> dict[str, float]:
     values = jax.device_get(compiled(state, batch, jnp.asarray(step, jnp.int32)))

@@ -31,6 +31,7 @@ from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory, 
 from gradprom_jax.config_validation import ConfigError, validate_config, validate_config_for_dataset
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.gate_reliability import make_gate_probe, probe_is_due
+from gradprom_jax.image_dtype import to_unit_float
 from gradprom_jax.metric_logging import MetricLogger
 from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.phases import make_phases, phase_at, run_length
@@ -118,7 +119,7 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   if jax.process_index() == 0:
     visualization.save_sample_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
-        high_quality=host_batch["image"][keep], predictions=predictions, targets=targets,
+        high_quality=to_unit_float(host_batch["image"][keep]), predictions=predictions, targets=targets,
         task=system.recognition, class_names=getattr(dataset, "class_names", None))
 
 

@@ -25,6 +25,7 @@ import optax
 from gradprom_jax.combiners import find_combiner_metrics
 from gradprom_jax.gradient_accumulation import (accumulate_gradients,
                                                   check_not_wrapped_in_multisteps)
+from gradprom_jax.image_dtype import with_float_images
 from gradprom_jax.phases import Phase
 from gradprom_jax.system import TaskDrivenSystem
 from gradprom_jax.train_state import TrainState
@@ -139,6 +140,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
 
   def train_step(state: TrainState, batch: Batch):
     check_not_wrapped_in_multisteps(state.enhancer_opt_state)
+    batch = with_float_images(batch)   # the loader's uint8 images, as float32 in [0, 1]
     num_local = batch["image"].shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * num_local
     example_ids = offset + jnp.arange(num_local)

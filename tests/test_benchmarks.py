@@ -1,4 +1,6 @@
-"""benchmarks/step_time.py runs end to end in a tiny mode and ends with the promised JSON line."""
+"""The benchmark scripts run end to end in a tiny mode and end with the promised JSON line;
+the memory table resumes."""
+import importlib.util
 import json
 import math
 import os
@@ -46,3 +48,34 @@ def test_accelerator_check_runs_on_cpu_and_ends_with_json(tmp_path):
   assert all(r["step_ms"] > 0 and r["loss_finite"] for r in result["runs"])
   assert result["bfloat16_speedup_1_device"] > 0
   assert result["input_pipeline"]["images_per_s"]["0"] > 0
+
+
+@pytest.mark.slow  # ~15-60 s: the smoke step compiled once, then 3 intervals of 2 steps.
+def test_host_overhead_smoke_ends_with_json_of_paired_rounds(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, str(REPO / "benchmarks" / "host_overhead.py"), "--smoke",
+             "--rounds", "2", "--log_every", "2", "--data_dir", str(tmp_path / "tfds")]
+  out = subprocess.run(command, env=env, cwd=tmp_path, check=True, capture_output=True, text=True,
+                       timeout=600).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["rounds"] == 2 and result["log_every"] == 2
+  assert len(result["loop_ms_per_step"]) == len(result["tight_loop_ms_per_step"]) == 2
+  assert all(ms > 0 for ms in result["loop_ms_per_step"] + result["tight_loop_ms_per_step"])
+  assert math.isfinite(result["host_overhead"]) and result["host_ms_per_step"] > 0
+
+
+def test_memory_table_resume_keeps_finished_rows_without_compiling(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "benchmarks" / "memory.py")
+  memory = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(memory)
+  row = lambda size, batch, remat: {
+      "enhancer": "edsr_32x4", "image_size": size, "dtype": "float32", "remat": remat,
+      "batch_per_device": batch, "temp_bytes": 2**30, "total_bytes": 2**30, "fits_gib": [16]}
+  out = tmp_path / "table.json"
+  # Stored out of order, with one row outside the grid asked for (another batch).
+  out.write_text(json.dumps({"rows": [row(64, 4, False), row(64, 8, True), row(64, 8, False)]}))
+  memory.main(["--table", "--sizes", "64", "--dtypes", "float32", "--remat", "off,on",
+               "--enhancers", "edsr_32x4", "--out", str(out), "--resume"])   # nothing to compile
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["batch_per_device"], r["remat"]) for r in rows] == [(8, False), (8, True), (4, False)]
+  assert "| edsr_32x4 | 64² | 4 | float32 | off | 1.00 | 1.00 | 16 |" in capsys.readouterr().out

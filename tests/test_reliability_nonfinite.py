@@ -10,6 +10,7 @@ import pytest
 from configs import default
 from gradprom_jax import data as data_lib
 from gradprom_jax import train
+from gradprom_jax.image_dtype import to_unit_float
 
 
 def _smoke_config(tmp_path, **overrides):
@@ -29,6 +30,9 @@ def _poison_batches(monkeypatch, bad_batches: set[int]) -> None:
   served = []
 
   def poison(batch):
+    # uint8 images hold no NaN: every batch is served as float images in [0, 1] (which the train
+    # step takes as they are, with one compiled program), the bad ones as NaN.
+    batch = dict(batch, image=to_unit_float(batch["image"]))
     if len(served) in bad_batches:
       batch = dict(batch, image=np.full_like(batch["image"], np.nan))
     served.append(len(served))

@@ -1,0 +1,33 @@
+"""The train loop never waits for the device between log steps: it dispatches steps ahead.
+
+Measured on the real loop with a deliberately heavy step (``benchmarks/dispatch_ahead.py``), on one
+CPU device: XLA:CPU runs a one-device program asynchronously. (With several simulated CPU devices
+the runtime itself may hold a dispatch call while it gang-launches the per-device programs; see
+BENCHMARKS.md. This is why the run is a subprocess with its own, single, device.)
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_loop_dispatches_three_steps_before_the_first_is_done(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  command = [sys.executable, str(REPO / "benchmarks" / "dispatch_ahead.py"), "--steps", "3",
+             "--matmul_size", "512", "--blocking_control", "--data_dir", str(tmp_path / "tfds")]
+  out = subprocess.run(command, env=env, cwd=tmp_path, check=True, capture_output=True, text=True,
+                       timeout=300).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["devices"] == 1
+  # When step 3 had been dispatched, neither step 1 nor step 2 had finished...
+  assert result["ready_at_dispatch"][2] == [False, False], result
+  assert result["dispatched_before_first_step_done"] == 3, result
+  # ...because dispatching steps 2 and 3 took a small part of step 1's execution.
+  assert result["dispatch_span_ms"] < 0.5 * result["first_step_done_ms_after_dispatch"], result
+  # The measurement sees a loop that waits: with a wait after every dispatch, steps 1 and 2 are
+  # done by the time step 3 is dispatched.
+  control = result["blocking_control"]
+  assert control["ready_at_dispatch"][2] == [True, True], control
