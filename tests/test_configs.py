@@ -8,7 +8,8 @@ from gradprom_jax.config_validation import validate_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPTIONS = {
-    "default.py": [None, "smoke", "classification", "classification,smoke"],
+    "default.py": [None, "smoke", "classification", "classification,smoke", "multitask",
+                   "multitask,smoke"],
     "ph2.py": [None, "smoke", "classification", "official", "classification,smoke", "multitask",
                "multitask,smoke", "multitask,official"],
     "isic.py": [None, "smoke", "task3", "2017", "task3,smoke", "multitask", "multitask,2017,smoke"],
