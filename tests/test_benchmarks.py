@@ -46,3 +46,19 @@ def test_accelerator_check_runs_on_cpu_and_ends_with_json(tmp_path):
   assert all(r["step_ms"] > 0 and r["loss_finite"] for r in result["runs"])
   assert result["bfloat16_speedup_1_device"] > 0
   assert result["input_pipeline"]["images_per_s"]["0"] > 0
+
+
+@pytest.mark.slow  # ~3 min on 2 shared cores: six compiles of the tiny step (K = 1, 2, 3).
+def test_multitask_step_time_smoke_reports_gradprom_over_bound_per_task_count(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, str(REPO / "benchmarks" / "multitask_step_time.py"), "--smoke",
+             "--steps", "2", "--warmup", "1", "--data_dir", str(tmp_path / "tfds")]
+  out = subprocess.run(command, env=env, cwd=tmp_path, check=True, capture_output=True, text=True,
+                       timeout=900).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert sorted(result["tasks"]) == ["1", "2", "3"]
+  for k, row in result["tasks"].items():
+    # The bound adds K enhancer pull-backs to joint training's step.
+    assert row["bound_ms"] == pytest.approx(row["joint_ms"] + int(k) * result["backward_ms"],
+                                            abs=1e-3)
+    assert math.isfinite(row["gradprom_over_bound"]) and row["gradprom_over_bound"] > 0
