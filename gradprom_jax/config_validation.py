@@ -108,12 +108,14 @@ def _check_optimizer_extras(config: ml_collections.ConfigDict) -> None:
                       "validation metric picks the best checkpoint?")
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
-  """Raises :class:`ConfigError` if ``config`` cannot run on ``num_devices`` devices.
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> TaskConfig:
+  """Raises :class:`ConfigError` if ``config`` cannot run on ``num_devices`` devices; returns its
+  parsed tasks (:class:`~gradprom_jax.task_config.TaskConfig`), which the layers below receive.
 
   >>> from gradprom_jax.config import base_config
   >>> config = base_config()
-  >>> validate_config(config, num_devices=4)
+  >>> validate_config(config, num_devices=4).names
+  ('segmentation',)
   >>> config.batch_size = 6
   >>> validate_config(config, num_devices=4)
   Traceback (most recent call last):
@@ -181,6 +183,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
       except ValueError as e:
         raise ConfigError(f"data.{key}={tuple(size)}: {e}") from None
   _check_models(config, tasks)
+  return tasks
 
 
 _CLASSIFICATION_HINT = ("use the config file's ':classification' option "

@@ -223,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   initialize_distributed(config.distributed)
   parallel = parallel_lib.DataParallel(config.parallel)
-  validate_config(config, num_devices=parallel.num_devices)
+  # The config's tasks, parsed once (with the whole config checked) for every layer below.
+  tasks = validate_config(config, num_devices=parallel.num_devices)
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
@@ -232,7 +233,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if finished is not None and not reevaluate:
     logging.info("Already finished, results in %s.", finished)
     return json.loads(finished.read_text())
-  tasks = parse_task_config(config)   # the config's tasks, parsed once for every layer below
   dataset = data_lib.load_dataset(config.data)
   check_dataset_has_targets(tasks, dataset)
   validate_config_for_dataset(config, dataset.image_shape,
