@@ -104,11 +104,14 @@ def test_joint_summed_cotangent_equals_the_weighted_sum_of_the_separate_pullback
   assert_trees_close(updated[0].recognizer_params, updated[1].recognizer_params, rtol=1e-6,
                      atol=1e-7)
 
-  # And the pull-backs themselves: g_e + Σ λ_k g_t,k from the shared forward equals one pull-back
-  # of the summed cotangent.
+
+def test_shared_forward_pullbacks_are_the_gradients_of_each_task():
+  """g_e + Σ λ_k g_t,k from one forward's K + 1 pull-backs = ∇θ (L_enh + Σ λ_k L_k)."""
+  batch = two_task_batch(3)
+  system, _, state, _ = setup(two_task_config("gradprom"))
   low_quality = system.degrade(jax.random.key(1), jnp.asarray(batch["image"]), jnp.arange(8))
-  out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
-                                 low_quality, batch)
+  out = jax.jit(shared_forward_gradients, static_argnums=0)(
+      system, state.enhancer_params, state.recognizer_params, low_quality, batch)
   summed = jax.tree.map(lambda e, s, c: e + 0.5 * s + 0.2 * c, out["enhancement_grads"],
                         out["task_grads"]["segmentation"], out["task_grads"]["classification"])
 
@@ -118,7 +121,8 @@ def test_joint_summed_cotangent_equals_the_weighted_sum_of_the_separate_pullback
                                                   train=True), batch) for head in system.heads}
     return (system.enhancement_loss(enhanced, batch["image"]) + 0.5 * losses["segmentation"]
             + 0.2 * losses["classification"])
-  assert_trees_close(summed, jax.grad(weighted_loss)(state.enhancer_params), rtol=1e-4, atol=1e-6)
+  assert_trees_close(summed, jax.jit(jax.grad(weighted_loss))(state.enhancer_params), rtol=1e-4,
+                     atol=1e-6)
 
 
 def test_gradprom_gates_each_task_and_logs_its_statistics():
@@ -154,7 +158,7 @@ def test_multitask_state_checkpoints_and_restores(tmp_path):
   assert_trees_close(restored, state, rtol=0, atol=0)
 
 
-@pytest.mark.slow   # ~30 s: three compiles of the two-task step
+@pytest.mark.slow   # ~70 s on 2 shared cores: three compiles of the two-task step
 def test_two_task_step_on_a_mesh_and_under_pmap_equals_one_device():
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices")
