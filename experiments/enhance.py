@@ -13,7 +13,8 @@ the degraded input is saved too, so each output has its before/after pair.
 
 Writes `OUTPUT/enhanced/<name>.png`; with `--degrade` also `OUTPUT/degraded/<name>.png` (what the
 enhancer saw); and `OUTPUT/masks/<name>.png` (segmentation: class index scaled to 0..255) or
-`OUTPUT/predictions.csv` (classification: predicted class and probabilities).
+`OUTPUT/predictions.csv` (classification: predicted class and probabilities); a multi-task run
+writes both (its classification columns suffixed `/<task>`).
 """
 import csv
 from pathlib import Path
@@ -53,9 +54,10 @@ def main(argv):
   (output / "enhanced").mkdir(parents=True, exist_ok=True)
   if _DEGRADE.value:
     (output / "degraded").mkdir(exist_ok=True)
-  segmentation = trained.system.recognition == "segmentation"
-  if segmentation:
+  system = trained.system
+  if any(head.recognition == "segmentation" for head in system.heads):
     (output / "masks").mkdir(exist_ok=True)
+  class_names = system.split(trained.class_names)
   rows = []
   for index, path in enumerate(paths):
     with Image.open(path) as image:
@@ -67,14 +69,20 @@ def main(argv):
     _to_png(out["enhanced"][0]).save(output / "enhanced" / f"{path.stem}.png")
     if _DEGRADE.value:
       _to_png(out["input"][0]).save(output / "degraded" / f"{path.stem}.png")
-    probabilities = out["probabilities"][0]
-    if segmentation:
-      classes = probabilities.argmax(-1).astype(np.float32) / max(probabilities.shape[-1] - 1, 1)
-      _to_png(classes[..., None]).save(output / "masks" / f"{path.stem}.png")
-    else:
-      names = trained.class_names or tuple(str(k) for k in range(probabilities.shape[-1]))
-      rows.append({"image": path.name, "predicted": names[int(probabilities.argmax())],
-                   **{f"p_{name}": f"{p:.6f}" for name, p in zip(names, probabilities)}})
+    row = {}
+    for head, probabilities, names in zip(system.heads, system.split(out["probabilities"]),
+                                          class_names):
+      probabilities = probabilities[0]
+      if head.recognition == "segmentation":
+        classes = probabilities.argmax(-1).astype(np.float32) / max(probabilities.shape[-1] - 1, 1)
+        _to_png(classes[..., None]).save(output / "masks" / f"{path.stem}.png")
+      else:
+        names = names or tuple(str(k) for k in range(probabilities.shape[-1]))
+        row.update({system.metric_key("predicted", head): names[int(probabilities.argmax())],
+                    **{system.metric_key(f"p_{name}", head): f"{p:.6f}"
+                       for name, p in zip(names, probabilities)}})
+    if row:
+      rows.append({"image": path.name, **row})
   if rows:
     with open(output / "predictions.csv", "w", newline="") as f:
       writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -48,6 +48,7 @@ from ml_collections import config_flags
 from gradprom_jax.config import METHODS
 from gradprom_jax.metric_logging import METRICS_FILENAME, read_metrics
 from gradprom_jax.run_config import CONFIG_FILENAME, RESUMABLE_KEYS, config_differences
+from gradprom_jax.task_config import parse_recognition
 
 RESULTS_FILENAME = "results.json"   # written by gradprom_jax.train at the end of a run
 SAMPLES_FILENAME = "samples.png"
@@ -434,6 +435,9 @@ def metric_names(results: Iterable[Mapping[str, Any]]) -> list[str]:
   ['psnr', 'dice', 'zeta', 'judge_dice']
   >>> metric_names([{"hq_input_dice": 0.9, "no_enhancement_psnr": 20.0}])   # recognizer_only
   ['psnr', 'dice']
+  >>> metric_names([{"psnr": 2, "accuracy/classification": 0.5, "dice/segmentation": 0.8,
+  ...                "auc/classification": 0.6, "no_enhancement_dice/segmentation": 0.7}])
+  ['psnr', 'dice/segmentation', 'accuracy/classification', 'auc/classification']
   """
   references = (*(f"{r}_" for r in REFERENCES), *JUDGE_REFERENCE_PREFIXES.values())
   numeric = [(k, v) for result in results for k, v in result.items()
@@ -445,9 +449,15 @@ def metric_names(results: Iterable[Mapping[str, Any]]) -> list[str]:
             if k.startswith(prefix) and prefix in {f"{r}_" for r in REFERENCES}}
   judged = {k for k in names if k.startswith(JUDGE_PREFIX)}
   names -= judged
-  ordered = [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
-  judged_ordered = [JUDGE_PREFIX + m for m in METRIC_ORDER if JUDGE_PREFIX + m in judged]
-  return ordered + judged_ordered + sorted(judged - set(judged_ordered))
+
+  def table_order(name: str, prefix: str = "") -> tuple:
+    # A multi-task key (dice/segmentation) sits where its metric does, its tasks in name order.
+    metric, _, task = name[len(prefix):].partition("/")
+    known = metric in METRIC_ORDER
+    return (not known, METRIC_ORDER.index(metric) if known else 0, "" if known else metric, task)
+
+  return (sorted(names, key=table_order)
+          + sorted(judged, key=lambda name: table_order(name, JUDGE_PREFIX)))
 
 
 def summarize(results: Mapping[PlannedRun, Mapping[str, Any]], rows: Sequence[Row]
@@ -526,7 +536,7 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
       *(["Gradient geometry during training, mean ± std over seeds of each run's last cumulative "
          "gate-open rate (for pcgrad: the fraction of steps whose g_t needed no projection) and "
          "of its medians over the logged steps (cosine of g_e and g_t; ‖g_t‖/‖g_e‖):", "",
-         markdown_table(GEOMETRY_COLUMNS, geometry), ""]
+         markdown_table(geometry_columns(geometry), _filled(geometry)), ""]
         if geometry else []),
       f"Command: `{command}`", "",
       f"Run time, summed over the {num_runs} runs' attempts (all invocations): "
@@ -538,6 +548,12 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
   if plots:
     text += ["", "Plots: " + ", ".join(f"[{Path(p).name}](plots/{Path(p).name})" for p in plots)]
   Path(path).write_text("\n".join(text) + "\n", encoding="utf-8")
+
+
+def _filled(table: Mapping[str, Mapping[str, Statistic]]) -> dict[str, dict[str, Statistic]]:
+  """Every row with every column of the table (a row without one: an empty statistic)."""
+  columns = geometry_columns(table)
+  return {name: {c: stats.get(c, Statistic.of(())) for c in columns} for name, stats in table.items()}
 
 
 def total_run_seconds(runs: Iterable[PlannedRun]) -> float:
@@ -559,6 +575,16 @@ def read_run_metrics(runs: Iterable[PlannedRun]) -> dict[PlannedRun, list[dict[s
 GEOMETRY_COLUMNS = ("gate_open_rate", "median_cosine", "median_task_over_enhancement_norm")
 
 
+def geometry_columns(geometry: Mapping[str, Mapping[str, Statistic]]) -> list[str]:
+  """The columns of a :func:`gradient_geometry` table: :data:`GEOMETRY_COLUMNS`, or for a
+  multi-task comparison each of them per task (``gate_open_rate/segmentation``, ...)."""
+  present = {c for stats in geometry.values() for c in stats}
+  columns = [c for c in GEOMETRY_COLUMNS if c in present]
+  by_task = sorted({c.partition("/")[2] for c in present if "/" in c})
+  return columns + [f"{c}/{task}" for task in by_task for c in GEOMETRY_COLUMNS
+                    if f"{c}/{task}" in present]
+
+
 def gradient_geometry(records: Mapping[PlannedRun, Sequence[Mapping[str, Any]]],
                       rows: Sequence[Row]) -> dict[str, dict[str, Statistic]]:
   """Per row, over seeds: how g_e and g_t met during training (from the logged train records).
@@ -574,38 +600,56 @@ def gradient_geometry(records: Mapping[PlannedRun, Sequence[Mapping[str, Any]]],
   >>> geometry = gradient_geometry({run: log}, [run.row])["gradprom"]
   >>> geometry["gate_open_rate"].mean, geometry["median_cosine"].mean
   (0.6, 0.2)
+
+  A multi-task run's values are per task, each column suffixed with the task's name.
+
+  >>> log = [{"kind": "train", "cosine/masks": 0.3, "gate_open_rate/masks": 1.0,
+  ...         "task_grad_norm/masks": 3.0, "enhancement_grad_norm": 1.0}]
+  >>> sorted(gradient_geometry({run: log}, [run.row])["gradprom"])
+  ['gate_open_rate/masks', 'median_cosine/masks', 'median_task_over_enhancement_norm/masks']
   """
   def per_run(log: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     train = [r for r in log if r.get("kind") == "train"]
+    keys = {k for r in train for k in r}
+    suffixes = [""] + sorted({k.partition("/")[2] for k in keys
+                              if k.partition("/")[0] in ("cosine", "gate_open_rate",
+                                                         "task_grad_norm") and "/" in k})
     values = {}
-    rates = [r["gate_open_rate"] for r in train if "gate_open_rate" in r]
-    if rates:
-      values["gate_open_rate"] = float(rates[-1])
-    cosines = [r["cosine"] for r in train if "cosine" in r]
-    if cosines:
-      values["median_cosine"] = float(np.median(cosines))
-    ratios = [r["task_grad_norm"] / r["enhancement_grad_norm"] for r in train
-              if r.get("enhancement_grad_norm") and "task_grad_norm" in r]
-    if ratios:
-      values["median_task_over_enhancement_norm"] = float(np.median(ratios))
+    for task in suffixes:
+      end = f"/{task}" if task else ""
+      rates = [r[f"gate_open_rate{end}"] for r in train if f"gate_open_rate{end}" in r]
+      if rates:
+        values[f"gate_open_rate{end}"] = float(rates[-1])
+      cosines = [r[f"cosine{end}"] for r in train if f"cosine{end}" in r]
+      if cosines:
+        values[f"median_cosine{end}"] = float(np.median(cosines))
+      ratios = [r[f"task_grad_norm{end}"] / r["enhancement_grad_norm"] for r in train
+                if r.get("enhancement_grad_norm") and f"task_grad_norm{end}" in r]
+      if ratios:
+        values[f"median_task_over_enhancement_norm{end}"] = float(np.median(ratios))
     return values
 
   table = {}
   for row in rows:
     runs = [per_run(log) for run, log in records.items() if run.row == row]
+    columns = sorted({c for r in runs for c in r})
     if any(runs):
+      single = all("/" not in c for c in columns)
       table[row.name] = {c: Statistic.of(r.get(c, math.nan) for r in runs)
-                         for c in GEOMETRY_COLUMNS}
+                         for c in (GEOMETRY_COLUMNS if single else columns)}
   return table
 
 
-def default_task_metric(recognition: str) -> str:
-  """The task metric plotted against PSNR: Dice for segmentation, accuracy for classification.
+def default_task_metric(recognition: str | Sequence[str]) -> str:
+  """The task metric plotted against PSNR: Dice for segmentation, accuracy for classification; for
+  several tasks (``task.recognition`` naming them), the first task's, suffixed with its name.
 
-  >>> default_task_metric("segmentation")
-  'dice'
+  >>> default_task_metric("segmentation"), default_task_metric("segmentation,classification")
+  ('dice', 'dice/segmentation')
   """
-  return "dice" if recognition == "segmentation" else "accuracy"
+  tasks = parse_recognition(recognition)
+  metric = "dice" if tasks[0] == "segmentation" else "accuracy"
+  return metric if len(tasks) == 1 else f"{metric}/{tasks[0]}"
 
 
 def report(directory: str | os.PathLike[str], runs: Sequence[PlannedRun], rows: Sequence[Row], *,

@@ -11,6 +11,9 @@ Legends sit outside the axes, so they never hide a curve.
   gate_<row>.png                   gradprom rows: gate-open rate (cumulative) and gate vs step
   samples_by_row.png               rows x examples: each row's first examples of its samples.png
                                    (first seed that has one), at most MAX_SIDE pixels on a side
+
+A multi-task run's per-task keys (``dice/segmentation``, ``cosine/classification``) name files with
+the ``/`` as ``_`` (``val_dice_segmentation.png``, ``cosine_hist_<row>_classification.png``).
 """
 from __future__ import annotations
 
@@ -79,6 +82,28 @@ def _save(figure: Figure, path: Path) -> str:
   figure.tight_layout()
   figure.savefig(path, dpi=DPI, bbox_inches="tight")   # Keeps the legend outside the axes.
   return str(path)
+
+
+def file_label(key: str) -> str:
+  """A metric key as part of a file name: a multi-task key's ``/<task>`` becomes ``_<task>``.
+
+  >>> file_label("dice/segmentation"), file_label("psnr")
+  ('dice_segmentation', 'psnr')
+  """
+  return key.replace("/", "_")
+
+
+def task_suffixes(records: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+  """The suffixes under which ``key`` is logged: ``[""]`` for a single task's plain key, else each
+  task's ``"/<task>"`` (``cosine/segmentation``), sorted; ``[]`` when it is not logged.
+
+  >>> task_suffixes([{"cosine/b": 0.1, "cosine/a": 0.2, "gate/a": 1}], "cosine")
+  ['/a', '/b']
+  """
+  keys = {k for r in records for k in r}
+  if key in keys:
+    return [""]
+  return sorted(k[len(key):] for k in keys if k.startswith(f"{key}/"))
 
 
 def series(records: Sequence[Mapping[str, Any]], key: str, kind: str) -> tuple[np.ndarray,
@@ -170,17 +195,20 @@ def plot_cosine_histogram(path: Path, cosines: Sequence[float], row: str, *, num
   return _save(figure, path)
 
 
-def plot_gate(path: Path, per_seed: Mapping[int, Sequence[Mapping[str, Any]]], row: str) -> str:
-  """Cumulative gate-open rate (top) and the gate at each logged step (bottom), per seed."""
+def plot_gate(path: Path, per_seed: Mapping[int, Sequence[Mapping[str, Any]]], row: str,
+              suffix: str = "") -> str:
+  """Cumulative gate-open rate (top) and the gate at each logged step (bottom), per seed; a
+  multi-task run's task by its key ``suffix`` (``"/segmentation"``)."""
   figure, (rate_axes, gate_axes) = _new_figure(6.4, 5.6, nrows=2, sharex=True)
   for index, (seed, records) in enumerate(sorted(per_seed.items())):
     color = f"C{index}"
-    steps, rate = series(records, "gate_open_rate", "train")
+    steps, rate = series(records, f"gate_open_rate{suffix}", "train")
     rate_axes.plot(steps, rate, color=color, label=f"seed {seed}")
-    steps, gate = series(records, "gate", "train")
+    steps, gate = series(records, f"gate{suffix}", "train")
     gate_axes.plot(steps, gate, color=color, marker=".", linestyle="none", alpha=0.6)
+  task = f" of task {suffix[1:]}" if suffix else ""
   rate_axes.set(ylabel="gate-open rate (cumulative)", ylim=(-0.05, 1.05),
-                title=f"{row}: how often the task gradient was promoted")
+                title=f"{row}: how often the task gradient{task} was promoted")
   gate_axes.set(xlabel="training step", ylabel="gate at logged step", ylim=(-0.05, 1.05))
   for axes in (rate_axes, gate_axes):
     axes.grid(alpha=0.3)
@@ -262,7 +290,7 @@ def write_comparison_plots(directory: str | os.PathLike[str], *, rows: Sequence[
     last_reference = [series(r, f"no_enhancement_{metric}", "val")[1][-1:] for r in records.values()]
     reference = np.concatenate(last_reference) if last_reference else np.zeros(0)
     written.append(plot_metric_curves(
-        directory / f"val_{metric}.png", curves, metric, colors,
+        directory / f"val_{file_label(metric)}.png", curves, metric, colors,
         reference=float(reference.mean()) if metric == "psnr" and reference.size else None))
 
   points = {row.name: [(r["psnr"], r[task_metric]) for run, r in results.items()
@@ -274,7 +302,7 @@ def write_comparison_plots(directory: str | os.PathLike[str], *, rows: Sequence[
     hq_input = [r[f"hq_input_{task_metric}"] for r in results.values()
                 if f"hq_input_{task_metric}" in r]
     written.append(plot_final_scatter(
-        directory / f"final_psnr_vs_{task_metric}.png", points, task_metric, colors,
+        directory / f"final_psnr_vs_{file_label(task_metric)}.png", points, task_metric, colors,
         no_enhancement=no_enhancement,
         hq_input_task=float(np.nanmean(hq_input)) if hq_input else None))
 
@@ -282,19 +310,23 @@ def write_comparison_plots(directory: str | os.PathLike[str], *, rows: Sequence[
     if row.method != "gradprom":
       continue
     row_records = {run.seed: r for run, r in records.items() if run.row == row}
-    cosines = [c for r in row_records.values() for c in series(r, "cosine", "train")[1]]
-    if not cosines:
-      continue
-    steps = [series(r, "cosine", "train")[0] for r in row_records.values()]
-    gaps = np.concatenate([np.diff(s) for s in steps if s.size > 1] or [np.zeros(0)])
     num_steps = {int(result["num_train_steps"]) for run, result in results.items()
                  if run.row == row}
-    written.append(plot_cosine_histogram(
-        directory / f"cosine_hist_{row.name}.png", cosines, row.name,
-        num_seeds=len(row_records), log_every=int(np.median(gaps)) if gaps.size else None,
-        num_steps=num_steps.pop() if len(num_steps) == 1 else None,
-        threshold=float(thresholds.get(row.name, 0.0)), color=colors[row.name]))
-    written.append(plot_gate(directory / f"gate_{row.name}.png", row_records, row.name))
+    # One histogram and gate plot per task (a single task's keys have no suffix).
+    for suffix in task_suffixes([r for log in row_records.values() for r in log], "cosine"):
+      key = f"cosine{suffix}"
+      cosines = [c for r in row_records.values() for c in series(r, key, "train")[1]]
+      if not cosines:
+        continue
+      steps = [series(r, key, "train")[0] for r in row_records.values()]
+      gaps = np.concatenate([np.diff(s) for s in steps if s.size > 1] or [np.zeros(0)])
+      label = f"{row.name}{file_label(suffix)}"
+      written.append(plot_cosine_histogram(
+          directory / f"cosine_hist_{label}.png", cosines, f"{row.name}{suffix}",
+          num_seeds=len(row_records), log_every=int(np.median(gaps)) if gaps.size else None,
+          num_steps=min(num_steps) if len(num_steps) == 1 else None,
+          threshold=float(thresholds.get(row.name, 0.0)), color=colors[row.name]))
+      written.append(plot_gate(directory / f"gate_{label}.png", row_records, row.name, suffix))
 
   grids = {}
   for row in rows:

@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict()
   # Low quality simulated on device from the high-quality batch; see gradprom_jax.degradations.
   config.task.degradation = "downsample(scale=4) > gaussian_noise(sigma=0.05)"
+  # segmentation | classification. A multi-task config (model.recognizers, e.g.
+  # configs/ph2.py:multitask) names several, comma-separated ("segmentation,classification"), each
+  # with its recogniser in model.recognizers.<task> and its options in task.<task>; its per-task
+  # metrics are suffixed with the task's name (dice/segmentation). See gradprom_jax.task_config.
   config.task.recognition = "segmentation"
   # Enhancement loss: l1 | mse | charbonnier, plus ssim_weight · (1 − SSIM).
   config.task.enhancement_loss = "l1"
@@ -188,17 +192,20 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
     config.data.image_size = tuple(max(multiple, round(s * factor / multiple) * multiple)
                                    for s in (height, width))
   config.data.patch_size = None
-  for model in (config.model.enhancer, config.model.recognizer):
+  recognizers = (tuple(config.model.recognizers.values()) if "recognizers" in config.model
+                 else (config.model.recognizer,))
+  for model in (config.model.enhancer, *recognizers):
     if "features" in model:
       model.features = 8
   if "num_blocks" in config.model.enhancer:
     config.model.enhancer.num_blocks = 1
   if "num_levels" in config.model.enhancer:
     config.model.enhancer.num_levels = 2
-  if "num_levels" in config.model.recognizer:
-    config.model.recognizer.num_levels = 2
-  if "stage_sizes" in config.model.recognizer:
-    config.model.recognizer.stage_sizes = (1, 1)
+  for recognizer in recognizers:
+    if "num_levels" in recognizer:
+      recognizer.num_levels = 2
+    if "stage_sizes" in recognizer:
+      recognizer.stage_sizes = (1, 1)
   return config
 
 
@@ -223,3 +230,54 @@ def classification_recognizer() -> ml_collections.ConfigDict:
 def denoising_enhancer() -> ml_collections.ConfigDict:
   """A residual U-Net, the default enhancer of same-size (denoising) configs."""
   return ml_collections.ConfigDict({"name": "unet", "features": 16, "num_levels": 3})
+
+
+def task_options(recognition: str) -> ml_collections.ConfigDict:
+  """The options of one task of a multi-task config, ``task.<task>``; None takes the shared key's.
+
+  >>> sorted(task_options("classification"))
+  ['class_weights', 'gradprom', 'label_smoothing', 'weight']
+  """
+  config = ml_collections.ConfigDict()
+  # λ_k = task_weight × weight: this task's share of the enhancer's update (a sweep over
+  # task_weight keeps the tasks' ratio).
+  config.weight = 1.0
+  # This task's per-class loss weights, as task.class_weights (None: task.class_weights).
+  config.class_weights = ml_collections.config_dict.placeholder(object)
+  if recognition == "segmentation":
+    # Cross-entropy + dice_weight · soft Dice (None: task.dice_weight).
+    config.dice_weight = ml_collections.config_dict.placeholder(float)
+  else:
+    # Label smoothing of the classification loss (None: task.label_smoothing).
+    config.label_smoothing = ml_collections.config_dict.placeholder(float)
+  # GradProm's gate for this task alone (None: the gradprom.* value): threshold τ_k, mode,
+  # granularity, task_scale. Each task is gated against g_e on its own.
+  config.gradprom = ml_collections.ConfigDict({
+      "threshold": ml_collections.config_dict.placeholder(float),
+      "mode": ml_collections.config_dict.placeholder(str),
+      "granularity": ml_collections.config_dict.placeholder(str),
+      "task_scale": ml_collections.config_dict.placeholder(str)})
+  return config
+
+
+def multitask_config(config: ml_collections.ConfigDict,
+                     recognizers: dict[str, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+  """Turns ``config`` into a multi-task config with one recogniser per task (named by its kind).
+
+  ``task.recognition`` names the tasks (comma-separated), each task gets its recogniser in
+  ``model.recognizers.<task>`` and its options in ``task.<task>`` (:func:`task_options`);
+  ``model.recognizer`` is removed. See :mod:`gradprom_jax.task_config` for how they are read.
+
+  >>> config = multitask_config(base_config(), {"segmentation": base_config().model.recognizer,
+  ...                                          "classification": classification_recognizer()})
+  >>> config.task.recognition, sorted(config.model.recognizers), "recognizer" in config.model
+  ('segmentation,classification', ['classification', 'segmentation'], False)
+  """
+  config.task.recognition = ",".join(recognizers)
+  # One recogniser per task (each as model.recognizer: `name` and its constructor's options).
+  config.model.recognizers = ml_collections.ConfigDict(
+      {name: ml_collections.ConfigDict(model) for name, model in recognizers.items()})
+  del config.model["recognizer"]
+  for name in recognizers:
+    config.task[name] = task_options(name)
+  return config

@@ -19,12 +19,37 @@ from typing import Any
 from gradprom_jax import config as config_lib
 from gradprom_jax.data import config as data_config_lib
 from gradprom_jax.run_config import flatten_config
+from gradprom_jax.task_config import RECOGNITION_KINDS
+
+TASK_PLACEHOLDER = "<task>"
 
 # (function that builds a part of the config, the dotted prefix its keys get in the full config).
+# A multi-task config's per-task groups are documented once, for every task, as `<task>`.
 DOCUMENTED_SOURCES: tuple[tuple[Callable[..., Any], str], ...] = (
     (config_lib.base_config, ""),
     (data_config_lib.default_data_config, "data."),
+    (config_lib.multitask_config, ""),
+    (config_lib.task_options, f"task.{TASK_PLACEHOLDER}."),
 )
+# Groups keyed by task name in a multi-task config: task.<task>.*, model.recognizers.<task>.*.
+PER_TASK_PARENTS = ("task", "model.recognizers")
+
+
+def generic_key(key: str) -> str:
+  """``key`` with a task's name in a per-task group replaced by ``<task>`` (how it is documented).
+
+  >>> generic_key("task.classification.weight"), generic_key("model.recognizers.segmentation.name")
+  ('task.<task>.weight', 'model.recognizers.<task>.name')
+  >>> generic_key("task.degradation")
+  'task.degradation'
+  """
+  for parent in PER_TASK_PARENTS:
+    rest = key[len(parent) + 1:] if key.startswith(parent + ".") else None
+    if rest is not None:
+      name, _, tail = rest.partition(".")
+      if name in RECOGNITION_KINDS:
+        return ".".join(p for p in (parent, TASK_PLACEHOLDER, tail) if p)
+  return key
 
 
 def _dotted_target(node: ast.expr) -> str | None:
@@ -121,7 +146,8 @@ def describe_config(config: Any, comments: Mapping[str, str] | None = None) -> s
   for key, value in flatten_config(config).items():
     parts = key.split(".")
     for depth in range(1, len(parts) + 1):
-      comment = comments.get(".".join(parts[:depth]))
+      prefix = ".".join(parts[:depth])
+      comment = comments.get(prefix) or comments.get(generic_key(prefix))
       # Keys sharing one comment block are printed under it once (compared by text and depth).
       if comment and (depth, comment) not in printed:
         printed.add((depth, comment))

@@ -10,17 +10,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
 from gradprom_jax import config as config_lib
-from gradprom_jax import degradations
 from gradprom_jax import models
 from gradprom_jax.combiners.gradient_geometry import GRANULARITIES
 from gradprom_jax.combiners.gradprom import GATE_MODES, TASK_SCALES
 from gradprom_jax.data import DATASET_NAMES
 from gradprom_jax.distributed import MODES as DISTRIBUTED_MODES
+from gradprom_jax.task_config import (RecognitionTask, TaskConfig, TaskConfigError,
+                                      parse_task_config)
 
 
 class ConfigError(ValueError):
@@ -53,20 +54,43 @@ def _check_training_protocol(config: ml_collections.ConfigDict) -> None:
                       "recognizer.pretrain_steps.")
 
 
-def _check_class_weights(config: ml_collections.ConfigDict) -> None:
-  """task.class_weights: None, "balanced" (classification) or non-negative weights, not all 0."""
-  weights = config.task.class_weights
-  if weights is None or weights == "balanced" and config.task.recognition == "classification":
+def _check_class_weights(task: RecognitionTask) -> None:
+  """A task's class_weights: None, "balanced" (classification) or non-negative weights, not all 0."""
+  weights, key = task.class_weights, f"{task.config_prefix}class_weights"
+  if weights is None or weights == "balanced" and task.recognition == "classification":
     return
   if weights == "balanced":
-    raise ConfigError("task.class_weights='balanced' weights image labels (classification only); for "
+    raise ConfigError(f"{key}='balanced' weights image labels (classification only); for "
                       "segmentation give one weight per mask class, e.g. '(1.0, 3.0)'.")
   numbers = isinstance(weights, (tuple, list)) and all(
       isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
       for w in weights)
   if not numbers or not sum(weights) > 0:
-    raise ConfigError(f"task.class_weights={weights!r} must be None, 'balanced' or a tuple of "
+    raise ConfigError(f"{key}={weights!r} must be None, 'balanced' or a tuple of "
                       "non-negative weights, one per class, not all 0.")
+
+
+def _check_task_options(task: RecognitionTask) -> None:
+  """A task of a multi-task config: its λ_k and gate options (a single task's are the shared keys,
+  checked with them)."""
+  prefix = f"{task.config_prefix}gradprom."
+  _choice(f"{prefix}granularity", task.gate_option("granularity"), GRANULARITIES)
+  _choice(f"{prefix}mode", task.gate_option("mode"), GATE_MODES)
+  _choice(f"{prefix}task_scale", task.gate_option("task_scale"), TASK_SCALES)
+  threshold = task.gate_option("threshold")
+  if task.gate_option("mode") == "hard" and threshold < 0:
+    raise ConfigError(
+        f"{prefix}threshold={threshold} < 0 with mode 'hard' opens the gate on conflicting "
+        f"gradients, breaking the descent guarantee: set {prefix}threshold >= 0.")
+
+
+def parse_tasks(config: ml_collections.ConfigDict) -> TaskConfig:
+  """The config's parsed tasks (:func:`~gradprom_jax.task_config.parse_task_config`), a parse error
+  as a :class:`ConfigError`."""
+  try:
+    return parse_task_config(config)
+  except TaskConfigError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_optimizer_extras(config: ml_collections.ConfigDict) -> None:
@@ -84,12 +108,14 @@ def _check_optimizer_extras(config: ml_collections.ConfigDict) -> None:
                       "validation metric picks the best checkpoint?")
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
-  """Raises :class:`ConfigError` if ``config`` cannot run on ``num_devices`` devices.
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> TaskConfig:
+  """Raises :class:`ConfigError` if ``config`` cannot run on ``num_devices`` devices; returns its
+  parsed tasks (:class:`~gradprom_jax.task_config.TaskConfig`), which the layers below receive.
 
   >>> from gradprom_jax.config import base_config
   >>> config = base_config()
-  >>> validate_config(config, num_devices=4)
+  >>> validate_config(config, num_devices=4).names
+  ('segmentation',)
   >>> config.batch_size = 6
   >>> validate_config(config, num_devices=4)
   Traceback (most recent call last):
@@ -99,9 +125,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _choice("method", config.method, config_lib.METHODS)
   _choice("data.name", config.data.name, DATASET_NAMES)
   _choice("model.enhancer.name", config.model.enhancer.name, tuple(models.ENHANCERS))
-  _choice("model.recognizer.name", config.model.recognizer.name, tuple(models.RECOGNIZERS))
+  tasks = parse_tasks(config)
+  for task in tasks.tasks:
+    _choice(f"{task.model_key}.name", task.recognizer, tuple(models.RECOGNIZERS))
   _choice("distributed.mode", config.distributed.mode, DISTRIBUTED_MODES)
-  _choice("task.recognition", config.task.recognition, config_lib.RECOGNITION_TASKS)
   _choice("parallel", config.parallel, config_lib.PARALLEL_MODES)
   _choice("recognizer.train_on", config.recognizer.train_on, config_lib.RECOGNIZER_INPUTS)
   _choice("gradprom.granularity", config.gradprom.granularity, GRANULARITIES)
@@ -130,7 +157,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   if config.task_weight < 0:
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
   _check_training_protocol(config)
-  _check_class_weights(config)
+  for task in tasks.tasks:
+    _check_class_weights(task)
+    if tasks.multi_task:
+      _check_task_options(task)
   _check_optimizer_extras(config)
   if not 0 <= config.random_gate.open_rate <= 1:
     raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")
@@ -144,10 +174,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   if not 0 <= config.gradprom.cosine_ema < 1:
     raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
                       "(0 turns the moving average off).")
-  try:
-    degradation = degradations.parse_degradation(config.task.degradation)
-  except ValueError as e:
-    raise ConfigError(f"task.degradation={config.task.degradation!r}: {e}") from None
+  degradation = tasks.degradation
   for key in ("image_size", "patch_size"):
     size = config.data.get(key)
     if size is not None:
@@ -155,7 +182,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
         degradation.check_image_size(*size)
       except ValueError as e:
         raise ConfigError(f"data.{key}={tuple(size)}: {e}") from None
-  _check_models(config, degradation.scale)
+  _check_models(config, tasks)
+  return tasks
 
 
 _CLASSIFICATION_HINT = ("use the config file's ':classification' option "
@@ -168,48 +196,77 @@ _SYSTEM_SUPPLIED = {"enhancer": {"channels", "scale", "dtype", "remat"},
                     "recognizer": {"num_classes", "dtype", "remat"}}
 
 
-def _check_models(config: ml_collections.ConfigDict, scale: int) -> None:
-  """The models fit the task and the degradation, and take every option the config gives them.
+def _check_models(config: ml_collections.ConfigDict, tasks: TaskConfig) -> None:
+  """The models fit the tasks and the degradation, and take every option the config gives them.
 
   Each model class declares what it can do: recognisers their ``recognition`` (what they output),
   enhancers ``check_scale`` (which super-resolution factors they can make).
   """
-  recognizer = models.RECOGNIZERS[config.model.recognizer.name]
-  if recognizer.recognition != config.task.recognition:
-    fitting = [name for name, cls in models.RECOGNIZERS.items()
-               if cls.recognition == config.task.recognition]
-    config_hint = (_CLASSIFICATION_HINT if config.task.recognition == "classification"
-                   else _SEGMENTATION_HINT)
-    raise ConfigError(
-        f"task.recognition={config.task.recognition!r} needs a {config.task.recognition} model "
-        f"({' or '.join(fitting)}), but model.recognizer.name={config.model.recognizer.name!r} is "
-        f"a {recognizer.recognition} model: {config_hint}, which sets the task and its model "
-        "together, rather than changing one of them on the command line.")
+  for task in tasks.tasks:
+    recognizer = models.RECOGNIZERS[task.recognizer]
+    if recognizer.recognition != task.recognition:
+      fitting = [name for name, cls in models.RECOGNIZERS.items()
+                 if cls.recognition == task.recognition]
+      if tasks.multi_task:
+        raise ConfigError(
+            f"task {task.name!r} needs a {task.recognition} model ({' or '.join(fitting)}), but "
+            f"{task.model_key}.name={task.recognizer!r} is a {recognizer.recognition} model.")
+      config_hint = (_CLASSIFICATION_HINT if task.recognition == "classification"
+                     else _SEGMENTATION_HINT)
+      raise ConfigError(
+          f"task.recognition={config.task.recognition!r} needs a {task.recognition} model "
+          f"({' or '.join(fitting)}), but model.recognizer.name={task.recognizer!r} is "
+          f"a {recognizer.recognition} model: {config_hint}, which sets the task and its model "
+          "together, rather than changing one of them on the command line.")
+    options = {f.name for f in dataclasses.fields(recognizer) if f.init} - {"parent", "name"}
+    options -= _SYSTEM_SUPPLIED["recognizer"]
+    for key, _ in task.recognizer_options:
+      if key not in options:
+        raise ConfigError(
+            f"{task.model_key}.{key} is not an option of recognizer {task.recognizer!r} (its "
+            f"options: {', '.join(sorted(options))}); start from a config whose "
+            f"{task.model_key} is {task.recognizer!r} rather than renaming the model on the "
+            "command line.")
   enhancer = models.ENHANCERS[config.model.enhancer.name]
   try:
-    enhancer.check_scale(scale)
+    enhancer.check_scale(tasks.degradation.scale)
   except ValueError as e:
     raise ConfigError(f"model.enhancer.name={config.model.enhancer.name!r} cannot enhance "
                       f"task.degradation={config.task.degradation!r}: {e}.") from None
-  for role, cls in (("enhancer", enhancer), ("recognizer", recognizer)):
-    options = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
-    options -= _SYSTEM_SUPPLIED[role]
-    for key in config.model[role]:
-      if key != "name" and key not in options:
-        raise ConfigError(
-            f"model.{role}.{key} is not an option of {role} {config.model[role].name!r} (its "
-            f"options: {', '.join(sorted(options))}); start from a config whose model.{role} is "
-            f"{config.model[role].name!r} rather than renaming the model on the command line.")
+  options = {f.name for f in dataclasses.fields(enhancer) if f.init} - {"parent", "name"}
+  options -= _SYSTEM_SUPPLIED["enhancer"]
+  for key in config.model.enhancer:
+    if key != "name" and key not in options:
+      raise ConfigError(
+          f"model.enhancer.{key} is not an option of enhancer {config.model.enhancer.name!r} (its "
+          f"options: {', '.join(sorted(options))}); start from a config whose model.enhancer is "
+          f"{config.model.enhancer.name!r} rather than renaming the model on the command line.")
+
+
+def check_dataset_has_targets(tasks: TaskConfig, dataset) -> None:
+  """Every task's targets are in the dataset: masks for segmentation, labels for classification.
+
+  The input pipeline delivers every target the dataset holds (``mask`` and ``label`` together for
+  PH2, the synthetic lesions, an image folder with both), so several tasks train on one batch.
+  """
+  for task in tasks.tasks:
+    present = dataset.has_mask if task.recognition == "segmentation" else dataset.has_label
+    if not present:
+      what = "lesion masks" if task.recognition == "segmentation" else "class labels"
+      raise ConfigError(f"task {task.name!r} needs {what}, but dataset {dataset.name!r} (as "
+                        "data.* configures it) has none; choose another dataset or task.")
 
 
 def validate_config_for_dataset(config: ml_collections.ConfigDict,
                                 image_shape: Sequence[int],
-                                class_names: Sequence[str] | None = None) -> None:
+                                class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                                *, tasks: TaskConfig | None = None) -> None:
   """Raises :class:`ConfigError` if ``config`` cannot train on images of ``image_shape`` (H, W, C).
 
   Catches what `validate_config` cannot see: a dataset kept at its native size (``image_size=None``)
   that the super-resolution scale does not divide, and ``task.class_weights`` of another length
-  than the recogniser's ``class_names``.
+  than the recogniser's ``class_names`` (for several tasks, a dict of each task's by name).
+  ``tasks`` is the config's parsed tasks (parsed here when not given).
 
   >>> from gradprom_jax.config import base_config
   >>> config = base_config()
@@ -220,7 +277,8 @@ def validate_config_for_dataset(config: ml_collections.ConfigDict,
   ...
   gradprom_jax.config_validation.ConfigError: data.image_size=(28, 28) (the dataset's native size): degradation 'downsample(scale=3)' has scale 3, which does not divide the image size 28x28
   """
-  degradation = degradations.parse_degradation(config.task.degradation)
+  tasks = parse_tasks(config) if tasks is None else tasks
+  degradation = tasks.degradation
   height, width = image_shape[:2]
   sizes = {"data.image_size": ((height, width), " (the dataset's native size)"
                                if config.data.get("image_size") is None else "")}
@@ -231,10 +289,12 @@ def validate_config_for_dataset(config: ml_collections.ConfigDict,
       degradation.check_image_size(*size)
     except ValueError as e:
       raise ConfigError(f"{key}={tuple(size)}{note}: {e}") from None
-  weights = config.task.class_weights
-  if class_names is not None and isinstance(weights, (tuple, list)) and len(weights) != len(class_names):
-    raise ConfigError(f"task.class_weights={tuple(weights)} has {len(weights)} weights but the "
-                      f"recogniser has {len(class_names)} classes: {', '.join(class_names)}.")
+  for task in tasks.tasks:
+    weights = task.class_weights
+    names = class_names[task.name] if isinstance(class_names, Mapping) else class_names
+    if names is not None and isinstance(weights, (tuple, list)) and len(weights) != len(names):
+      raise ConfigError(f"{task.config_prefix}class_weights={tuple(weights)} has {len(weights)} "
+                        f"weights but the recogniser has {len(names)} classes: {', '.join(names)}.")
 
 
 def unknown_key_message(config: ml_collections.ConfigDict, dotted_key: str) -> str | None:

@@ -9,11 +9,15 @@ same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement
 ``judge_high_quality``. Per-example values are computed on device, gathered from every device and
 host, and accumulated on the host over the whole split (Dice/IoU from summed counts, AUC from all
 scores), so results do not depend on the batch size or the number of devices.
+
+With several tasks every recogniser scores the same three images, and each task metric's key is
+suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/classification``,
+``judge_dice/segmentation``); PSNR and SSIM, of the one enhancer, keep their plain keys.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from gradprom_jax import metrics as metrics_lib
 from gradprom_jax.image_dtype import with_float_images
-from gradprom_jax.system import TaskDrivenSystem
+from gradprom_jax.system import RecognitionHead, TaskDrivenSystem
 
 REFERENCES = ("enhanced", "no_enhancement", "hq_input")
 # The judge's scores of the same three images, in the same order.
@@ -32,13 +36,21 @@ JUDGE_REFERENCES = ("judge", "judge_no_enhancement", "judge_high_quality")
 EVAL_SEED = 20250101
 
 
-def _recognition_outputs(system: TaskDrivenSystem, recognizer_params: Any, images: jax.Array,
+def _recognition_outputs(head: RecognitionHead, recognizer_params: Any, images: jax.Array,
                          batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  probabilities = system.probabilities(system.recognize(recognizer_params, images, train=False))
-  if system.recognition == "segmentation":
+  probabilities = head.probabilities(head.recognize(recognizer_params, images, train=False))
+  if head.recognition == "segmentation":
     return metrics_lib.segmentation_counts(jnp.argmax(probabilities, axis=-1), batch["mask"],
                                            probabilities.shape[-1])
   return {"probabilities": probabilities}
+
+
+def _all_recognition_outputs(system: TaskDrivenSystem, recognizer_params: Any, images: jax.Array,
+                             batch: dict[str, jax.Array]) -> dict[str, Any]:
+  """Every task's outputs: one task's flat (as they always were), several tasks' under their names."""
+  outputs = [_recognition_outputs(head, params, images, batch)
+             for head, params in zip(system.heads, system.split(recognizer_params))]
+  return system.join(outputs)
 
 
 def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = None) -> Callable:
@@ -46,8 +58,8 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
   outputs``.
 
   Example ``i`` of the batch is degraded with the key of global example ``first_id + i``. With a
-  ``judge`` system (only its recogniser is used), ``judge_params`` are its recogniser's params and
-  the outputs also hold :data:`JUDGE_REFERENCES`.
+  ``judge`` system (only its recognisers are used, one per task of this system), ``judge_params``
+  are its recognisers' params and the outputs also hold :data:`JUDGE_REFERENCES`.
   """
   def eval_step(enhancer_params, recognizer_params, batch, first_id, judge_params=None):
     batch = with_float_images(batch)
@@ -65,23 +77,25 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
     }
     images = (enhanced, interpolated, high_quality)
     for reference, image in zip(REFERENCES, images):
-      outputs[reference].update(_recognition_outputs(system, recognizer_params, image, batch))
+      outputs[reference].update(_all_recognition_outputs(system, recognizer_params, image, batch))
     if judge is not None:
       for reference, image in zip(JUDGE_REFERENCES, images):
-        outputs[reference] = _recognition_outputs(judge, judge_params, image, batch)
+        outputs[reference] = _all_recognition_outputs(judge, judge_params, image, batch)
     return outputs
   return eval_step
 
 
 def make_predict_step(system: TaskDrivenSystem) -> Callable:
   """``(enhancer_params, recognizer_params, batch, first_id) -> images and predictions``, for
-  sample grids."""
+  sample grids; ``probabilities`` in the system's per-task layout (a dict by task for several)."""
   def predict_step(enhancer_params, recognizer_params, batch, first_id):
     batch = with_float_images(batch)
     example_ids = first_id + jnp.arange(batch["image"].shape[0])
     low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"], example_ids)
     enhanced = system.enhance(enhancer_params, low_quality, train=False)
-    probabilities = system.probabilities(system.recognize(recognizer_params, enhanced, train=False))
+    probabilities = system.join([
+        head.probabilities(head.recognize(params, enhanced, train=False))
+        for head, params in zip(system.heads, system.split(recognizer_params))])
     return {"degraded": low_quality, "enhanced": enhanced, "probabilities": probabilities}
   return predict_step
 
@@ -92,16 +106,22 @@ class PipelineMetrics:
   ``compute()`` returns ``psnr``, ``ssim`` and the task metrics of the system, and the same metrics
   prefixed ``no_enhancement_`` and ``hq_input_`` (no PSNR/SSIM for the latter: it is the target);
   ``judged=True`` adds the judge's task metrics prefixed ``judge_``, ``judge_no_enhancement_`` and
-  ``judge_high_quality_``.
+  ``judge_high_quality_``. With several ``heads`` (``multi_task``) each task metric's key ends in
+  ``/<task>``.
   """
 
-  def __init__(self, recognition: str, num_classes: int, *, judged: bool = False):
-    task_metrics = (metrics_lib.SegmentationMetrics if recognition == "segmentation"
-                    else metrics_lib.ClassificationMetrics)
-    self.recognition = recognition
+  def __init__(self, heads: Sequence[RecognitionHead] | str, num_classes: int | None = None, *,
+               judged: bool = False, multi_task: bool = False):
+    if isinstance(heads, str):   # (recognition, num_classes): one task, the classic form
+      heads = (RecognitionHead(name=heads, module=None, recognition=heads,
+                               num_classes=num_classes),)
+    self.heads, self.multi_task = tuple(heads), multi_task
     self.references = REFERENCES + (JUDGE_REFERENCES if judged else ())
     self.enhancement = {r: metrics_lib.EnhancementMetrics() for r in REFERENCES[:2]}
-    self.task = {r: task_metrics(num_classes) for r in self.references}
+    self.task = {(r, head.name): (metrics_lib.SegmentationMetrics if head.recognition ==
+                                  "segmentation" else metrics_lib.ClassificationMetrics)(
+                                      head.num_classes)
+                 for r in self.references for head in self.heads}
 
   def update(self, outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray | None,
              valid: np.ndarray) -> None:
@@ -110,19 +130,25 @@ class PipelineMetrics:
       if reference in self.enhancement:
         self.enhancement[reference].update(values.pop("psnr"), values.pop("ssim"),
                                            valid=valid)
-      if self.recognition == "segmentation":
-        self.task[reference].update(values, valid=valid)
-      else:
-        self.task[reference].update(values["probabilities"], labels, valid=valid)
+      for head in self.heads:
+        task_values = values[head.name] if self.multi_task else values
+        metrics = self.task[reference, head.name]
+        if head.recognition == "segmentation":
+          metrics.update(task_values, valid=valid)
+        else:
+          metrics.update(task_values["probabilities"], labels, valid=valid)
 
   def compute(self) -> dict[str, float]:
     results = {}
     for reference in self.references:
       prefix = "" if reference == "enhanced" else f"{reference}_"
-      values = dict(self.task[reference].compute())
+      for head in self.heads:
+        suffix = f"/{head.name}" if self.multi_task else ""
+        values = self.task[reference, head.name].compute()
+        results.update({f"{prefix}{k}{suffix}": float(v) for k, v in values.items()})
       if reference in self.enhancement:
-        values.update(self.enhancement[reference].compute())
-      results.update({f"{prefix}{k}": float(v) for k, v in values.items()})
+        results.update({f"{prefix}{k}": float(v)
+                        for k, v in self.enhancement[reference].compute().items()})
     return results
 
 
@@ -142,8 +168,8 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
   :func:`make_eval_step` (made with the judge's system when ``judge_params`` are given).
   Padding examples (``valid == False``) are ignored.
   """
-  accumulator = PipelineMetrics(system.recognition, system.num_classes,
-                                judged=judge_params is not None)
+  accumulator = PipelineMetrics(system.heads, judged=judge_params is not None,
+                                multi_task=system.multi_task)
   for index, local_batch in enumerate(batches):
     valid = local_batch.pop("valid")
     batch = put_batch(local_batch)
@@ -151,8 +177,9 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
                                 index * global_batch_size, judge_params))
     labels = to_host(batch["label"]) if "label" in batch else None
     accumulator.update(outputs, labels, to_host(put_batch({"valid": valid})["valid"]))
-  if system.recognition == "classification":
-    warn_if_single_class_predicted(accumulator.task["enhanced"])
+  for head in system.heads:
+    if head.recognition == "classification":
+      warn_if_single_class_predicted(accumulator.task["enhanced", head.name])
   return accumulator.compute()
 
 

@@ -39,7 +39,8 @@ def halves_cosines(system: TaskDrivenSystem, state: TrainState, batch: Batch,
 
   Returns:
     float32 scalars ``cosine_half_a``, ``cosine_half_b``, ``cosine_full`` (each in [-1, 1], 0 where
-    undefined) and ``halves_agree``: 1.0 when the halves' cosines have the same sign, else 0.0.
+    undefined) and ``halves_agree``: 1.0 when the halves' cosines have the same sign, else 0.0;
+    with several tasks, each task's, suffixed ``/<task>``.
   """
   size = batch["image"].shape[0]
   if size < 2:
@@ -49,15 +50,24 @@ def halves_cosines(system: TaskDrivenSystem, state: TrainState, batch: Batch,
   low_quality = system.degrade(jax.random.fold_in(state.key, step), batch["image"],
                                jnp.arange(size))
 
-  def cosine(examples: slice) -> jax.Array:
+  def cosines(examples: slice) -> tuple[jax.Array, ...]:
+    """cos(g_e, g_t,k) of every task k on ``examples``."""
     part = {name: value[examples] for name, value in batch.items()}
     out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
                                    low_quality[examples], part)
-    return cosine_similarity(out["enhancement_grads"], out["task_grads"])
+    return tuple(cosine_similarity(out["enhancement_grads"], task_grads)
+                 for task_grads in system.split(out["task_grads"]))
 
-  half_a, half_b = cosine(slice(0, half)), cosine(slice(half, 2 * half))
-  return {"cosine_half_a": half_a, "cosine_half_b": half_b, "cosine_full": cosine(slice(None)),
-          "halves_agree": (jnp.sign(half_a) == jnp.sign(half_b)).astype(jnp.float32)}
+  values = {}
+  for head, half_a, half_b, full in zip(system.heads, cosines(slice(0, half)),
+                                        cosines(slice(half, 2 * half)), cosines(slice(None))):
+    values.update({
+        system.metric_key("cosine_half_a", head): half_a,
+        system.metric_key("cosine_half_b", head): half_b,
+        system.metric_key("cosine_full", head): full,
+        system.metric_key("halves_agree", head): (jnp.sign(half_a) == jnp.sign(half_b)
+                                                  ).astype(jnp.float32)})
+  return values
 
 
 def make_gate_probe(system: TaskDrivenSystem

@@ -32,6 +32,7 @@ import optax
 # registry itself is derived from this table.
 from gradprom_jax.combiners.baselines import enhance_only, joint, pcgrad, random_gate
 from gradprom_jax.combiners.gradprom import gradprom
+from gradprom_jax.task_config import GATE_OPTIONS, TaskConfig
 
 EnhancerGradient = Literal["separate", "summed", "enhancement"]
 Schedule = Literal["joint", "two_stage", "recognizer_only"]
@@ -141,8 +142,37 @@ def combiner_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {argument: _config_value(config, key) for argument, key in spec.combiner_args.items()}
 
 
-def build_combiner(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+def multitask_combiner_kwargs(kwargs: Mapping[str, Any], tasks: TaskConfig) -> dict[str, Any]:
+  """``kwargs`` of a combiner built for ``tasks``' several tasks: ``tasks=`` their names, and each
+  per-task option (λ_k; GradProm's gate options) as a dict by task name, from the parsed tasks.
+
+  >>> from gradprom_jax.config import base_config, classification_recognizer, multitask_config
+  >>> from gradprom_jax.task_config import parse_task_config
+  >>> config = multitask_config(base_config(), {"segmentation": base_config().model.recognizer,
+  ...                                          "classification": classification_recognizer()})
+  >>> config.task.classification.weight, config.task.classification.gradprom.threshold = 0.5, 0.1
+  >>> kwargs = multitask_combiner_kwargs(combiner_kwargs(config), parse_task_config(config))
+  >>> kwargs["tasks"], kwargs["task_weight"], kwargs["threshold"], kwargs["mode"]
+  (('segmentation', 'classification'), {'segmentation': 1.0, 'classification': 0.5}, {'segmentation': 0.0, 'classification': 0.1}, 'hard')
+  """
+  kwargs = dict(kwargs, tasks=tasks.names)
+  for argument in kwargs:
+    if argument == "task_weight":
+      kwargs[argument] = {task.name: task.task_weight for task in tasks.tasks}
+    elif argument in GATE_OPTIONS:
+      values = {task.name: task.gate_option(argument) for task in tasks.tasks}
+      # One value when every task has the same (the combiner takes either form).
+      kwargs[argument] = (values if len(set(map(repr, values.values()))) > 1
+                          else next(iter(values.values())))
+  return kwargs
+
+
+def build_combiner(config: ml_collections.ConfigDict,
+                   tasks: TaskConfig | None = None) -> optax.GradientTransformationExtraArgs:
   """``config.method``'s combiner, built from the config keys its :class:`MethodSpec` names.
+
+  With ``tasks`` (the config's parsed tasks) in the multi-task form, the combiner is built for
+  their names (``task_grads`` a dict by task name) with per-task options from ``tasks``.
 
   >>> from gradprom_jax.config import base_config
   >>> config = base_config()
@@ -156,7 +186,10 @@ def build_combiner(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if spec.combiner is None:
     raise ValueError(f"Method {spec.name!r} has no combiner; these do: "
                      f"{', '.join(COMBINER_FACTORIES)}.")
-  return spec.combiner(**combiner_kwargs(config))
+  kwargs = combiner_kwargs(config)
+  if tasks is not None and tasks.multi_task:
+    kwargs = multitask_combiner_kwargs(kwargs, tasks)
+  return spec.combiner(**kwargs)
 
 
 def enhancer_gradient(spec: MethodSpec, measure_cosine: bool) -> EnhancerGradient:

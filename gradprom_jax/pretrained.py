@@ -24,6 +24,7 @@ import ml_collections
 
 from gradprom_jax.checkpointing import SourceRunError, restore_field_from_run
 from gradprom_jax.system import TaskDrivenSystem, create_system
+from gradprom_jax.task_config import is_multitask, parse_recognition
 
 # Train-state field -> the config key naming the run it is restored from.
 INIT_FROM_KEYS = {"recognizer_params": "recognizer.init_from",
@@ -115,10 +116,13 @@ def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
   except (OSError, ValueError) as e:
     raise SourceRunError(f"judge.workdir: {path!r} is not a run's workdir (no readable "
                          f"config.json and {MODEL_INFO_FILENAME}: {e})") from e
-  theirs = {"task.recognition": judge_config.task.recognition, "data.name": judge_config.data.name,
+  # A multi-task run is judged by a run of the same tasks: one judge recogniser per task.
+  theirs = {"task.recognition": ",".join(parse_recognition(judge_config.task.recognition)),
+            "multi-task form": is_multitask(judge_config), "data.name": judge_config.data.name,
             "classes": info["num_classes"], "image channels": info["image_shape"][-1]}
-  ours = {"task.recognition": system.recognition, "data.name": config.data.name,
-          "classes": system.num_classes, "image channels": image_shape[-1]}
+  ours = {"task.recognition": system.recognition, "multi-task form": system.multi_task,
+          "data.name": config.data.name, "classes": system.num_classes,
+          "image channels": image_shape[-1]}
   differing = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
   if differing:
     raise SourceRunError(f"judge.workdir: {path!r} cannot judge this run: "
@@ -131,5 +135,5 @@ def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
   _, target = _abstract_params(judge_system, info["image_shape"])
   params, step = restore_field_from_run(workdir, "recognizer_params", _placed(target, sharding),
                                         what="judge.workdir")
-  logging.info("judge.workdir: the recogniser of %s (step %d) scores every evaluation.", path, step)
+  logging.info("judge.workdir: the recogniser(s) of %s (step %d) scores every evaluation.", path, step)
   return Judge(system=judge_system, params=params, workdir=workdir, step=step)

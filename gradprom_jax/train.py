@@ -28,7 +28,8 @@ import numpy as np
 from gradprom_jax import data as data_lib
 from gradprom_jax import evaluation, losses, parallel as parallel_lib, pretrained, visualization
 from gradprom_jax.checkpointing import Checkpointer, ensure_writable_directory, has_checkpoint
-from gradprom_jax.config_validation import ConfigError, validate_config, validate_config_for_dataset
+from gradprom_jax.config_validation import (ConfigError, check_dataset_has_targets, validate_config,
+                                            validate_config_for_dataset)
 from gradprom_jax.distributed import initialize_distributed
 from gradprom_jax.gate_reliability import make_gate_probe, probe_is_due
 from gradprom_jax.image_dtype import to_unit_float
@@ -40,6 +41,7 @@ from gradprom_jax.prefetch import DevicePrefetcher, device_placer
 from gradprom_jax.run_config import (CONFIG_FILENAME, check_or_save_config, check_stored_config,
                                      config_differences)
 from gradprom_jax.system import TaskDrivenSystem, create_system
+from gradprom_jax.task_config import RecognitionTask, TaskConfig, parse_task_config
 from gradprom_jax.train_state import TrainState, create_train_state
 from gradprom_jax.train_step import make_train_step
 from gradprom_jax.workdir_lock import lock_workdir
@@ -53,35 +55,51 @@ class NonFiniteTrainingError(RuntimeError):
   """Too many consecutive steps had non-finite losses or gradients."""
 
 
-def recognizer_class_names(config: ml_collections.ConfigDict, dataset: Any) -> tuple[str, ...]:
-  """The recogniser's output classes: the mask classes for segmentation, else the image labels."""
-  if config.task.recognition == "segmentation":
+def task_class_names(recognition: str, dataset: Any) -> tuple[str, ...]:
+  """A recogniser's output classes: the mask classes for segmentation, else the image labels."""
+  if recognition == "segmentation":
     return tuple(dataset.mask_class_names or ("background", "lesion"))
   return tuple(dataset.class_names or ())
 
 
-def resolve_class_weights(config: ml_collections.ConfigDict, dataset: Any) -> tuple[float, ...] | None:
-  """``task.class_weights`` as numbers: ``"balanced"`` from the training split's class counts."""
-  weights = config.task.class_weights
+def recognizer_class_names(config: ml_collections.ConfigDict, dataset: Any,
+                           tasks: TaskConfig | None = None
+                           ) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+  """The recogniser's output classes (:func:`task_class_names`); for several tasks, a dict by task."""
+  tasks = parse_task_config(config) if tasks is None else tasks
+  names = [task_class_names(task.recognition, dataset) for task in tasks.tasks]
+  return dict(zip(tasks.names, names)) if tasks.multi_task else names[0]
+
+
+def resolve_class_weights(task: RecognitionTask, dataset: Any) -> tuple[float, ...] | None:
+  """A task's ``class_weights`` as numbers: ``"balanced"`` from the training split's class counts."""
+  weights = task.class_weights
   if weights != "balanced":
     return None if weights is None else tuple(float(w) for w in weights)
   counts = dataset.class_counts["train"]
   try:
     weights = losses.balanced_class_weights(counts)
   except ValueError:
-    raise ConfigError(f"task.class_weights='balanced': the training split has no examples of "
-                      f"{[n for n, c in zip(dataset.class_names, counts) if not c]}; give explicit "
-                      "weights or fix the data.") from None
-  logging.info("Class weights (balanced): %s", ", ".join(
-      f"{name} {w:.3g}" for name, w in zip(dataset.class_names, weights)))
+    raise ConfigError(f"{task.config_prefix}class_weights='balanced': the training split has no "
+                      f"examples of {[n for n, c in zip(dataset.class_names, counts) if not c]}; "
+                      "give explicit weights or fix the data.") from None
+  logging.info("Class weights (balanced)%s: %s", f" of {task.name}" if task.config_prefix != "task."
+               else "", ", ".join(f"{name} {w:.3g}" for name, w in zip(dataset.class_names, weights)))
   return weights
 
 
-def build_system(config: ml_collections.ConfigDict, dataset: Any) -> TaskDrivenSystem:
-  """The system ``config`` describes for ``dataset``'s images and classes."""
-  return create_system(config, channels=dataset.image_shape[-1],
-                       num_classes=len(recognizer_class_names(config, dataset)),
-                       class_weights=resolve_class_weights(config, dataset))
+def build_system(config: ml_collections.ConfigDict, dataset: Any,
+                 tasks: TaskConfig | None = None) -> TaskDrivenSystem:
+  """The system ``config`` (its parsed ``tasks``) describes for ``dataset``'s images and classes."""
+  tasks = parse_task_config(config) if tasks is None else tasks
+  num_classes = [len(task_class_names(task.recognition, dataset)) for task in tasks.tasks]
+  weights = [resolve_class_weights(task, dataset) for task in tasks.tasks]
+  if tasks.multi_task:
+    num_classes, weights = dict(zip(tasks.names, num_classes)), dict(zip(tasks.names, weights))
+  else:
+    num_classes, weights = num_classes[0], weights[0]
+  return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes,
+                       class_weights=weights, tasks=tasks)
 
 
 def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, image_shape,
@@ -93,6 +111,16 @@ def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, i
                             recognizer_tx=recognizer_tx)
 
 
+def model_info(config: ml_collections.ConfigDict, system: TaskDrivenSystem, dataset: Any,
+               tasks: TaskConfig) -> dict[str, Any]:
+  """``model_info.json``: what ``experiments/enhance.py`` needs to rebuild the models without the
+  dataset. For several tasks ``num_classes`` and ``class_names`` are dicts by task name."""
+  return {"image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
+          "class_names": jax.tree.map(list, recognizer_class_names(config, dataset, tasks),
+                                      is_leaf=lambda x: isinstance(x, tuple)),
+          "recognition": system.recognition}
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -101,7 +129,11 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, dataset: Any,
                   config: ml_collections.ConfigDict, parallel: parallel_lib.DataParallel) -> None:
-  """Draws the first test examples; every process computes (it is a collective), process 0 writes."""
+  """Draws the first test examples; every process computes (it is a collective), process 0 writes.
+
+  With several tasks, the first segmentation task's masks and the first classification task's
+  classes are drawn together.
+  """
   devices = parallel.num_devices
   batch_size = -(-max(config.num_samples, 1) // devices) * devices
   loader = data_lib.make_eval_loader(dataset, "test", global_batch_size=batch_size,
@@ -114,13 +146,19 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
   host_batch = evaluation.to_host(batch)
   keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
-  predictions = out["probabilities"][keep].argmax(-1)
-  targets = host_batch["mask" if system.recognition == "segmentation" else "label"][keep]
+  drawn = {}   # recognition kind -> (predictions, targets), the first task of each kind
+  for head, probabilities in zip(system.heads, system.split(out["probabilities"])):
+    drawn.setdefault(head.recognition, (probabilities[keep].argmax(-1),
+                                        host_batch[head.target_key][keep]))
+  masks = drawn.get("segmentation", (None, None))
+  classes = drawn.get("classification", (None, None))
   if jax.process_index() == 0:
     visualization.save_sample_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
-        high_quality=to_unit_float(host_batch["image"][keep]), predictions=predictions, targets=targets,
-        task=system.recognition, class_names=getattr(dataset, "class_names", None))
+        high_quality=to_unit_float(host_batch["image"][keep]), predictions=masks[0], targets=masks[1],
+        class_predictions=classes[0], class_targets=classes[1],
+        task="segmentation" if "segmentation" in drawn else "classification",
+        class_names=getattr(dataset, "class_names", None))
 
 
 def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
@@ -186,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   initialize_distributed(config.distributed)
   parallel = parallel_lib.DataParallel(config.parallel)
-  validate_config(config, num_devices=parallel.num_devices)
+  # The config's tasks, parsed once (with the whole config checked) for every layer below.
+  tasks = validate_config(config, num_devices=parallel.num_devices)
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
@@ -196,10 +235,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Already finished, results in %s.", finished)
     return json.loads(finished.read_text())
   dataset = data_lib.load_dataset(config.data)
-  validate_config_for_dataset(config, dataset.image_shape, recognizer_class_names(config, dataset))
+  check_dataset_has_targets(tasks, dataset)
+  validate_config_for_dataset(config, dataset.image_shape,
+                              recognizer_class_names(config, dataset, tasks), tasks=tasks)
   # Other runs' models the config names are read before the workdir is touched, so a missing or
   # mismatched one leaves nothing behind. Warm starts are for a fresh start only.
-  system = build_system(config, dataset)
+  system = build_system(config, dataset, tasks)
   fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
   init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
                                              sharding=parallel.replicated) if fresh_start else {})
@@ -208,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
   try:
     return _train_and_evaluate_locked(config, workdir, parallel, dataset, system, is_main,
-                                      init_params=init_params, judge=judge)
+                                      tasks=tasks, init_params=init_params, judge=judge)
   finally:
     if lock is not None:
       lock.release()
@@ -216,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                parallel: parallel_lib.DataParallel, dataset: Any,
-                               system: TaskDrivenSystem, is_main: bool, *,
+                               system: TaskDrivenSystem, is_main: bool, *, tasks: TaskConfig,
                                init_params: dict[str, Any],
                                judge: pretrained.Judge | None) -> dict[str, Any] | None:
   """`train_and_evaluate` once the config is valid and this process holds the workdir.
@@ -225,12 +266,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   """
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
   if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
-    _write_json(workdir / MODEL_INFO_FILENAME, {
-        "image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
-        "class_names": list(recognizer_class_names(config, dataset)),
-        "recognition": system.recognition})
+    _write_json(workdir / MODEL_INFO_FILENAME, model_info(config, system, dataset, tasks))
   phases = make_phases(config)
-  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
+  enhancer_tx = make_enhancer_tx(config, phases, tasks)
+  recognizer_tx = make_recognizer_tx(config, phases, tasks)
   state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)
   state = jax.device_put(state, parallel.replicated)
 
@@ -291,7 +330,7 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
       if compiling:
         train_steps[phase.name] = parallel.compile_step(make_train_step(
             system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-            task_weight=config.task_weight, axis_name=parallel.axis_name,
+            task_weight=tasks.task_weight, axis_name=parallel.axis_name,
             accumulate_steps=config.accumulate_steps))
         phase_label = f" ({phase.name} phase)" if len(phases) > 1 else ""
         logger.write(f"compiling the train step{phase_label}...")

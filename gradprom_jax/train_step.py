@@ -2,13 +2,17 @@
 
     x_lq = degrade(x_hq)                          on device, seeded per example
     y, pullback = vjp(enhancer_θ, x_lq)           ONE enhancer forward pass
-    ∂L_enh/∂y, ∂L_task/∂y, ∇φ L_task              losses on the enhanced image y
-    g_e, g_t = pullback(∂L_enh/∂y), pullback(∂L_task/∂y)     (two pull-backs, one forward)
+    ∂L_enh/∂y, ∂L_k/∂y, ∇φ_k L_k                  losses on the enhanced image y, per task k
+    g_e, g_t,k = pullback(∂L_enh/∂y), pullback(∂L_k/∂y)     (K + 1 pull-backs, one forward)
     θ ← θ + enhancer_tx(g_e, task_grads=g_t)      GradProm or a baseline combiner, then AdamW
-    φ ← φ + recognizer_tx(∇φ L_task)
+    φ_k ← φ_k + recognizer_tx(∇φ_k L_k)           each recogniser with its own optimiser
 
-With ``accumulate_steps = k`` the gradients (g_e, g_t, ∇φ) are averaged over k micro-batches before
-the two updates, so GradProm's cosine is taken on the accumulated gradients.
+With one task (K = 1) g_t is one tree; with several it is a dict by task name, and the combiner
+gates each g_t,k against g_e on its own. Joint training pulls back one summed cotangent
+∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: exactly g_e + Σ_k λ_k g_t,k, at one pull-back's cost.
+
+With ``accumulate_steps = k`` the gradients (g_e, g_t and the recognisers') are averaged over k
+micro-batches before the updates, so GradProm's cosine is taken on the accumulated gradients.
 
 The data-parallel wrapper is applied outside (:mod:`gradprom_jax.parallel`): under ``jax.pmap`` the
 step is given ``axis_name`` and averages every gradient across devices *before* the combiner, so all
@@ -16,6 +20,7 @@ devices take the same gating decision; under ``jax.jit`` on a mesh gradients are
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -33,31 +38,70 @@ from gradprom_jax.train_state import TrainState
 Batch = dict[str, jax.Array]
 
 
+def task_losses_and_gradients(system: TaskDrivenSystem, recognizer_params: Any,
+                              images: jax.Array, batch: Batch, *, image_gradients: bool = True
+                              ) -> tuple[Any, Any, Any]:
+  """Every task's loss on ``images``, its recogniser's gradient and (``image_gradients``) the
+  loss's gradient with respect to ``images``, in the system's per-task layout (one value for a
+  single task, dicts by task name for several). Without ``image_gradients`` the third is None.
+  """
+  outputs = []
+  for head, phi in zip(system.heads, system.split(recognizer_params)):
+    def loss(phi, y, head=head):
+      return head.loss(head.recognize(phi, y, train=True), batch)
+    if image_gradients:
+      value, (phi_grads, image_grads) = jax.value_and_grad(loss, argnums=(0, 1))(phi, images)
+    else:
+      (value, phi_grads), image_grads = jax.value_and_grad(loss)(phi, images), None
+    outputs.append((value, phi_grads, image_grads))
+  values, phi_grads, image_grads = zip(*outputs)
+  return (system.join(values), system.join(phi_grads),
+          system.join(image_grads) if image_gradients else None)
+
+
 def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, recognizer_params: Any,
                              low_quality: jax.Array, batch: Batch) -> dict[str, Any]:
-  """g_e = ∇θ L_enh and g_t = ∇θ L_task from one enhancer forward pass.
+  """g_e = ∇θ L_enh and g_t,k = ∇θ L_k (every task k) from one enhancer forward pass.
 
-  Both cotangents at the enhanced image are pulled back through the same ``jax.vjp`` closure, so
-  the enhancer's activations are computed once. The two pull-backs run one after the other: vmapping
+  Every cotangent at the enhanced image is pulled back through the same ``jax.vjp`` closure, so
+  the enhancer's activations are computed once. The pull-backs run one after the other: vmapping
   them over the stacked cotangents was as fast or slower on CPU (XLA batches the weight-gradient
   convolutions poorly; see BENCHMARKS.md).
 
   Returns:
     A dict with ``enhancement_loss``, ``task_loss``, ``enhanced``, ``enhancement_grads`` (g_e),
-    ``task_grads`` (g_t, unweighted) and ``recognizer_grads`` (∇φ L_task on the enhanced image).
+    ``task_grads`` (g_t, unweighted) and ``recognizer_grads`` (∇φ L_task on the enhanced image);
+    per-task values (task loss, g_t, ∇φ) in the system's layout: dicts by task name for several.
   """
   enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
   enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
       enhanced, batch["image"])
-  task_loss, (recognizer_grads, d_task) = jax.value_and_grad(
-      lambda phi, y: system.task_loss(system.recognize(phi, y, train=True), batch),
-      argnums=(0, 1))(recognizer_params, enhanced)
+  task_loss, recognizer_grads, d_task = task_losses_and_gradients(
+      system, recognizer_params, enhanced, batch)
+  enhancement_grads = pullback(d_enhancement)[0]
+  task_grads = system.join([pullback(d)[0] for d in system.split(d_task)])
   return {
       "enhancement_loss": enhancement_loss, "task_loss": task_loss, "enhanced": enhanced,
-      "enhancement_grads": pullback(d_enhancement)[0],
-      "task_grads": pullback(d_task)[0],
+      "enhancement_grads": enhancement_grads, "task_grads": task_grads,
       "recognizer_grads": recognizer_grads,
   }
+
+
+def summed_cotangent(system: TaskDrivenSystem, d_enhancement: jax.Array, d_task: Any,
+                     task_weight: float | Mapping[str, float]) -> jax.Array:
+  """∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: pulled back once, it gives g_e + Σ_k λ_k g_t,k (linearity)."""
+  cotangent = d_enhancement
+  for head, d in zip(system.heads, system.split(d_task)):
+    weight = task_weight[head.name] if isinstance(task_weight, Mapping) else task_weight
+    cotangent = cotangent + weight * d
+  return cotangent
+
+
+def task_metrics(system: TaskDrivenSystem, key: str, per_task: Any, value_of=lambda x: x
+                 ) -> dict[str, jax.Array]:
+  """``{key: value}`` for a single task; ``{key/<task>: value}`` for each of several."""
+  return {system.metric_key(key, head): value_of(v)
+          for head, v in zip(system.heads, system.split(per_task))}
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -74,7 +118,8 @@ def _learning_rate(opt_state: Any) -> jax.Array:
 
 def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
                     enhancer_tx: optax.GradientTransformationExtraArgs,
-                    recognizer_tx: optax.GradientTransformation, task_weight: float,
+                    recognizer_tx: optax.GradientTransformation,
+                    task_weight: float | Mapping[str, float],
                     axis_name: str | None = None, accumulate_steps: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The train step of ``phase``: ``(state, batch) -> (state, metrics)``.
@@ -86,8 +131,8 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
     system: the models, degradation and losses.
     phase: what this step updates, and how (see :class:`~gradprom_jax.phases.Phase`).
     enhancer_tx, recognizer_tx: the two optimisers (the combiner is inside ``enhancer_tx``).
-    task_weight: λ, used where the step itself sums the task cotangent (``"summed"`` phases);
-      ``"separate"`` phases leave λ to the combiner.
+    task_weight: λ (for several tasks, ``{task: λ_k}``), used where the step itself sums the task
+      cotangents (``"summed"`` phases); ``"separate"`` phases leave λ to the combiner.
     axis_name: the ``pmap`` axis to average gradients over, or None under ``jit``.
     accumulate_steps: k; the (per-device) batch is split into k micro-batches whose gradients
       (g_e, g_t and the recogniser's) are averaged in a ``lax.scan`` before the combiner and the
@@ -97,14 +142,11 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
   def gradients(state: TrainState, batch: Batch, example_ids: jax.Array):
-    """g_e, g_t, the recogniser's gradient terms and the losses on one (micro-)batch."""
+    """g_e, g_t, the recognisers' gradient terms and the losses on one (micro-)batch."""
     high_quality = batch["image"]
     key = jax.random.fold_in(state.key, state.step)
     metrics, recognizer_terms = {}, []
     enhancement_grads = task_grads = None
-
-    def task_loss_fn(phi, images):
-      return system.task_loss(system.recognize(phi, images, train=True), batch)
 
     if phase.needs_enhancer:
       low_quality = system.degrade(key, high_quality, example_ids)
@@ -113,28 +155,32 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
                                        low_quality, batch)
         enhancement_grads, task_grads = out["enhancement_grads"], out["task_grads"]
         recognizer_grads_on_enhanced = out["recognizer_grads"]
-        metrics.update(enhancement_loss=out["enhancement_loss"], task_loss=out["task_loss"])
+        metrics.update(enhancement_loss=out["enhancement_loss"],
+                       **task_metrics(system, "task_loss", out["task_loss"]))
       elif phase.enhancer_gradient in ("summed", "enhancement"):
         enhanced, pullback = jax.vjp(
             lambda p: system.enhance(p, low_quality, train=True), state.enhancer_params)
         enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
             enhanced, high_quality)
-        task_loss, (recognizer_grads_on_enhanced, d_task) = jax.value_and_grad(
-            task_loss_fn, argnums=(0, 1))(state.recognizer_params, enhanced)
-        # By linearity of the pull-back, one backward pass gives g_e + λ g_t.
-        cotangent = (d_enhancement + task_weight * d_task if phase.enhancer_gradient == "summed"
-                     else d_enhancement)
+        task_loss, recognizer_grads_on_enhanced, d_task = task_losses_and_gradients(
+            system, state.recognizer_params, enhanced, batch)
+        # By linearity of the pull-back, one backward pass gives g_e + Σ_k λ_k g_t,k.
+        cotangent = (summed_cotangent(system, d_enhancement, d_task, task_weight)
+                     if phase.enhancer_gradient == "summed" else d_enhancement)
         enhancement_grads = pullback(cotangent)[0]
-        metrics.update(enhancement_loss=enhancement_loss, task_loss=task_loss)
-      else:   # frozen enhancer: the recogniser learns on its (evaluation-mode) outputs
+        metrics.update(enhancement_loss=enhancement_loss,
+                       **task_metrics(system, "task_loss", task_loss))
+      else:   # frozen enhancer: the recognisers learn on its (evaluation-mode) outputs
         enhanced = system.enhance(state.enhancer_params, low_quality, train=False)
-        metrics["task_loss"], recognizer_grads_on_enhanced = jax.value_and_grad(task_loss_fn)(
-            state.recognizer_params, enhanced)
+        task_loss, recognizer_grads_on_enhanced, _ = task_losses_and_gradients(
+            system, state.recognizer_params, enhanced, batch, image_gradients=False)
+        metrics.update(task_metrics(system, "task_loss", task_loss))
       if phase.recognizer_input in ("enhanced", "both"):
         recognizer_terms.append(recognizer_grads_on_enhanced)
     if phase.recognizer_input in ("high_quality", "both") and phase.update_recognizer:
-      metrics["task_loss_high_quality"], grads = jax.value_and_grad(task_loss_fn)(
-          state.recognizer_params, high_quality)
+      task_loss, grads, _ = task_losses_and_gradients(
+          system, state.recognizer_params, high_quality, batch, image_gradients=False)
+      metrics.update(task_metrics(system, "task_loss_high_quality", task_loss))
       recognizer_terms.append(grads)
     return enhancement_grads, task_grads, recognizer_terms, metrics
 
@@ -165,7 +211,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
       metrics["enhancement_grad_norm"] = optax.tree.norm(enhancement_grads)
       metrics["enhancer_lr"] = _learning_rate(opt_state)
       if task_grads is not None:
-        metrics["task_grad_norm"] = optax.tree.norm(task_grads)
+        metrics.update(task_metrics(system, "task_grad_norm", task_grads, optax.tree.norm))
       metrics.update(find_combiner_metrics(opt_state))   # cosine, gate (and the EMA if gated on)
     if phase.update_recognizer and recognizer_terms:
       recognizer_grads = jax.tree.map(lambda *g: sum(g) / len(g), *recognizer_terms)

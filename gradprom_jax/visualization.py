@@ -3,7 +3,7 @@
 For segmentation the last column is the enhanced image with the predicted lesion outline (red)
 and the ground-truth outline (green); for classification the enhanced image's title adds the
 class predicted from it (green when right, red when wrong) and the high-quality image's title the
-true class. Degraded inputs smaller than the enhanced image are shown with nearest-neighbour
+true class; a run of both tasks draws the outlines and the classes. Degraded inputs smaller than the enhanced image are shown with nearest-neighbour
 upsampling, so the panel shows its real pixels. Each example is a band of titles above its panels,
 and the PNG stores the number of examples (`EXAMPLES_KEY`), so a grid cuts back into examples.
 
@@ -55,6 +55,8 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
                      enhanced: np.ndarray, high_quality: np.ndarray,
                      predictions: np.ndarray | None = None, targets: np.ndarray | None = None,
                      task: str = "segmentation", class_names: Sequence[str] | None = None,
+                     class_predictions: np.ndarray | None = None,
+                     class_targets: np.ndarray | None = None,
                      panel_pixels: int = PANEL_PIXELS) -> None:
   """Writes a PNG grid of examples; each panel is `panel_pixels` square.
 
@@ -66,6 +68,8 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
     targets: the ground truth, same shape as `predictions`.
     task: "segmentation" (adds a fourth column) or "classification" (labels in titles).
     class_names: names of the classes, for classification titles.
+    class_predictions, class_targets: (N,) int classes of a classification task drawn beside a
+      segmentation one (a multi-task run): titles as for ``task="classification"``.
 
   >>> import tempfile, PIL.Image
   >>> rng = np.random.default_rng(0)
@@ -92,6 +96,11 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
       if np.shape(labels) != expected:
         raise ValueError(f"{name} for {task} must have shape {expected}, got {np.shape(labels)}")
 
+  if task == "classification":
+    class_predictions, class_targets = predictions, targets
+  for name, labels in (("class_predictions", class_predictions), ("class_targets", class_targets)):
+    if labels is not None and np.shape(labels) != (n,):
+      raise ValueError(f"{name} must have shape {(n,)}, got {np.shape(labels)}")
   show_masks = task == "segmentation" and (predictions is not None or targets is not None)
   columns = 4 if show_masks else 3
   dpi = 100
@@ -120,13 +129,15 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
         if mask is not None and np.any(mask[row] > 0):
           axes[row, 3].contour(np.asarray(mask[row]) > 0, levels=[0.5], colors=color,
                                linewidths=1.0)
-    elif task == "classification" and predictions is not None:
+    if class_predictions is not None:
       color = "black"
-      if targets is not None:
-        axes[row, 2].set_title(f"high quality: true {_class_name(int(targets[row]), class_names)}",
-                               fontsize=7, pad=2)
-        color = "green" if int(predictions[row]) == int(targets[row]) else "red"
-      axes[row, 1].set_title(f"enhanced: pred {_class_name(int(predictions[row]), class_names)}",
-                             fontsize=7, pad=2, color=color)
+      if class_targets is not None:
+        axes[row, 2].set_title(
+            f"high quality: true {_class_name(int(class_targets[row]), class_names)}",
+            fontsize=7, pad=2)
+        color = "green" if int(class_predictions[row]) == int(class_targets[row]) else "red"
+      axes[row, 1].set_title(
+          f"enhanced: pred {_class_name(int(class_predictions[row]), class_names)}",
+          fontsize=7, pad=2, color=color)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=dpi, metadata={EXAMPLES_KEY: str(n)})

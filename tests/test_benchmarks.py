@@ -79,3 +79,19 @@ def test_memory_table_resume_keeps_finished_rows_without_compiling(tmp_path, cap
   rows = json.loads(out.read_text())["rows"]
   assert [(r["batch_per_device"], r["remat"]) for r in rows] == [(8, False), (8, True), (4, False)]
   assert "| edsr_32x4 | 64² | 4 | float32 | off | 1.00 | 1.00 | 16 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # ~3 min on 2 shared cores: six compiles of the tiny step (K = 1, 2, 3).
+def test_multitask_step_time_smoke_reports_gradprom_over_bound_per_task_count(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, str(REPO / "benchmarks" / "multitask_step_time.py"), "--smoke",
+             "--steps", "2", "--warmup", "1", "--data_dir", str(tmp_path / "tfds")]
+  out = subprocess.run(command, env=env, cwd=tmp_path, check=True, capture_output=True, text=True,
+                       timeout=900).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert sorted(result["tasks"]) == ["1", "2", "3"]
+  for k, row in result["tasks"].items():
+    # The bound adds K enhancer pull-backs to joint training's step.
+    assert row["bound_ms"] == pytest.approx(row["joint_ms"] + int(k) * result["backward_ms"],
+                                            abs=1e-3)
+    assert math.isfinite(row["gradprom_over_bound"]) and row["gradprom_over_bound"] > 0

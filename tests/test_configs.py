@@ -8,9 +8,11 @@ from gradprom_jax.config_validation import validate_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPTIONS = {
-    "default.py": [None, "smoke", "classification", "classification,smoke"],
-    "ph2.py": [None, "smoke", "classification", "official", "classification,smoke"],
-    "isic.py": [None, "smoke", "task3", "2017", "task3,smoke"],
+    "default.py": [None, "smoke", "classification", "classification,smoke", "multitask",
+                   "multitask,smoke"],
+    "ph2.py": [None, "smoke", "classification", "official", "classification,smoke", "multitask",
+               "multitask,smoke", "multitask,official"],
+    "isic.py": [None, "smoke", "task3", "2017", "task3,smoke", "multitask", "multitask,2017,smoke"],
     "kvasir.py": [None, "smoke"],
     "chest_xray.py": [None, "smoke"],
     "pneumoniamnist.py": [None, "smoke"],
@@ -37,6 +39,8 @@ def test_config_loads_and_validates(name, option):
   assert f"experiments/main.py --config configs/{name}" in (CONFIGS / name).read_text()
   if option and "smoke" in option:
     assert config.num_train_steps <= 10 and config.model.enhancer.features <= 8
+    recognizers = config.model.recognizers.values() if "recognizers" in config.model else ()
+    assert all(model.features <= 8 for model in recognizers)
 
 
 def test_unknown_option_is_rejected():

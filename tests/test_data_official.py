@@ -98,6 +98,49 @@ def test_isic_2017_task3_classification(tmp_path):
   assert dataset.class_names == ("melanoma", "seborrheic_keratosis", "nevus") and sizes(dataset)["train"] == 3
 
 
+def isic_2018_task1_task3(root: Path, task1_ids, labelled_ids):
+  """Task 1 images and masks for ``task1_ids``; a Task 3 CSV labelling ``labelled_ids`` (class
+  MEL when the id is even, NV when odd); no Task 3 images (the multi-task layout never reads them)."""
+  for i in task1_ids:
+    image(root / "ISIC2018_Task1-2_Training_Input" / f"ISIC_{i:07d}.jpg")
+    mask(root / "ISIC2018_Task1_Training_GroundTruth" / f"ISIC_{i:07d}_segmentation.png")
+  rows = ["image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"]
+  rows += [f"ISIC_{i:07d},{float(i % 2 == 0)},{float(i % 2 == 1)},0,0,0,0,0" for i in labelled_ids]
+  truth = root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv"
+  truth.parent.mkdir(parents=True)
+  truth.write_text("\n".join(rows))
+
+
+def test_isic_2018_multitask_keeps_the_images_with_a_mask_and_a_label(tmp_path):
+  isic_2018_task1_task3(tmp_path, task1_ids=range(0, 12), labelled_ids=range(4, 30))
+  dataset = load("isic", tmp_path, tmp_path / "tfds", isic_task="2018_task1_task3",
+                 split_fractions=(0.5, 0.25, 0.25))
+  assert dataset.has_mask and dataset.has_label and dataset.class_names[:2] == ("MEL", "NV")
+  assert sum(sizes(dataset).values()) == 8   # ids 4..11: Task 1 images that Task 3 labels
+  examples = [dataset.sources[s][i] for s in sizes(dataset) for i in range(sizes(dataset)[s])]
+  assert sorted(int(e["label"]) for e in examples) == [0] * 4 + [1] * 4
+  assert all(e["mask"].shape == (16, 16, 1) for e in examples)
+
+
+def test_isic_2018_multitask_without_shared_images_says_so(tmp_path):
+  isic_2018_task1_task3(tmp_path, task1_ids=range(0, 4), labelled_ids=range(10, 14))
+  with pytest.raises(ManualDownloadError, match="needs images with both a Task 1 mask and a Task 3 label"):
+    load("isic", tmp_path, tmp_path / "tfds", isic_task="2018_task1_task3")
+
+
+def test_isic_2017_multitask_labels_every_image(tmp_path):
+  rows = ["image_id,melanoma,seborrheic_keratosis"]
+  for i in range(6):
+    image(tmp_path / "ISIC-2017_Training_Data" / f"ISIC_{i:07d}.jpg")
+    mask(tmp_path / "ISIC-2017_Training_Part1_GroundTruth" / f"ISIC_{i:07d}_segmentation.png")
+    rows.append(f"ISIC_{i:07d},{float(i % 3 == 0)},{float(i % 3 == 1)}")
+  (tmp_path / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text("\n".join(rows))
+  dataset = load("isic", tmp_path, tmp_path / "tfds", isic_task="2017_task1_task3",
+                 split_fractions=(0.5, 0.25, 0.25))
+  assert dataset.has_mask and dataset.class_names == ("melanoma", "seborrheic_keratosis", "nevus")
+  assert sum(sizes(dataset).values()) == 6
+
+
 def test_isic_missing_archive_says_which_files_go_where(tmp_path):
   with pytest.raises(ManualDownloadError, match="ISIC2018_Task1_Training_GroundTruth/ISIC_xxxxxxx_segmentation"):
     load("isic", tmp_path, tmp_path / "tfds", isic_task="2018_task1")

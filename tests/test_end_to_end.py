@@ -124,3 +124,44 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path, data_d
   for key in ("psnr", "ssim", "dice", "no_enhancement_dice", "hq_input_dice"):
     assert multi_results[key] == pytest.approx(single_results[key], rel=1e-5), key
 
+
+
+def test_main_trains_two_tasks_on_one_enhancer_and_writes_per_task_metrics(tmp_path, data_dir):
+  """configs/default.py:multitask: lesion masks and diagnosis, each key suffixed with its task."""
+  workdir = tmp_path / "run"
+  run_main("configs/default.py:multitask,smoke", workdir, data_dir,
+           "--config.gate_reliability_every=6", "--config.task.classification.weight=0.5")
+
+  results = json.loads((workdir / "results.json").read_text())
+  for prefix in ("", "no_enhancement_", "hq_input_"):
+    for task, names in TASK_METRICS.items():
+      for name in names:
+        assert f"{prefix}{name}/{task}" in results, f"{prefix}{name}/{task} missing"
+        assert f"{prefix}{name}" not in results
+  assert 5 < results["psnr"] < 60 and 0 < results["ssim"] <= 1   # one enhancer: plain keys
+
+  train = read_metrics(workdir / "metrics.jsonl", "train")
+  for key in ("task_loss", "task_grad_norm", "cosine", "gate", "gate_open_rate"):
+    for task in TASK_METRICS:
+      assert all(np.isfinite(r[f"{key}/{task}"]) for r in train if "enhancement_loss" in r), key
+  probes = [r for r in train if "gate_probe/halves_agree/classification" in r]
+  assert [r["step"] for r in probes] == [6]
+  validation = read_metrics(workdir / "metrics.jsonl", "val")[-1]
+  assert {"dice/segmentation", "auc/classification", "psnr"} <= set(validation)
+
+  info = json.loads((workdir / "model_info.json").read_text())
+  assert info["num_classes"] == {"segmentation": 2, "classification": 3}
+  trained = load_trained_system(workdir)
+  assert set(trained.recognizer_params) == {"segmentation", "classification"}
+
+  inputs, output = tmp_path / "inputs", tmp_path / "enhanced"
+  inputs.mkdir()
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(inputs / "a.png")
+  result = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / "enhance.py"), f"--workdir={workdir}",
+       f"--input_dir={inputs}", f"--output_dir={output}", "--degrade"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (output / "masks" / "a.png").exists()
+  header = (output / "predictions.csv").read_text().splitlines()[0]
+  assert header.startswith("image,predicted/classification,p_common_nevus/classification")

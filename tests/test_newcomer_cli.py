@@ -42,6 +42,13 @@ REFUSED = {
         "configs/default.py:smoke", ["--config.task.recognition=classification",
                                      "--config.model.recognizer.name=resnet"],
         "model.recognizer.num_levels is not an option of recognizer 'resnet' (its options: "),
+    "two_tasks_with_one_recognizer": (
+        "configs/default.py:smoke", ["--config.task.recognition=segmentation,classification"],
+        "names 2 tasks, but this config has one recogniser (model.recognizer): use a multi-task "
+        "config (e.g. configs/ph2.py:multitask)"),
+    "negative_task_weight_of_one_task": (
+        "configs/default.py:multitask,smoke", ["--config.task.classification.weight=-1"],
+        "task.classification.weight=-1.0 must be a number >= 0"),
     "edsr_cannot_make_scale_5": (
         "configs/default.py:smoke", ["--config.task.degradation=downsample(scale=5)",
                                      "--config.data.image_size=(30, 30)"],
@@ -73,6 +80,7 @@ def cli_runs(tmp_path_factory):
                               f"--config.data.data_dir={root / 'other_config_tfds'}"]
   commands["help"] = [MAIN, "--help"]
   commands["help_of_a_config"] = [MAIN, "--help", "--config", "configs/ph2.py:classification,smoke"]
+  commands["help_of_a_multitask_config"] = [MAIN, "--help", "--config", "configs/ph2.py:multitask"]
   processes = {name: _popen(command, env={**os.environ, "JAX_LOG_COMPILES": "1"})
                for name, command in commands.items()}
   outputs = {}
@@ -117,6 +125,17 @@ def test_help_with_a_config_shows_its_values(cli_runs):
   assert "  model.recognizer.name = 'resnet'" in stdout
   assert "  task.recognition = 'classification'" in stdout
   assert "  num_train_steps = 6" in stdout
+
+
+def test_help_of_a_multitask_config_documents_each_task_and_its_recogniser(cli_runs):
+  stdout, stderr, status, _, _ = cli_runs["help_of_a_multitask_config"]
+  assert status == 0, stderr[-2000:]
+  assert "  task.recognition = 'segmentation,classification'" in stdout
+  assert "  model.recognizers.classification.name = 'resnet'" in stdout
+  assert "  # λ_k = task_weight × weight" in stdout and "  task.classification.weight = 1.0" in stdout
+  assert "task.segmentation.gradprom.threshold = None" in stdout
+  assert "model.recognizer.name" not in stdout   # one recogniser per task, none shared
+  assert "  data.patch_size = None" in stdout      # whole images: the diagnosis needs the lesion
 
 
 @pytest.fixture(scope="module")

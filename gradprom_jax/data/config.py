@@ -48,7 +48,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.num_validation = 100
   config.num_test = 100
   config.synthetic_seed = 0
-  # isic: which challenge task: 2018_task1 (segmentation), 2018_task3 (7 classes), 2017_task1, 2017_task3.
+  # isic: which challenge task: 2018_task1 (segmentation), 2018_task3 (7 classes), 2017_task1, 2017_task3;
+  # 2018_task1_task3 / 2017_task1_task3: Task 1 masks and Task 3 labels together (multi-task runs).
   config.isic_task = "2018_task1"
   # medmnist: the .npz file inside manual_dir, e.g. pneumoniamnist_28.npz or dermamnist.npz.
   config.medmnist_file = "pneumoniamnist_28.npz"
