@@ -119,8 +119,8 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   if jax.process_index() == 0:
     visualization.save_sample_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
-        high_quality=to_unit_float(host_batch["image"][keep]), predictions=predictions, targets=targets,
-        task=system.recognition, class_names=getattr(dataset, "class_names", None))
+        high_quality=to_unit_float(host_batch["image"][keep]), predictions=predictions,
+        targets=targets, task=system.recognition, class_names=getattr(dataset, "class_names", None))
 
 
 def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
