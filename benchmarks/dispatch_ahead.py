@@ -93,7 +93,7 @@ class CompletionWatcher:
 
 def measure(*, steps: int, matmul_size: int, matmuls: int, data_dir: str | None,
             block_each_step: bool = False) -> dict:
-  """The run's record; ``block_each_step`` makes the hook wait for each step, as a host read would."""
+  """The run's record; ``block_each_step``: the hook waits for each step, as a host read would."""
   config = default.get_config("smoke")
   config.num_train_steps = 100 * steps   # never reached: the run is stopped after `steps`
   config.log_every = config.eval_every = config.checkpoint_every = 100 * steps

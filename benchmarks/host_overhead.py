@@ -118,9 +118,11 @@ def measure(config, *, rounds: int, workdir: str) -> dict:
       "host_overhead": round(statistics.median(ratios) - 1, 4),
       "host_overhead_quartiles": [round(q - 1, 4) for q in statistics.quantiles(ratios, n=4)]
                                  if len(ratios) > 1 else None,
-      "host_overhead_of_medians": round(statistics.median(loop_ms) / statistics.median(tight_ms) - 1, 4),
+      "host_overhead_of_medians": round(
+          statistics.median(loop_ms) / statistics.median(tight_ms) - 1, 4),
       "host_ms_per_step": round(1e3 * statistics.median(host_gaps), 2),
-      "loop_cpu_ms_per_step": round(loop_cpu_ms, 1), "tight_loop_cpu_ms_per_step": round(tight_cpu_ms, 1),
+      "loop_cpu_ms_per_step": round(loop_cpu_ms, 1),
+      "tight_loop_cpu_ms_per_step": round(tight_cpu_ms, 1),
       "host_cpu_overhead": round(loop_cpu_ms / tight_cpu_ms - 1, 4),
       "data_num_workers": config.data.num_workers, "data_prefetch": config.data.prefetch,
       "load_average_1min": round(os.getloadavg()[0], 1),

@@ -26,7 +26,7 @@ PH2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ph2"
 
 def images_per_second(dataset, *, batch: int, steps: int, workers: int, patch_size=None,
                       cpu_seconds: list | None = None) -> float:
-  """Images/s drawn from the train loader; ``cpu_seconds`` gets this process's CPU time (all threads)."""
+  """Images/s drawn from the train loader; ``cpu_seconds`` gets the process's CPU time."""
   iterator = iter(make_train_loader(dataset, global_batch_size=batch, seed=0, patch_size=patch_size,
                                     num_workers=workers))
   next(iterator)  # Warm-up: opens files, starts workers.
@@ -39,7 +39,7 @@ def images_per_second(dataset, *, batch: int, steps: int, workers: int, patch_si
 
 
 def default_step_tflop(image_size: int, batch: int) -> float:
-  """TFLOP of one default GradProm train step on ``batch`` images of ``image_size``² (XLA's count)."""
+  """TFLOP of the default GradProm train step on ``batch`` images of ``image_size``²."""
   from memory import ENHANCERS, lower_default_step
   lowered = lower_default_step(image_size=image_size, dtype="float32", remat=False,
                                enhancer=ENHANCERS["edsr_32x4"], batch=batch)

@@ -125,8 +125,8 @@ def markdown_table(rows: list[dict]) -> str:
            "fits (GiB device) |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     fits = ", ".join(map(str, r["fits_gib"])) or "none"
-    lines.append(f"| {r['enhancer']} | {r['image_size']}² | {r['batch_per_device']} | {r['dtype']} | "
-                 f"{'on' if r['remat'] else 'off'} | {gib(r['temp_bytes'])} | "
+    lines.append(f"| {r['enhancer']} | {r['image_size']}² | {r['batch_per_device']} | "
+                 f"{r['dtype']} | {'on' if r['remat'] else 'off'} | {gib(r['temp_bytes'])} | "
                  f"{gib(r['total_bytes'])} | {fits} |")
   return "\n".join(lines)
 

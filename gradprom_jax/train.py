@@ -155,7 +155,8 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   if jax.process_index() == 0:
     visualization.save_sample_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
-        high_quality=to_unit_float(host_batch["image"][keep]), predictions=masks[0], targets=masks[1],
+        high_quality=to_unit_float(host_batch["image"][keep]),
+        predictions=masks[0], targets=masks[1],
         class_predictions=classes[0], class_targets=classes[1],
         task="segmentation" if "segmentation" in drawn else "classification",
         class_names=getattr(dataset, "class_names", None))

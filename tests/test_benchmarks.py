@@ -65,7 +65,8 @@ def test_host_overhead_smoke_ends_with_json_of_paired_rounds(tmp_path):
 
 
 def test_memory_table_resume_keeps_finished_rows_without_compiling(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "benchmarks" / "memory.py")
+  spec = importlib.util.spec_from_file_location("memory_benchmark",
+                                                REPO / "benchmarks" / "memory.py")
   memory = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(memory)
   row = lambda size, batch, remat: {
