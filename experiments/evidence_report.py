@@ -270,6 +270,15 @@ def paired(directory: Path, reference: str, metrics: list[str], title: str,
   """
   runs = evidence.load_runs(directory)
   rows = sorted({row for row, _ in runs}, key=lambda r: (r != reference, r))
+
+  def values(row: str, metric: str) -> dict[int, float]:
+    """``a|b``: a run's ``a``, or its ``b`` where it has no ``a`` (a multi-task run's
+    ``dice/segmentation`` beside a single-task run's ``dice``)."""
+    out = {}
+    for key in reversed(metric.split("|")):
+      out.update({s: v for s, v in evidence.values(runs, row, key).items() if math.isfinite(v)})
+    return out
+
   if reference not in rows:
     raise SystemExit(f"paired: no finished run of row {reference!r} under {directory} "
                      f"(rows: {', '.join(rows) or 'none'})")
@@ -277,20 +286,23 @@ def paired(directory: Path, reference: str, metrics: list[str], title: str,
          f"`experiments/evidence_report.py paired` from the runs' results.json and metrics.jsonl.\n"]
   table = []
   for row in rows:
-    cells = [_mean_std(list(evidence.values(runs, row, m).values())) for m in metrics]
+    cells = [_mean_std(list(values(row, m).values())) for m in metrics]
     rates = [r.train_series("gate_open_rate")[-1] for (name, _), r in runs.items()
              if name == row and r.train_series("gate_open_rate")]
     agreement = [evidence.halves_agreement(r) for (name, _), r in runs.items() if name == row]
     agreement = [a for a, count in agreement if count]
     table.append([f"`{row}`"] + cells + [_fmt(float(np.mean(rates)), 3) if rates else "—",
                                          _fmt(float(np.mean(agreement)), 3) if agreement else "—"])
-  out += ["## Test metrics\n", _table(["row"] + metrics + ["gate-open rate (final, mean)",
+  labels = [m.replace("|", " or ") for m in metrics]   # a "|" would split a table cell
+  out += ["## Test metrics\n", _table(["row"] + labels + ["gate-open rate (final, mean)",
                                                           "halves agree in sign (mean)"], table), ""]
-  pairs = [(row, m) for row in rows if row != reference for m in metrics]
-  diffs = {(o, m): evidence.paired_difference(evidence.values(runs, reference, m),
-                                              evidence.values(runs, o, m)) for o, m in pairs}
+  # A row that lacks a metric (a single-task row, the other task's) is not compared on it.
+  pairs = [(row, m) for row in rows if row != reference for m in metrics if values(row, m)]
+  diffs = {(o, m): evidence.paired_difference(values(reference, m), values(o, m))
+           for o, m in pairs}
   adjusted = dict(zip(pairs, evidence.holm([diffs[p].p_value for p in pairs])))
-  table = [[f"{reference} − {o}", m, diffs[o, m].format(3 if m.endswith("psnr") else 4),
+  table = [[f"{reference} − {o}", m.replace("|", " or "),
+            diffs[o, m].format(3 if m.endswith("psnr") else 4),
             f"{adjusted[o, m]:.3g}", "yes" if adjusted[o, m] < 0.05 else "no"] for o, m in pairs]
   out += ["## Paired differences (same seed = pair)\n",
           f"Mean difference with its 95 % t interval and paired t-test p; Holm-adjusted p over the "
@@ -338,7 +350,8 @@ def main(argv: list[str]) -> None:
   p = sub.add_parser("paired", help="one reference row against every other row, seed-paired")
   p.add_argument("directory", type=Path)
   p.add_argument("--reference", required=True)
-  p.add_argument("--metrics", required=True, help="comma-separated results.json keys")
+  p.add_argument("--metrics", required=True,
+                 help="comma-separated results.json keys; a|b: a, or b for runs without a")
   p.add_argument("--title", required=True)
   args = parser.parse_args(argv)
   if args.command == "select":

@@ -74,6 +74,10 @@ def _evidence_report_module():
 def protocol_section(directory: Path) -> str:
   """A protocol directory: the claims × setting table, then each setting's reading and reports."""
   settings = sorted(p for p in directory.iterdir() if (p / "claims.json").exists())
+  if not settings:   # side studies only: the protocol, then each study
+    text = [f"## {directory.name.replace('_', ' ').capitalize()} experiments\n",
+            f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md).\n"]
+    return "\n".join(text + _side_studies(directory))
   text = [f"## The paper's claims, per setting ({directory.name.replace('_', ' ')} protocol)\n",
           f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
           "Each cell: the verdict and the statistic behind it (seed-paired difference, "
@@ -99,8 +103,13 @@ def protocol_section(directory: Path) -> str:
     text.append(f"### {setting.name}: λ chosen, seed runs not yet made\n")
     body = shift_headings((setting / "lambda_selection.md").read_text().strip(), 3)
     text.append(body + "\n")
-  # Side studies (rows named freely, one reference row against the rest: `evidence_report.py
-  # paired`): after the settings, each with its reading.
+  return "\n".join(text + _side_studies(directory))
+
+
+def _side_studies(directory: Path) -> list[str]:
+  """Studies whose rows are named freely, one reference row against the rest (`evidence_report.py
+  paired`), each with its reading."""
+  text = []
   for study in sorted(p for p in directory.iterdir() if (p / "paired.md").exists()):
     text.append(f"### Side study: {study.name}\n")
     reading = study / "reading.md"
@@ -108,7 +117,7 @@ def protocol_section(directory: Path) -> str:
       text.append("**Reading.** " + reading.read_text().strip() + "\n")
     body = shift_headings((study / "paired.md").read_text().strip(), 3)
     text.append(body.replace("](plots/", f"]({study}/plots/") + "\n")
-  return "\n".join(text)
+  return text
 
 
 def main(directories: list[str]) -> None:

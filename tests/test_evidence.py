@@ -148,3 +148,16 @@ def test_results_report_shows_side_studies_after_the_settings(tmp_path):
   text = results_report.protocol_section(tmp_path)
   assert "### Side study: gate_study" in text and "**Reading.** The moving average" in text
   assert "#### gate study" in text and "##### Test metrics" in text   # headings shifted under it
+
+
+def test_paired_reads_a_metric_under_either_name_and_skips_rows_without_it(tmp_path):
+  report_module = _load_report_module()
+  for seed in range(3):
+    _write_run(tmp_path, "multi", seed, test={"psnr": 25.0 + seed, "dice/segmentation": 0.8,
+                                              "accuracy/classification": 0.7}, val={})
+    _write_run(tmp_path, "seg_only", seed, test={"psnr": 24.0 + seed, "dice": 0.75}, val={})
+  text = report_module.paired(tmp_path, "multi", ["psnr", "dice/segmentation|dice",
+                                                  "accuracy/classification|accuracy"], "tasks")
+  assert "| multi − seg_only | dice/segmentation or dice | +0.0500" in text
+  assert "accuracy/classification or accuracy | " not in text.split("## Paired")[1]   # not measured
+  assert "over the 2 comparisons" in text
