@@ -1,6 +1,6 @@
 r"""Trains and evaluates a task-driven enhancement system; intentionally short.
 
-All logic lives in `gradprom_jax.train`; this file parses flags and turns expected failures into
+All logic lives in `gradprom_jax.training.train`; this file parses flags and turns expected failures into
 one clear message and an exit status.
 
   python experiments/main.py --config configs/default.py --workdir workdirs/default
@@ -13,7 +13,7 @@ samples.png and the test record of metrics.jsonl).
 
 Compiled programs are kept in JAX's persistent compilation cache, so a second run of a config skips
 the compile: `~/.cache/gradprom_jax/jax` by default, `GRADPROM_COMPILATION_CACHE=DIR` to move it,
-`GRADPROM_COMPILATION_CACHE=off` to turn it off (see `gradprom_jax/compilation_cache.py`). The
+`GRADPROM_COMPILATION_CACHE=off` to turn it off (see `gradprom_jax/training/compilation_cache.py`). The
 console shows progress and results; the libraries' INFO lines are hidden (`--verbosity=1` shows
 everything).
 
@@ -44,17 +44,18 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from gradprom_jax import train
-from gradprom_jax.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
-from gradprom_jax.compilation_cache import enable_compilation_cache
-from gradprom_jax.config import base_config
-from gradprom_jax.config_help import describe_config
-from gradprom_jax.config_validation import ConfigError, unknown_key_message, validate_config
-from gradprom_jax.console import hide_library_noise
+from gradprom_jax.configuration.config import base_config
+from gradprom_jax.configuration.config_help import describe_config
+from gradprom_jax.configuration.config_validation import (ConfigError, unknown_key_message,
+                                                          validate_config)
 from gradprom_jax.data import BadInputError, ManualDownloadError
-from gradprom_jax.distributed import initialize_distributed
-from gradprom_jax.run_config import ConfigMismatchError
-from gradprom_jax.workdir_lock import WorkdirLockedError
+from gradprom_jax.training import train
+from gradprom_jax.training.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
+from gradprom_jax.training.compilation_cache import enable_compilation_cache
+from gradprom_jax.training.console import hide_library_noise
+from gradprom_jax.training.distributed import initialize_distributed
+from gradprom_jax.training.run_config import ConfigMismatchError
+from gradprom_jax.training.workdir_lock import WorkdirLockedError
 
 EXIT_RUNTIME_ERROR, EXIT_USAGE_ERROR, EXIT_PREEMPTED = 1, 2, 143
 

@@ -3,9 +3,9 @@
 The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here; models, data and the
 training system live in their own modules.
 """
-from gradprom_jax.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
-                                    cosine_similarity, enhance_only, find_combiner_state,
-                                    get_combiner, gradprom, joint, pcgrad)
+from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
+                                         cosine_similarity, enhance_only, find_combiner_state,
+                                         get_combiner, gradprom, joint, pcgrad)
 
 __version__ = "0.1.0"
 

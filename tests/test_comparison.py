@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradprom_jax import comparison
-from gradprom_jax.metric_logging import METRICS_FILENAME
+from gradprom_jax.experiment_tools import comparison
+from gradprom_jax.training.metric_logging import METRICS_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_ARGS = ["--config=configs/default.py:smoke"]

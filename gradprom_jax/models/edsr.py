@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gradprom_jax import degradations
+from gradprom_jax.core import degradations
 from gradprom_jax.models.remat import maybe_remat
 
 
