@@ -182,7 +182,8 @@ def benchmark(args: argparse.Namespace) -> dict:
   from gradprom_jax.training import parallel as parallel_lib, train_step as train_step_lib
   from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
   from gradprom_jax.training.phases import make_phases
-  from gradprom_jax.training.train import build_system, initial_state
+  from gradprom_jax.training.train import build_system
+  from gradprom_jax.training.train_state import initial_state
 
   print(f"jax {jax.__version__}, devices: {jax.devices()}", flush=True)
   config = load_config(args.config, args.smoke)

@@ -17,6 +17,7 @@ PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
 MODEL_DTYPES = ("float32", "bfloat16")
 WEIGHT_DECAY_MASKS = ("kernels", "all")   # optim.weight_decay_mask
+DISTRIBUTED_MODES = ("auto", "explicit", "off")   # distributed.mode
 
 
 def base_config() -> ml_collections.ConfigDict:

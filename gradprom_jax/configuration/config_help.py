@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gradprom_jax.configuration import config as config_lib
+from gradprom_jax.configuration.plain_config import flatten_config
 from gradprom_jax.core.task_config import RECOGNITION_KINDS
 from gradprom_jax.data import config as data_config_lib
-from gradprom_jax.training.run_config import flatten_config
 
 TASK_PLACEHOLDER = "<task>"
 

@@ -21,7 +21,6 @@ from gradprom_jax.core.combiners.gradprom import GATE_MODES, TASK_SCALES
 from gradprom_jax.core.task_config import (RecognitionTask, TaskConfig, TaskConfigError,
                                            parse_task_config)
 from gradprom_jax.data import DATASET_NAMES
-from gradprom_jax.training.distributed import MODES as DISTRIBUTED_MODES
 
 
 class ConfigError(ValueError):
@@ -128,7 +127,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   tasks = parse_tasks(config)
   for task in tasks.tasks:
     _choice(f"{task.model_key}.name", task.recognizer, tuple(models.RECOGNIZERS))
-  _choice("distributed.mode", config.distributed.mode, DISTRIBUTED_MODES)
+  _choice("distributed.mode", config.distributed.mode, config_lib.DISTRIBUTED_MODES)
   _choice("parallel", config.parallel, config_lib.PARALLEL_MODES)
   _choice("recognizer.train_on", config.recognizer.train_on, config_lib.RECOGNIZER_INPUTS)
   _choice("gradprom.granularity", config.gradprom.granularity, GRANULARITIES)

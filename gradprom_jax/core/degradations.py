@@ -28,10 +28,8 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
-
-def _check_scale(scale: int) -> None:
-  if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
-    raise ValueError(f"scale must be a positive integer, got {scale!r}")
+# The enhancers' skip, also the no-enhancement reference: re-exported as degradations.upsample.
+from gradprom_jax.models.resampling import check_scale, upsample  # noqa: F401
 
 
 def downsample(images: jax.Array, scale: int) -> jax.Array:
@@ -45,26 +43,11 @@ def downsample(images: jax.Array, scale: int) -> jax.Array:
   Array([[0.3, 0.3],
          [0.3, 0.3]], dtype=float32)
   """
-  _check_scale(scale)
+  check_scale(scale)
   n, h, w, c = images.shape
   small = jax.image.resize(
       images, (n, h // scale, w // scale, c), method="bicubic", antialias=True)
   return jnp.clip(small, 0.0, 1.0)
-
-
-def upsample(images: jax.Array, scale: int) -> jax.Array:
-  """Bicubic upsampling by an integer `scale`, clipped to [0, 1].
-
-  The "no enhancement" reference of super-resolution, and the global skip of
-  the enhancers.
-
-  >>> upsample(jnp.ones((2, 3, 5, 1)), 2).shape
-  (2, 6, 10, 1)
-  """
-  _check_scale(scale)
-  n, h, w, c = images.shape
-  big = jax.image.resize(images, (n, h * scale, w * scale, c), method="bicubic")
-  return jnp.clip(big, 0.0, 1.0)
 
 
 def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:

@@ -16,7 +16,8 @@ from gradprom_jax.training import evaluation
 from gradprom_jax.training.checkpointing import Checkpointer
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
-from gradprom_jax.training.train import MODEL_INFO_FILENAME, initial_state
+from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
+from gradprom_jax.training.train_state import initial_state
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ from typing import Any
 
 import jax
 
-MODES = ("auto", "explicit", "off")
+from gradprom_jax.configuration.config import DISTRIBUTED_MODES as MODES
 
 
 def _int_env(name: str) -> int:

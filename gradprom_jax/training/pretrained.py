@@ -29,7 +29,7 @@ from gradprom_jax.training.checkpointing import SourceRunError, restore_field_fr
 # Train-state field -> the config key naming the run it is restored from.
 INIT_FROM_KEYS = {"recognizer_params": "recognizer.init_from",
                   "enhancer_params": "enhancer.init_from"}
-MODEL_INFO_FILENAME = "model_info.json"   # written by gradprom_jax.training.train
+MODEL_INFO_FILENAME = "model_info.json"   # what rebuilds a run's models; written by the train loop
 
 
 def source_path(template: str | None, seed: int) -> str | None:

@@ -12,16 +12,16 @@ dotted keys): the overwrite switch itself, how often to log/evaluate/checkpoint,
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import fnmatch
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gradprom_jax.configuration.plain_config import flatten_config, to_plain
 from gradprom_jax.training.checkpointing import WorkdirError
 
 CONFIG_FILENAME = "config.json"
@@ -73,40 +73,6 @@ REMOVED_KEYS = {
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run with a different config."""
-
-
-def _to_plain(config: Any) -> Any:
-  """ConfigDict / dataclass / mapping -> nested dicts of JSON values (tuples become lists)."""
-  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict.
-    config = config.to_dict()
-  elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-    config = dataclasses.asdict(config)
-  if isinstance(config, Mapping):
-    return {str(k): _to_plain(v) for k, v in config.items()}
-  if isinstance(config, (list, tuple)):
-    return [_to_plain(v) for v in config]
-  if config is None or isinstance(config, (bool, int, float, str)):
-    return config
-  return str(config)  # Callables, enums, paths: their text is what identifies them.
-
-
-def flatten_config(config: Any) -> dict[str, Any]:
-  """Nested config -> {"dotted.key": JSON value}.
-
-  >>> flatten_config({"model": {"width": 32, "depths": (2, 2)}, "lr": 1e-3})
-  {'model.width': 32, 'model.depths': [2, 2], 'lr': 0.001}
-  """
-  flat = {}
-
-  def visit(prefix: str, node: Any) -> None:
-    if isinstance(node, dict) and node:
-      for key, value in node.items():
-        visit(f"{prefix}.{key}" if prefix else key, value)
-    else:
-      flat[prefix] = node
-
-  visit("", _to_plain(config))
-  return flat
 
 
 def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
@@ -208,7 +174,7 @@ def check_or_save_config(workdir: str | os.PathLike[str], config: Any, *, overwr
   path = Path(workdir) / CONFIG_FILENAME
   if path.exists():
     stored = json.loads(path.read_text())
-    new_length = _to_plain(config).get("num_train_steps")
+    new_length = to_plain(config).get("num_train_steps")
     if stored.get("num_train_steps") not in (None, new_length):
       logging.warning("num_train_steps changed %s -> %s on resume: the learning-rate schedules now "
                       "follow the new length, so this run matches no uninterrupted run.",
@@ -222,7 +188,7 @@ def check_or_save_config(workdir: str | os.PathLike[str], config: Any, *, overwr
       stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
       _guard_io(path, lambda: path.rename(path.with_name(f"config.{stamp}.json")))
   if write:
-    _guard_io(path, lambda: _write_atomically(path, json.dumps(_to_plain(config), indent=2)))
+    _guard_io(path, lambda: _write_atomically(path, json.dumps(to_plain(config), indent=2)))
   return path
 
 

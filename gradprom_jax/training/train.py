@@ -43,14 +43,14 @@ from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_t
 from gradprom_jax.training.phases import make_phases, phase_at, run_length
 from gradprom_jax.training.preemption import PreemptionGuard
 from gradprom_jax.training.prefetch import DevicePrefetcher, device_placer
+from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
 from gradprom_jax.training.run_config import (CONFIG_FILENAME, check_or_save_config,
                                               check_stored_config, config_differences)
-from gradprom_jax.training.train_state import TrainState, create_train_state
+from gradprom_jax.training.train_state import TrainState, initial_state
 from gradprom_jax.training.train_step import make_train_step
 from gradprom_jax.training.workdir_lock import lock_workdir
 
 RESULTS_FILENAME = "results.json"
-MODEL_INFO_FILENAME = "model_info.json"
 SAMPLES_FILENAME = "samples.png"
 
 
@@ -103,15 +103,6 @@ def build_system(config: ml_collections.ConfigDict, dataset: Any,
     num_classes, weights = num_classes[0], weights[0]
   return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes,
                        class_weights=weights, tasks=tasks)
-
-
-def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, image_shape,
-                  enhancer_tx, recognizer_tx) -> TrainState:
-  enhancer_params, recognizer_params = system.init_params(
-      jax.random.key(config.seed), tuple(image_shape))
-  return create_train_state(seed=config.seed, enhancer_params=enhancer_params,
-                            recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
-                            recognizer_tx=recognizer_tx)
 
 
 def model_info(config: ml_collections.ConfigDict, system: TaskDrivenSystem, dataset: Any,

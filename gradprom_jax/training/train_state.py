@@ -6,8 +6,10 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from gradprom_jax.core.system import TaskDrivenSystem
 from gradprom_jax.training.params_ema import find_params_ema
 
 
@@ -56,3 +58,17 @@ def create_train_state(*, seed: int, enhancer_params: Any, recognizer_params: An
       recognizer_opt_state=recognizer_tx.init(recognizer_params),
       rng=jax.random.key_data(jax.random.key(seed)),
       nonfinite_streak=jnp.zeros([], jnp.int32), nonfinite_total=jnp.zeros([], jnp.int32))
+
+
+def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, image_shape,
+                  enhancer_tx, recognizer_tx) -> TrainState:
+  """The state at step 0 of a run of ``config``: both models initialised from ``config.seed``.
+
+  Also the restore target of a run's checkpoints (the trained system and the warm starts rebuild
+  it from the run's config and ``model_info.json``).
+  """
+  enhancer_params, recognizer_params = system.init_params(
+      jax.random.key(config.seed), tuple(image_shape))
+  return create_train_state(seed=config.seed, enhancer_params=enhancer_params,
+                            recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
+                            recognizer_tx=recognizer_tx)
