@@ -2,14 +2,16 @@ r"""Method comparison: plan method × seed runs, run the missing ones, aggregate
 
 A comparison directory holds one run per row (a method, or a named *variant* of one) and seed::
 
-  DIR/<row>/seed_<s>/        a normal workdir of ``experiments/main.py`` (+ run.log, run.json)
+  DIR/<row>/seed_<s>/        a normal workdir of a training run (+ run.log, run.json)
   DIR/summary.md, summary.csv   mean ± std over seeds of every test metric, per row and reference
   DIR/runs.csv                  every run's test metrics, one line per run
   DIR/plots/*.png               see `gradprom_jax.experiment_tools.comparison_plots`
 
-Each run is a fresh subprocess of ``experiments/main.py`` rather than a call in this process: a
-crash, a non-finite divergence or an out-of-memory kill ends that run only, the sweep goes on, and
-every run starts from a clean JAX (no device buffers or flags left behind by the previous one).
+Each run is a fresh subprocess of the training entry point, ``python -m gradprom_jax.training.main``
+(found wherever the package is installed; ``experiments/main.py`` runs the same), rather than a
+call in this process: a crash, a non-finite divergence or an out-of-memory kill ends that run only,
+the sweep goes on, and every run starts from a clean JAX (no device buffers or flags left behind by
+the previous one).
 Python + JAX start-up costs a few seconds per run. The compile need not be paid again: given a
 ``cache_dir``, every run shares JAX's persistent compilation cache there, so the seeds of a row
 after the first (same shapes, same program) load their executables instead of compiling them.
@@ -69,7 +71,7 @@ RUN_KEYS = ("method", "seed", "num_train_steps", "nonfinite_steps", "evaluated_s
 # Column order of the tables; metrics not listed follow in alphabetical order.
 METRIC_ORDER = ("psnr", "ssim", "dice", "iou", "dice_per_image", "pixel_accuracy", "accuracy",
                 "balanced_accuracy", "macro_f1", "auc")
-DEFAULT_MAIN = Path(__file__).resolve().parents[1] / "experiments" / "main.py"
+MAIN_MODULE = "gradprom_jax.training.main"   # the training entry point each run is a subprocess of
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -191,11 +193,11 @@ def format_override(key: str, value: Any) -> str:
 
 
 def load_config(config_args: Sequence[str]) -> ml_collections.ConfigDict:
-  """The config ``experiments/main.py`` builds from ``--config=FILE[:ARGS]`` and overrides.
+  """The config the training entry point builds from ``--config=FILE[:ARGS]`` and overrides.
 
   Parsed by `ml_collections.config_flags` on private flag values, exactly as main parses them.
 
-  >>> config_file = DEFAULT_MAIN.parents[1] / "configs" / "default.py"
+  >>> config_file = Path(__file__).resolve().parents[2] / "configs" / "default.py"   # the repo's
   >>> config = load_config([f"--config={config_file}:smoke", "--config.method=joint"])
   >>> config.method, config.num_train_steps
   ('joint', 6)
@@ -264,10 +266,12 @@ def run_status(run: PlannedRun, config: ml_collections.ConfigDict) -> str:
 
 
 def execute_run(run: PlannedRun, config_args: Sequence[str], *,
-                main_script: str | os.PathLike[str] = DEFAULT_MAIN,
+                main_script: str | os.PathLike[str] | None = None,
                 python: str = sys.executable,
                 cache_dir: str | os.PathLike[str] | None = None) -> tuple[int, float]:
-  """Runs ``main.py`` for ``run`` in a subprocess; output goes to ``run.log``.
+  """Runs the training entry point for ``run`` in a subprocess; output goes to ``run.log``.
+
+  ``main_script``: a script to run instead of the module :data:`MAIN_MODULE` (tests use a fake one).
 
   ``cache_dir``, if given, is JAX's persistent compilation cache for the subprocess (shared by
   all runs; compiles of a second or more are cached).
@@ -276,7 +280,8 @@ def execute_run(run: PlannedRun, config_args: Sequence[str], *,
     (return code, wall seconds). ``run.json`` keeps the command and the seconds summed over
     attempts (a resumed run's time is the sum of its attempts).
   """
-  command = [python, str(main_script), *config_args, *run.config_overrides(),
+  entry_point = ["-m", MAIN_MODULE] if main_script is None else [str(main_script)]
+  command = [python, *entry_point, *config_args, *run.config_overrides(),
              f"--workdir={run.workdir}"]
   run.workdir.mkdir(parents=True, exist_ok=True)
   info_path = run.workdir / RUN_INFO_FILENAME
@@ -323,7 +328,7 @@ def log_tail(run: PlannedRun, lines: int = 15) -> str:
 
 
 def run_all(runs: Sequence[PlannedRun], config_args: Sequence[str], *,
-            main_script: str | os.PathLike[str] = DEFAULT_MAIN, print_fn=print,
+            main_script: str | os.PathLike[str] | None = None, print_fn=print,
             cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
   """Runs every unfinished run in order, printing progress and an ETA; returns failed labels.
 

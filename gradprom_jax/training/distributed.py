@@ -17,7 +17,7 @@ shard of the data (`grain.sharding.ShardByJaxProcess()` does that). A SLURM laun
 per node::
 
   srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 \\
-    python -m experiments.main --config=configs/ph2.py --workdir=$WORK/ph2
+    python -m gradprom_jax.training.main --config=configs/ph2.py --workdir=$WORK/ph2
 """
 
 from __future__ import annotations
