@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gradprom_jax.config import base_config, shrink_for_smoke_test
-from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.phases import make_phases
-from gradprom_jax.system import create_system
-from gradprom_jax.train_state import create_train_state
-from gradprom_jax.train_step import make_train_step
+from gradprom_jax.configuration.config import base_config, shrink_for_smoke_test
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.core.system import create_system
+from gradprom_jax.training.train_state import create_train_state
+from gradprom_jax.training.train_step import make_train_step
 
 TINY = os.environ["TINY"] == "1"
 SIZE, PER_DEVICE, STEPS = (32, 2, 3) if TINY else (512, 8, 20)

@@ -46,7 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.train_loop_hooks import intercept_step_calls, replace_train_step  # noqa: E402
 from configs import default  # noqa: E402
-from gradprom_jax import train  # noqa: E402
+from gradprom_jax.training import train  # noqa: E402
 
 
 def heavy_step_maker(matmul_size: int, matmuls: int):

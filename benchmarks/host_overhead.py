@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.train_loop_hooks import intercept_step_calls  # noqa: E402
-from gradprom_jax import train  # noqa: E402
+from gradprom_jax.training import train  # noqa: E402
 from benchmarks.step_time import load_config  # noqa: E402
 
 

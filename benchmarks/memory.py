@@ -68,12 +68,12 @@ def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: di
   import jax
   import jax.numpy as jnp
 
-  from gradprom_jax.config import base_config
-  from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-  from gradprom_jax.phases import make_phases
-  from gradprom_jax.system import create_system
-  from gradprom_jax.train_state import create_train_state
-  from gradprom_jax.train_step import make_train_step
+  from gradprom_jax.configuration.config import base_config
+  from gradprom_jax.core.system import create_system
+  from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.training.train_state import create_train_state
+  from gradprom_jax.training.train_step import make_train_step
 
   config = base_config()
   config.method, config.model.dtype, config.model.remat = method, dtype, remat

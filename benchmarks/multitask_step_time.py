@@ -49,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def task_configs(config, counts):
   """{K: (the multi-task config, its first K parsed tasks)}; K = 3 adds a second segmentation."""
-  from gradprom_jax.config import classification_recognizer, multitask_config
-  from gradprom_jax.task_config import parse_task_config
+  from gradprom_jax.configuration.config import classification_recognizer, multitask_config
+  from gradprom_jax.core.task_config import parse_task_config
 
   multi = multitask_config(copy.deepcopy(config), {
       "segmentation": config.model.recognizer, "classification": classification_recognizer()})
@@ -67,11 +67,11 @@ def benchmark(args: argparse.Namespace) -> dict:
   import jax.numpy as jnp
 
   from gradprom_jax import data as data_lib
-  from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-  from gradprom_jax.phases import make_phases
-  from gradprom_jax.system import create_system
-  from gradprom_jax.train import initial_state
-  from gradprom_jax.train_step import make_train_step
+  from gradprom_jax.core.system import create_system
+  from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.training.train import initial_state
+  from gradprom_jax.training.train_step import make_train_step
 
   print(f"jax {jax.__version__}, devices: {jax.devices()}", flush=True)
   config = load_config(args.config, args.smoke)

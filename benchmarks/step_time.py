@@ -178,12 +178,12 @@ def benchmark(args: argparse.Namespace) -> dict:
   import jax.numpy as jnp
 
   from gradprom_jax import data as data_lib
-  from gradprom_jax import parallel as parallel_lib
-  from gradprom_jax import train_step as train_step_lib
-  from gradprom_jax.image_dtype import to_unit_float
-  from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-  from gradprom_jax.phases import make_phases
-  from gradprom_jax.train import build_system, initial_state
+  from gradprom_jax.core.image_dtype import to_unit_float
+  from gradprom_jax.training import parallel as parallel_lib, train_step as train_step_lib
+  from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.training.train import build_system
+  from gradprom_jax.training.train_state import initial_state
 
   print(f"jax {jax.__version__}, devices: {jax.devices()}", flush=True)
   config = load_config(args.config, args.smoke)

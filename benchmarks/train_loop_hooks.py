@@ -1,4 +1,4 @@
-"""Hooks into the real train loop (`gradprom_jax.train`) for the benchmarks that time it.
+"""Hooks into the real train loop (`gradprom_jax.training.train`) for the benchmarks that time it.
 
 The loop is measured as it is, not copied: these context managers patch, for the duration of a
 benchmark, the two points where the loop meets the compiled step, namely
@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-from gradprom_jax import parallel as parallel_lib
-from gradprom_jax import train
+from gradprom_jax.training import parallel as parallel_lib, train
 
 # hook(compiled_step, state, batch, index) -> (state, metrics); index counts calls from 0.
 CallHook = Callable[[Callable, Any, Any, int], tuple[Any, Any]]

@@ -4,8 +4,9 @@ low-dose (Poisson) denoising + normal/pneumonia classification, grayscale 128×1
   python experiments/main.py --config configs/chest_xray.py --config.data.manual_dir=/data \
       --workdir workdirs/chest_xray
 """
-from gradprom_jax.config import (base_config, classification_recognizer, denoising_enhancer,
-                                 parse_config_args, shrink_for_smoke_test)
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,
+                                               denoising_enhancer, parse_config_args,
+                                               shrink_for_smoke_test)
 
 
 def get_config(arg: str | None = None):

@@ -9,8 +9,9 @@ Option `multitask`: ×4 super-resolution + both tasks, each with its own recogni
   python experiments/main.py --config configs/default.py:multitask --workdir workdirs/default_multitask
   python experiments/main.py --config configs/default.py:smoke --workdir /tmp/smoke   # seconds
 """
-from gradprom_jax.config import (base_config, classification_recognizer, denoising_enhancer,
-                                 multitask_config, parse_config_args, shrink_for_smoke_test)
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,
+                                               denoising_enhancer, multitask_config,
+                                               parse_config_args, shrink_for_smoke_test)
 
 
 def get_config(arg: str | None = None):

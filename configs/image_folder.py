@@ -8,8 +8,8 @@ r"""Your own dataset: a folder with `images/`, optional `masks/` and an optional
 Keys: data.manual_dir, data.id_column, data.label_column, data.mask_pattern, data.class_names,
 data.split_seed, data.split_fractions, data.image_size, data.num_channels, data.skip_bad.
 """
-from gradprom_jax.config import (base_config, classification_recognizer, parse_config_args,
-                                 shrink_for_smoke_test)
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,
+                                               parse_config_args, shrink_for_smoke_test)
 
 
 def get_config(arg: str | None = None):

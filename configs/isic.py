@@ -16,8 +16,9 @@ MANUAL_DOWNLOAD_INSTRUCTIONS for the exact names) and pass it as `data.manual_di
   python experiments/main.py --config configs/isic.py:multitask,2017 \
       --config.data.manual_dir=/data/isic2017 --workdir workdirs/isic_multitask
 """
-from gradprom_jax.config import (base_config, classification_recognizer, multitask_config,
-                                 parse_config_args, shrink_for_smoke_test)
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,
+                                               multitask_config, parse_config_args,
+                                               shrink_for_smoke_test)
 
 
 def get_config(arg: str | None = None):

@@ -4,7 +4,7 @@ r"""Kvasir-SEG polyps (manual download: `Kvasir-SEG/images`, `Kvasir-SEG/masks`)
       --workdir workdirs/kvasir
   python experiments/main.py --config configs/kvasir.py:smoke --config.data.manual_dir=... --workdir /tmp/k
 """
-from gradprom_jax.config import base_config, parse_config_args, shrink_for_smoke_test
+from gradprom_jax.configuration.config import base_config, parse_config_args, shrink_for_smoke_test
 
 
 def get_config(arg: str | None = None):

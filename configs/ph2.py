@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared_data import shared_path  # noqa: E402  (config files are loaded by path)
 
-from gradprom_jax.config import (base_config, classification_recognizer, multitask_config,  # noqa: E402
-                                 parse_config_args, shrink_for_smoke_test)
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,  # noqa: E402
+                                               multitask_config, parse_config_args,
+                                               shrink_for_smoke_test)
 
 
 def get_config(arg: str | None = None):

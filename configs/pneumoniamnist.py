@@ -11,8 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared_data import shared_path  # noqa: E402  (config files are loaded by path)
 
-from gradprom_jax.config import (base_config, classification_recognizer, denoising_enhancer,  # noqa: E402
-                                 parse_config_args, shrink_for_smoke_test)
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,  # noqa: E402
+                                               denoising_enhancer, parse_config_args,
+                                               shrink_for_smoke_test)
 
 
 def get_config(arg: str | None = None):

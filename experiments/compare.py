@@ -1,9 +1,10 @@
 r"""Compares methods (and GradProm variants) over seeds; intentionally short.
 
-Runs every method × seed through `experiments/main.py` (each in its own subprocess, one after the
-other), skips runs that already finished, then writes DIR/summary.md, DIR/summary.csv, DIR/runs.csv
-and DIR/plots/*.png. Running the same command again resumes an interrupted sweep. All logic lives
-in `gradprom_jax.comparison` and `gradprom_jax.comparison_plots`.
+Runs every method × seed through the training entry point (`python -m gradprom_jax.training.main`,
+each in its own subprocess, one after the other), skips runs that already finished, then writes
+DIR/summary.md, DIR/summary.csv, DIR/runs.csv and DIR/plots/*.png. Running the same command again
+resumes an interrupted sweep. All logic lives in `gradprom_jax.experiment_tools.comparison` and
+`gradprom_jax.experiment_tools.comparison_plots`.
 
   python experiments/compare.py --config configs/default.py --workdir workdirs/cmp_default \
       --methods gradprom,joint,pcgrad,enhance_only,two_stage --seeds 0,1,2 \
@@ -21,8 +22,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradprom_jax import comparison
-from gradprom_jax.config import METHODS
+from gradprom_jax.configuration.config import METHODS
+from gradprom_jax.experiment_tools import comparison
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file shared by every run (overrides with --config.KEY=VALUE).",

@@ -23,8 +23,8 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from gradprom_jax.console import hide_library_noise
 from gradprom_jax.inference import load_trained_system
+from gradprom_jax.training.console import hide_library_noise
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder of images (png, jpg, bmp, tif).")

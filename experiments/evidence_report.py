@@ -14,7 +14,7 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
 
 DIR is an `experiments/compare.py` directory whose λ rows are named ``<method>_l<λ>``. Every number
 written is computed here from the runs' results.json and metrics.jsonl; the logic is in
-`gradprom_jax.evidence`.
+`gradprom_jax.experiment_tools.evidence`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradprom_jax import evidence  # noqa: E402
+from gradprom_jax.experiment_tools import evidence  # noqa: E402
 
 SELECTION_FILENAME = "selection.json"
 CLAIMS_FILENAME = "claims.json"

@@ -1,11 +1,12 @@
 """gradprom_jax: task-driven medical image quality enhancement with gradient promotion (GradProm).
 
-The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here; models, data and the
-training system live in their own modules.
+The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here from ``core``; the
+rest lives in subpackages named by role: ``core`` (the paper's maths), ``models``, ``data``,
+``configuration``, ``training``, ``inference`` and ``experiment_tools`` (README, "Layout").
 """
-from gradprom_jax.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
-                                    cosine_similarity, enhance_only, find_combiner_state,
-                                    get_combiner, gradprom, joint, pcgrad)
+from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
+                                         cosine_similarity, enhance_only, find_combiner_state,
+                                         get_combiner, gradprom, joint, pcgrad)
 
 __version__ = "0.1.0"
 

@@ -7,13 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-from gradprom_jax.combiners import find_combiner_state, get_combiner
-from gradprom_jax.config import base_config
-from gradprom_jax.config_validation import ConfigError, validate_config
-from gradprom_jax.phases import make_phases
-from gradprom_jax.system import create_system
-from gradprom_jax.train_state import create_train_state
-from gradprom_jax.train_step import make_train_step
+from gradprom_jax.configuration.config import base_config
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.core.combiners import find_combiner_state, get_combiner
+from gradprom_jax.core.system import create_system
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.train_state import create_train_state
+from gradprom_jax.training.train_step import make_train_step
 
 IMAGE = (16, 16, 3)
 BATCH = 8

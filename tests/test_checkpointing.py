@@ -1,4 +1,4 @@
-"""Tests for gradprom_jax.checkpointing: round trips, iterator position, corruption, bad workdirs."""
+"""Tests for gradprom_jax.training.checkpointing: round trips, iterator position, corruption, bad workdirs."""
 
 import shutil
 import warnings
@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from gradprom_jax.checkpointing import (Checkpointer, CheckpointRestoreError, WorkdirError,
-                                        ensure_writable_directory)
+from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer, WorkdirError,
+                                                 ensure_writable_directory)
 
 # A failed orbax read leaves a tensorstore callback for an already-closed asyncio loop, reported
 # whenever it is garbage-collected (often during a later test); harmless.

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gradprom_jax import COMBINERS, enhance_only, get_combiner, joint, pcgrad
-from gradprom_jax.combiners import random_gate
-from gradprom_jax.combiners.baselines import random_gate_coin
+from gradprom_jax.core.combiners import random_gate
+from gradprom_jax.core.combiners.baselines import random_gate_coin
 
 
 def random_pair(seed, shapes=((3,), (2, 4))):
@@ -127,11 +127,11 @@ def test_random_gate_adds_the_weighted_task_gradient_exactly_when_the_coin_opens
 
 
 def test_random_gate_method_is_wired_from_the_config():
-  from gradprom_jax.config import base_config
-  from gradprom_jax.config_validation import ConfigError, validate_config
-  from gradprom_jax.optimizers import make_enhancer_tx
-  from gradprom_jax.phases import make_phases
-  from gradprom_jax.run_config import config_differences
+  from gradprom_jax.configuration.config import base_config
+  from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+  from gradprom_jax.training.optimizers import make_enhancer_tx
+  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.training.run_config import config_differences
 
   config = base_config()
   config.method, config.seed, config.random_gate.open_rate = "random_gate", 5, 0.3

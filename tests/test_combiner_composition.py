@@ -104,7 +104,7 @@ def test_toy_conflict_gradprom_reaches_the_main_minimum_joint_does_not():
 
 
 def test_inject_hyperparams_with_a_static_cosine_average():
-  from gradprom_jax.combiners import GradPromEmaState
+  from gradprom_jax.core.combiners import GradPromEmaState
   params = jnp.zeros(2)
   g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0])
   tx = optax.inject_hyperparams(gradprom, static_args=("cosine_ema",))(cosine_ema=0.9, threshold=0.5)

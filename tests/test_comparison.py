@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradprom_jax import comparison
-from gradprom_jax.metric_logging import METRICS_FILENAME
+from gradprom_jax.experiment_tools import comparison
+from gradprom_jax.training.metric_logging import METRICS_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_ARGS = ["--config=configs/default.py:smoke"]
@@ -234,6 +234,20 @@ def test_runs_share_the_compilation_cache_only_when_asked(tmp_path):
   comparison.execute_run(runs[0], SMOKE_ARGS, main_script=fake_main)
   assert (runs[0].workdir / "cache.txt").read_text() == os.environ.get(
       "JAX_COMPILATION_CACHE_DIR", "none")
+
+
+def test_runs_call_the_training_entry_point_as_a_module(tmp_path):
+  """The default command names no file of the repository, so an installed package finds it."""
+  fake_python = tmp_path / "python"
+  fake_python.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/argv.txt\"\n")
+  fake_python.chmod(0o755)
+  runs = comparison.plan_runs(comparison.make_rows(["joint"]), [0], tmp_path / "cmp")
+  returncode, _ = comparison.execute_run(runs[0], SMOKE_ARGS, python=str(fake_python))
+  argv = (tmp_path / "argv.txt").read_text().splitlines()
+  assert returncode == 0
+  assert argv[:2] == ["-m", "gradprom_jax.training.main"] == ["-m", comparison.MAIN_MODULE]
+  assert argv[2:] == [*SMOKE_ARGS, "--config.method=joint", "--config.seed=0",
+                      f"--workdir={runs[0].workdir}"]
 
 
 def test_results_report_stitches_overview_sweeps_summaries_and_readings(tmp_path, capsys):

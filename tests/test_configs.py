@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gradprom_jax.config_validation import validate_config
+from gradprom_jax.configuration.config_validation import validate_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPTIONS = {

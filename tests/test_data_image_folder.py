@@ -100,7 +100,7 @@ def test_bad_input_stops_the_build_naming_the_file_or_is_skipped(tmp_path, damag
   with pytest.raises(BadInputError, match=message):
     load_dataset(folder_config(root, data_dir, class_names=class_names))
   # Nothing half-written: no array_record files, no dataset_info.json, no empty dataset folders
-  # (only the build lock, kept on purpose: see gradprom_jax/file_lock.py).
+  # (only the build lock, kept on purpose: see gradprom_jax/data/file_lock.py).
   assert [p.name for p in data_dir.rglob("*") if not p.name.endswith(".build.lock")] == []
 
   dataset = load_dataset(folder_config(root, data_dir, class_names=class_names, skip_bad=True))

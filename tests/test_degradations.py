@@ -1,4 +1,4 @@
-"""Tests of gradprom_jax.degradations: exactness on constants, noise levels, seeding, parsing."""
+"""Tests of gradprom_jax.core.degradations: exactness on constants, noise levels, seeding, parsing."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradprom_jax import degradations
+from gradprom_jax.core import degradations
 
 
 def _smooth_images(n=2, h=32, w=32, c=3, seed=0):

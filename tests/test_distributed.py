@@ -1,4 +1,4 @@
-"""Tests for gradprom_jax.distributed: detection, argument checks, and a real 2-process CPU run."""
+"""Tests for gradprom_jax.training.distributed: detection, argument checks, and a real 2-process CPU run."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import portpicker
 import pytest
 
-from gradprom_jax import distributed
+from gradprom_jax.training import distributed
 
 _WORKER = """
 import sys
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from gradprom_jax.distributed import initialize_distributed
+from gradprom_jax.training.distributed import initialize_distributed
 
 address, process_id = sys.argv[1], int(sys.argv[2])
 config = {"mode": "explicit", "coordinator_address": address, "num_processes": 2,

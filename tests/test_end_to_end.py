@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gradprom_jax.inference import load_trained_system
-from gradprom_jax.metric_logging import read_metrics
+from gradprom_jax.training.metric_logging import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_METRICS = {"segmentation": ("dice", "iou", "pixel_accuracy"),

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax.config import base_config
-from gradprom_jax.config_validation import ConfigError, validate_config
-from gradprom_jax.gate_reliability import make_gate_probe
-from gradprom_jax.train_step import make_train_step
+from gradprom_jax.configuration.config import base_config
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.training.gate_reliability import make_gate_probe
+from gradprom_jax.training.train_step import make_train_step
 
 from test_train_step import IMAGE, setup  # noqa: E402
 

@@ -196,8 +196,8 @@ def test_missing_or_mismatched_task_grads_give_clear_errors():
 
 
 def test_negative_threshold_is_refused_for_the_hard_gate():
-  from gradprom_jax.config import base_config
-  from gradprom_jax.config_validation import ConfigError, validate_config
+  from gradprom_jax.configuration.config import base_config
+  from gradprom_jax.configuration.config_validation import ConfigError, validate_config
   with pytest.raises(ValueError, match="threshold=-0.1 < 0 with mode='hard'.*use a threshold >= 0"):
     gradprom(threshold=-0.1)
   config = base_config()
@@ -260,7 +260,8 @@ def test_gating_on_the_cosine_average_keeps_every_step_a_descent_direction(shape
 
 
 def test_cosine_average_closes_the_gate_after_a_run_of_conflicts_and_is_bias_corrected():
-  from gradprom_jax.combiners import GradPromEmaState, find_combiner_metrics, find_combiner_state
+  from gradprom_jax.core.combiners import (GradPromEmaState, find_combiner_metrics,
+                                           find_combiner_state)
   g_e = jnp.array([1.0, 0.0])
   aligned, opposed = jnp.array([1.0, 1.0]), jnp.array([-1.0, 0.5])   # cos 0.707 and -0.894
   tx = gradprom(cosine_ema=0.9)
@@ -286,7 +287,7 @@ def test_cosine_average_closes_the_gate_after_a_run_of_conflicts_and_is_bias_cor
 
 @pytest.mark.parametrize("variant", EMA_VARIANTS)
 def test_cosine_average_state_is_stable_under_jit_and_per_leaf(variant):
-  from gradprom_jax.combiners import find_combiner_state
+  from gradprom_jax.core.combiners import find_combiner_state
   rng = np.random.default_rng(3)
   g_e, g_t = random_tree(rng, [(3,), (2, 5)]), random_tree(rng, [(3,), (2, 5)])
   state = update_thrice_under_jit(gradprom(**variant), g_e, g_t)
@@ -297,12 +298,12 @@ def test_cosine_average_state_is_stable_under_jit_and_per_leaf(variant):
 
 
 def test_cosine_average_option_is_checked_and_wired_from_the_config():
-  from gradprom_jax.config import base_config
-  from gradprom_jax.config_validation import ConfigError, validate_config
-  from gradprom_jax.optimizers import make_enhancer_tx
-  from gradprom_jax.phases import make_phases
-  from gradprom_jax.run_config import config_differences
-  from gradprom_jax.combiners import GradPromEmaState
+  from gradprom_jax.configuration.config import base_config
+  from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+  from gradprom_jax.core.combiners import GradPromEmaState
+  from gradprom_jax.training.optimizers import make_enhancer_tx
+  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.training.run_config import config_differences
   for bad in (1.0, -0.1):
     with pytest.raises(ValueError, match=r"cosine_ema must be a Python float in \[0, 1\)"):
       gradprom(cosine_ema=bad)

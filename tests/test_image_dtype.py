@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradprom_jax import evaluation
-from gradprom_jax.image_dtype import to_unit_float
-from gradprom_jax.train_step import make_train_step
+from gradprom_jax.core.image_dtype import to_unit_float
+from gradprom_jax.training import evaluation
+from gradprom_jax.training.train_step import make_train_step
 
 from test_train_step import IMAGE, setup, tiny_config  # noqa: E402
 

@@ -1,11 +1,11 @@
-"""Tests of gradprom_jax.losses against direct numpy formulas, and sanity of their gradients."""
+"""Tests of gradprom_jax.core.losses against direct numpy formulas, and sanity of their gradients."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax import losses, metrics
+from gradprom_jax.core import losses, metrics
 
 RNG = np.random.default_rng(0)
 

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax import COMBINERS, methods
-from gradprom_jax.combiners import combiner_metrics, find_combiner_metrics, find_combiner_state
-from gradprom_jax.combiners.skeleton import make_combiner
-from gradprom_jax.config import METHODS, base_config
-from gradprom_jax.optimizers import make_enhancer_tx
-from gradprom_jax.phases import make_phases
+from gradprom_jax import COMBINERS
+from gradprom_jax.configuration.config import METHODS, base_config
+from gradprom_jax.core import methods
+from gradprom_jax.core.combiners import combiner_metrics, find_combiner_metrics, find_combiner_state
+from gradprom_jax.core.combiners.skeleton import make_combiner
+from gradprom_jax.training.optimizers import make_enhancer_tx
+from gradprom_jax.training.phases import make_phases
 
 # A value other than the default for every config key a combiner reads. A key added to a method's
 # config group needs one here, or test_every_method_option_reaches_the_combiner fails.

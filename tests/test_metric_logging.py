@@ -1,4 +1,4 @@
-"""Tests for gradprom_jax.metric_logging: jsonl records, TensorBoard events, resume, disabled hosts."""
+"""Tests for gradprom_jax.training.metric_logging: jsonl records, TensorBoard events, resume, disabled hosts."""
 
 import collections
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from gradprom_jax.metric_logging import METRICS_FILENAME, MetricLogger, read_metrics
+from gradprom_jax.training.metric_logging import METRICS_FILENAME, MetricLogger, read_metrics
 
 
 def read_scalars(logdir):

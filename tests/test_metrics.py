@@ -1,4 +1,4 @@
-"""Tests of gradprom_jax.metrics against scikit-image / scikit-learn, and of set-level accumulation."""
+"""Tests of gradprom_jax.core.metrics against scikit-image / scikit-learn, and of set-level accumulation."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from gradprom_jax import metrics
+from gradprom_jax.core import metrics
 
 RNG = np.random.default_rng(0)
 

@@ -9,13 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from gradprom_jax.combiners import find_combiner_state, gradprom
-from gradprom_jax.config import base_config, shrink_for_smoke_test
-from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.phases import make_phases
-from gradprom_jax.system import create_system
-from gradprom_jax.train_state import create_train_state
-from gradprom_jax.train_step import make_train_step, shared_forward_gradients
+from gradprom_jax.configuration.config import base_config, shrink_for_smoke_test
+from gradprom_jax.core.combiners import find_combiner_state, gradprom
+from gradprom_jax.core.system import create_system
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.train_state import create_train_state
+from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
 
 IMAGE_SIZE = 32
 # bfloat16 keeps 8 significant bits (relative rounding 2**-8 ≈ 0.4 %); after a forward and a backward

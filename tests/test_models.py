@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from gradprom_jax import degradations
+from gradprom_jax.core import degradations
 from gradprom_jax.models import (EDSR, ResNetClassifier, UNetEnhancer, UNetSegmenter,
                                  create_enhancer, create_recognizer)
 

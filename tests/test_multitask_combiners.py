@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gradprom_jax.combiners import (CombinerState, GradPromEmaState, enhance_only,
-                                    find_combiner_metrics, find_combiner_state, gradprom, joint,
-                                    pcgrad, random_gate)
-from gradprom_jax.combiners.baselines import random_gate_coin
-from gradprom_jax.combiners.tasks import MultiTaskState
+from gradprom_jax.core.combiners import (CombinerState, GradPromEmaState, enhance_only,
+                                         find_combiner_metrics, find_combiner_state, gradprom,
+                                         joint, pcgrad, random_gate)
+from gradprom_jax.core.combiners.baselines import random_gate_coin
+from gradprom_jax.core.combiners.tasks import MultiTaskState
 
 from combiner_trees import random_tree, vdot  # noqa: E402
 

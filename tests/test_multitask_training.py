@@ -10,16 +10,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gradprom_jax.checkpointing import Checkpointer
-from gradprom_jax.config import base_config, multitask_config
-from gradprom_jax.config_validation import ConfigError, validate_config
-from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.parallel import DataParallel
-from gradprom_jax.phases import make_phases
-from gradprom_jax.system import create_system
-from gradprom_jax.task_config import parse_task_config
-from gradprom_jax.train_state import create_train_state
-from gradprom_jax.train_step import make_train_step, shared_forward_gradients
+from gradprom_jax.configuration.config import base_config, multitask_config
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.core.system import create_system
+from gradprom_jax.core.task_config import parse_task_config
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.parallel import DataParallel
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.train_state import create_train_state
+from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
 
 from test_train_step import IMAGE, make_batch, tiny_config  # noqa: E402
 

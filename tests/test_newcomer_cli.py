@@ -17,12 +17,14 @@ import pytest
 from PIL import Image
 
 from configs import default
-from gradprom_jax.checkpointing import Checkpointer
-from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.phases import make_phases
-from gradprom_jax.run_config import check_or_save_config
-from gradprom_jax.system import create_system
-from gradprom_jax.train import MODEL_INFO_FILENAME, _write_json, initial_state
+from gradprom_jax.core.system import create_system
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
+from gradprom_jax.training.run_config import check_or_save_config
+from gradprom_jax.training.train import _write_json
+from gradprom_jax.training.train_state import initial_state
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "experiments" / "main.py"

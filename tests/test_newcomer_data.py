@@ -19,10 +19,12 @@ import pytest
 from PIL import Image
 
 from configs import image_folder as image_folder_config
-from gradprom_jax import evaluation, losses, metrics
-from gradprom_jax.config_validation import ConfigError, validate_config, validate_config_for_dataset
+from gradprom_jax.configuration.config_validation import (ConfigError, validate_config,
+                                                          validate_config_for_dataset)
+from gradprom_jax.core import losses, metrics
 from gradprom_jax.data import BadInputError, ManualDownloadError, default_data_config, load_dataset
-from gradprom_jax.train import build_system, recognizer_class_names
+from gradprom_jax.training import evaluation
+from gradprom_jax.training.train import build_system, recognizer_class_names
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "experiments" / "main.py"

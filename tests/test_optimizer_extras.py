@@ -14,15 +14,17 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
-from gradprom_jax import train
-from gradprom_jax.checkpointing import Checkpointer
-from gradprom_jax.config import base_config
-from gradprom_jax.config_validation import ConfigError, validate_config
-from gradprom_jax.optimizers import learning_rate_schedule, make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.params_ema import ParamsEmaState, find_params_ema
-from gradprom_jax.phases import make_phases
-from gradprom_jax.run_config import config_differences, flatten_config
-from gradprom_jax.train_state import create_train_state
+from gradprom_jax.configuration.config import base_config
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.configuration.plain_config import flatten_config
+from gradprom_jax.training import train
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.optimizers import (learning_rate_schedule, make_enhancer_tx,
+                                              make_recognizer_tx)
+from gradprom_jax.training.params_ema import ParamsEmaState, find_params_ema
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.run_config import config_differences
+from gradprom_jax.training.train_state import create_train_state
 
 # Parameters shaped like a Flax model's: conv and dense kernels, biases, GroupNorm scale and bias.
 TOY_PARAMS = {

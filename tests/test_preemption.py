@@ -1,4 +1,4 @@
-"""Tests for gradprom_jax.preemption: signals set the flag, handlers are restored, Ctrl-C twice aborts."""
+"""Tests for gradprom_jax.training.preemption: signals set the flag, handlers are restored, Ctrl-C twice aborts."""
 
 import os
 import signal
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax.checkpointing import Checkpointer
-from gradprom_jax.preemption import PreemptionGuard
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.preemption import PreemptionGuard
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -58,8 +58,8 @@ def test_request_stop_without_signal():
 _LOOP = """
 import sys, time
 import jax.numpy as jnp
-from gradprom_jax.checkpointing import Checkpointer
-from gradprom_jax.preemption import PreemptionGuard
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.preemption import PreemptionGuard
 
 ckpt = Checkpointer(sys.argv[1], save_interval_steps=1000)
 state = {"w": jnp.zeros(3)}
@@ -97,7 +97,7 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
 # ---- No host synchronisation per step.
 
 def test_multi_host_agreement_runs_every_k_steps_and_at_synced_steps(monkeypatch):
-  from gradprom_jax import preemption
+  from gradprom_jax.training import preemption
   gathered_at = []
   step_now = [0]
 

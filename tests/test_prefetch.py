@@ -1,4 +1,4 @@
-"""gradprom_jax.prefetch: batches placed ahead on the mesh and under pmap, and an exact resume."""
+"""gradprom_jax.training.prefetch: batches placed ahead on the mesh and under pmap, and an exact resume."""
 import json
 import types
 
@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax.checkpointing import Checkpointer
 from gradprom_jax.data import make_train_loader
-from gradprom_jax.parallel import DataParallel
-from gradprom_jax.prefetch import DevicePrefetcher, device_placer
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.parallel import DataParallel
+from gradprom_jax.training.prefetch import DevicePrefetcher, device_placer
 
 GLOBAL_BATCH = 4   # divisible by the 4 simulated CPU devices of conftest.py
 

@@ -17,13 +17,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gradprom_jax import evaluation, pretrained
-from gradprom_jax.checkpointing import Checkpointer, SourceRunError, restore_field_from_run
-from gradprom_jax.config import base_config
-from gradprom_jax.config_validation import ConfigError, validate_config
+from gradprom_jax.configuration.config import base_config
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
 from gradprom_jax.inference import load_trained_system
-from gradprom_jax.phases import make_phases
-from gradprom_jax.run_config import config_differences
+from gradprom_jax.training import evaluation, pretrained
+from gradprom_jax.training.checkpointing import Checkpointer, SourceRunError, restore_field_from_run
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.run_config import config_differences
 
 REPO = Path(__file__).resolve().parents[1]
 # A failed orbax read leaves a tensorstore callback for a closed asyncio loop; harmless.

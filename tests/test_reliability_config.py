@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from gradprom_jax import train
-from gradprom_jax.checkpointing import WorkdirError, ensure_writable_directory
-from gradprom_jax.config_validation import ConfigError, unknown_key_message
-from gradprom_jax.run_config import check_or_save_config
+from gradprom_jax.configuration.config_validation import ConfigError, unknown_key_message
+from gradprom_jax.training import train
+from gradprom_jax.training.checkpointing import WorkdirError, ensure_writable_directory
+from gradprom_jax.training.run_config import check_or_save_config
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "experiments" / "main.py"

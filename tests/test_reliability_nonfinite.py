@@ -9,8 +9,8 @@ import pytest
 
 from configs import default
 from gradprom_jax import data as data_lib
-from gradprom_jax import train
-from gradprom_jax.image_dtype import to_unit_float
+from gradprom_jax.core.image_dtype import to_unit_float
+from gradprom_jax.training import train
 
 
 def _smoke_config(tmp_path, **overrides):

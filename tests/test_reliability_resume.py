@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default
-from gradprom_jax import train
+from gradprom_jax.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "experiments" / "main.py"

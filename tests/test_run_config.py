@@ -1,13 +1,13 @@
-"""Tests for gradprom_jax.run_config: first write, identical restart, refusal with a diff, overwrite."""
+"""Tests for gradprom_jax.training.run_config: first write, identical restart, refusal with a diff, overwrite."""
 
 import json
 
 import ml_collections
 import pytest
 
-from gradprom_jax.checkpointing import WorkdirError
-from gradprom_jax.run_config import (ConfigMismatchError, check_or_save_config,
-                                     config_differences)
+from gradprom_jax.training.checkpointing import WorkdirError
+from gradprom_jax.training.run_config import (ConfigMismatchError, check_or_save_config,
+                                              config_differences)
 
 
 def _config(**overrides):

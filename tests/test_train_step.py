@@ -4,13 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax.config import base_config
-from gradprom_jax.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.parallel import DataParallel
-from gradprom_jax.phases import make_phases
-from gradprom_jax.system import create_system
-from gradprom_jax.train_state import create_train_state
-from gradprom_jax.train_step import make_train_step, shared_forward_gradients
+from gradprom_jax.configuration.config import base_config
+from gradprom_jax.core.system import create_system
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.parallel import DataParallel
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.train_state import create_train_state
+from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
 
 IMAGE = (16, 16, 3)
 

@@ -1,12 +1,12 @@
-"""Tests for gradprom_jax.visualization (PNG size, overlays actually drawn, labels, input checks) and
-the pictures of gradprom_jax.comparison_plots (grid size, legends, colours)."""
+"""Tests for gradprom_jax.training.visualization (PNG size, overlays actually drawn, labels, input checks) and
+the pictures of gradprom_jax.experiment_tools.comparison_plots (grid size, legends, colours)."""
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from gradprom_jax import comparison_plots
-from gradprom_jax.visualization import TITLE_PIXELS, save_sample_grid
+from gradprom_jax.experiment_tools import comparison_plots
+from gradprom_jax.training.visualization import TITLE_PIXELS, save_sample_grid
 
 
 def _images(n=3, size=32, channels=3, seed=0):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gradprom_jax.file_lock import FileLock
-from gradprom_jax.workdir_lock import LOCK_FILENAME, WorkdirLockedError, lock_workdir
+from gradprom_jax.data.file_lock import FileLock
+from gradprom_jax.training.workdir_lock import LOCK_FILENAME, WorkdirLockedError, lock_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "experiments" / "main.py"
@@ -30,7 +30,7 @@ def test_second_claim_names_the_holder_and_release_frees_it(tmp_path):
 def test_claim_dies_with_a_killed_holder(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time\n"
-       "from gradprom_jax.workdir_lock import lock_workdir\n"
+       "from gradprom_jax.training.workdir_lock import lock_workdir\n"
        "lock = lock_workdir(sys.argv[1]); print('held', flush=True); time.sleep(600)",
        str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
   try:

@@ -33,7 +33,7 @@ def to_arrays(example: dict[str, Any]) -> dict[str, np.ndarray]:
   """A decoded TFDS example -> the shared conventions: uint8 image, int32 mask (H, W) and label.
 
   Images stay uint8 until the device (4× fewer bytes on the host); the compiled programs make them
-  float32 in [0, 1] (:mod:`gradprom_jax.image_dtype`).
+  float32 in [0, 1] (:mod:`gradprom_jax.core.image_dtype`).
 
   >>> out = to_arrays({"image": np.full((2, 2, 3), 255, np.uint8), "mask": np.ones((2, 2, 1), np.uint8)})
   >>> out["image"].dtype, out["mask"].shape, out["mask"].dtype

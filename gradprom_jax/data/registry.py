@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gradprom_jax.data import records_builder
-from gradprom_jax.file_lock import FileLock
+from gradprom_jax.data.file_lock import FileLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +89,7 @@ def build_lock(builder: tfds.core.DatasetBuilder, name: str) -> Iterator[None]:
   Two runs that need the same unbuilt dataset at once (a sweep's first seeds, a job array) would
   both build it and one would fail on TFDS's final rename; with this lock one builds and the others
   wait for it (logging whom they wait for), then reuse its files. The lock is an ``flock`` that dies
-  with its holder (see :mod:`gradprom_jax.file_lock` for NFS and Lustre), so a killed build never
+  with its holder (see :mod:`gradprom_jax.data.file_lock` for NFS and Lustre), so a killed build never
   blocks the next one.
   """
   data_dir = Path(builder.data_dir_root)

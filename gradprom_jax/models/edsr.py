@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gradprom_jax import degradations
 from gradprom_jax.models.remat import maybe_remat
+from gradprom_jax.models.resampling import upsample
 
 
 def upsampling_steps(scale: int) -> tuple[int, ...]:
@@ -102,6 +102,6 @@ class EDSR(nn.Module):
       y = dm_pix.depth_to_space(y, factor)
     detail = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros,
                      dtype=self.dtype)(y)
-    base = degradations.upsample(x, self.scale) if self.scale > 1 else x
+    base = upsample(x, self.scale) if self.scale > 1 else x
     out = base + detail
     return out if train else jnp.clip(out, 0.0, 1.0)

@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gradprom_jax import degradations
 from gradprom_jax.models.remat import maybe_remat
+from gradprom_jax.models.resampling import upsample
 
 
 def group_norm(features: int, dtype: Any = jnp.float32, **kwargs) -> nn.GroupNorm:
@@ -140,7 +140,7 @@ class UNetEnhancer(nn.Module):
     if x.shape[-1] != self.channels:
       raise ValueError(f"UNetEnhancer(channels={self.channels}) got an input "
                        f"with {x.shape[-1]} channels, shape {x.shape}")
-    base = degradations.upsample(x, self.scale) if self.scale > 1 else x
+    base = upsample(x, self.scale) if self.scale > 1 else x
     residual = UNet(self.channels, self.features, self.num_levels, zero_init_output=True,
                     dtype=self.dtype, remat=self.remat)(base)
     out = base + residual

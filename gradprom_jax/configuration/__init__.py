@@ -1,0 +1,1 @@
+"""Run configuration: defaults, validation and the --help text of every key."""

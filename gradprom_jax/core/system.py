@@ -1,0 +1,241 @@
+"""The task-driven enhancement system: degradation → enhancer → recogniser(s), and their losses.
+
+:class:`TaskDrivenSystem` holds no parameters: it is the static description of the maths (modules,
+degradation, loss choices), hashable so that jitted steps can close over it. Parameters live in the
+:class:`~gradprom_jax.training.train_state.TrainState`.
+
+One enhancer may feed several recognisers (:class:`RecognitionHead`, one per task: lesion masks and
+a diagnosis of the same images). A single-task system keeps the classic layout (the recogniser's
+params are one tree); a multi-task one (``multi_task=True``) keeps every per-task thing (params,
+gradients, optimiser states, losses) in a dict by task name: :meth:`TaskDrivenSystem.split` and
+:meth:`TaskDrivenSystem.join` convert between the two.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gradprom_jax import models
+from gradprom_jax.core import degradations, losses
+from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, parse_task_config
+
+
+@dataclasses.dataclass(frozen=True)
+class RecognitionHead:
+  """One task's recogniser and its loss.
+
+  Attributes:
+    name: the task's name (suffixes its metrics in a multi-task system).
+    module: the recognition module (image → class logits or per-pixel logits).
+    recognition: "segmentation" or "classification".
+    num_classes: classes of the recogniser's output.
+    dice_weight, label_smoothing, class_weights: the task loss's options.
+  """
+  name: str
+  module: nn.Module
+  recognition: str
+  num_classes: int
+  dice_weight: float = 1.0
+  label_smoothing: float = 0.0
+  class_weights: tuple[float, ...] | None = None
+
+  def recognize(self, params: Any, images: jax.Array, *, train: bool) -> jax.Array:
+    return self.module.apply({"params": params}, images, train=train).astype(jnp.float32)
+
+  def loss(self, logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+    weights = None if self.class_weights is None else jnp.asarray(self.class_weights, jnp.float32)
+    if self.recognition == "segmentation":
+      return losses.segmentation_loss(logits, batch["mask"], dice_weight=self.dice_weight,
+                                      class_weights=weights)
+    return losses.classification_loss(logits, batch["label"], class_weights=weights,
+                                      label_smoothing=self.label_smoothing)
+
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """Class probabilities (per pixel for segmentation); a 1-channel output is a sigmoid."""
+    if logits.shape[-1] == 1:
+      positive = jax.nn.sigmoid(logits)
+      return jnp.concatenate([1 - positive, positive], axis=-1)
+    return jax.nn.softmax(logits, axis=-1)
+
+  @property
+  def target_key(self) -> str:
+    """The batch entry this task is scored against: ``"mask"`` or ``"label"``."""
+    return "mask" if self.recognition == "segmentation" else "label"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskDrivenSystem:
+  """An enhancer feeding one recogniser per task, with the degradation that makes its input.
+
+  Attributes:
+    enhancer: the image enhancement module (low quality → high-quality size).
+    heads: one :class:`RecognitionHead` per task.
+    degradation: simulates the low-quality input from a high-quality batch, on device.
+    enhancement_loss_kind, ssim_weight: the enhancement loss (see ``losses.enhancement_loss``).
+    multi_task: per-task things are dicts by task name (else the one task's value itself).
+  """
+  enhancer: nn.Module
+  heads: tuple[RecognitionHead, ...]
+  degradation: degradations.Degradation
+  enhancement_loss_kind: str = "l1"
+  ssim_weight: float = 0.0
+  multi_task: bool = False
+
+  def __post_init__(self):
+    if not self.heads or (len(self.heads) > 1 and not self.multi_task):
+      raise ValueError(f"a system needs one recogniser, or several with multi_task=True; got "
+                       f"{len(self.heads)} with multi_task={self.multi_task}.")
+    names = [head.name for head in self.heads]
+    if len(set(names)) != len(names):
+      raise ValueError(f"task names must be distinct, got {names}.")
+
+  # ---- Per-task values: one tree (single task) or a dict by task name (multi-task).
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return tuple(head.name for head in self.heads)
+
+  def split(self, per_task: Any) -> tuple[Any, ...]:
+    """Per-task values in the system's layout -> a tuple in ``heads`` order."""
+    if not self.multi_task:
+      return (per_task,)
+    return tuple(per_task[name] for name in self.task_names)
+
+  def join(self, values: Sequence[Any]) -> Any:
+    """Values in ``heads`` order -> the system's layout (the inverse of :meth:`split`)."""
+    values = tuple(values)
+    return dict(zip(self.task_names, values)) if self.multi_task else values[0]
+
+  def metric_key(self, key: str, head: RecognitionHead) -> str:
+    """``key`` of ``head``'s task: unchanged for a single task, ``key/<task>`` for several."""
+    return f"{key}/{head.name}" if self.multi_task else key
+
+  # ---- The single task's recogniser (the classic API; a multi-task system goes through heads).
+  @property
+  def head(self) -> RecognitionHead:
+    if self.multi_task:
+      raise ValueError(f"a multi-task system ({', '.join(self.task_names)}) has one recogniser "
+                       "per task: use system.heads.")
+    return self.heads[0]
+
+  @property
+  def recognizer(self) -> nn.Module:
+    return self.head.module
+
+  @property
+  def recognition(self) -> str:
+    """The recognition kind; for several tasks, their names comma-separated (as in the config)."""
+    return ",".join(self.task_names) if self.multi_task else self.head.recognition
+
+  @property
+  def num_classes(self) -> int | dict[str, int]:
+    return self.join([head.num_classes for head in self.heads])
+
+  @property
+  def class_weights(self) -> tuple[float, ...] | None:
+    return self.head.class_weights
+
+  def recognize(self, params: Any, images: jax.Array, *, train: bool) -> jax.Array:
+    return self.head.recognize(params, images, train=train)
+
+  def task_loss(self, logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+    return self.head.loss(logits, batch)
+
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    return self.heads[0].probabilities(logits)
+
+  # ---- The enhancer and its degradation.
+  def degrade(self, key: jax.Array, high_quality: jax.Array, example_ids: jax.Array) -> jax.Array:
+    """The low-quality input of each example, seeded by (``key``, the example's global index).
+
+    Keying noise by the example's index rather than its position on a device makes the result the
+    same on one device, on a mesh, under pmap and on several hosts.
+    """
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
+    return jax.vmap(lambda k, x: self.degradation(k, x[None])[0])(keys, high_quality)
+
+  # Outputs come back in float32 whatever the models' compute dtype (mixed precision): the losses,
+  # their gradients at the enhanced image, metrics and GradProm's cosine are all float32.
+  def enhance(self, params: Any, low_quality: jax.Array, *, train: bool) -> jax.Array:
+    return self.enhancer.apply({"params": params}, low_quality, train=train).astype(jnp.float32)
+
+  def interpolate(self, low_quality: jax.Array) -> jax.Array:
+    """The no-enhancement reference: the degraded input, bicubically upsampled to full size."""
+    scale = self.degradation.scale
+    return low_quality if scale == 1 else degradations.upsample(low_quality, scale)
+
+  def enhancement_loss(self, enhanced: jax.Array, high_quality: jax.Array) -> jax.Array:
+    return losses.enhancement_loss(enhanced, high_quality, kind=self.enhancement_loss_kind,
+                                   ssim_weight=self.ssim_weight)
+
+  def init_params(self, key: jax.Array, image_shape: tuple[int, int, int]) -> tuple[Any, Any]:
+    """Initial (enhancer, recogniser(s)) parameters for high-quality images of ``image_shape``.
+
+    A single task's recogniser gets the key split off for it, as it always did; task k of several
+    folds k into that key.
+    """
+    height, width, channels = image_shape
+    scale = self.degradation.scale
+    enhancer_key, recognizer_key = jax.random.split(key)
+    low_quality = jnp.zeros((1, height // scale, width // scale, channels), jnp.float32)
+    high_quality = jnp.zeros((1, height, width, channels), jnp.float32)
+    enhancer_params = self.enhancer.init(enhancer_key, low_quality, train=False)["params"]
+    keys = ([recognizer_key] if not self.multi_task
+            else [jax.random.fold_in(recognizer_key, k) for k in range(len(self.heads))])
+    recognizer_params = self.join([
+        head.module.init(k, high_quality, train=False)["params"]
+        for head, k in zip(self.heads, keys)])
+    return enhancer_params, recognizer_params
+
+
+def _module_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def _per_task(value: Any, task: RecognitionTask, multi_task: bool) -> Any:
+  """A per-task argument of :func:`create_system`: a mapping by task name, or the single task's."""
+  if isinstance(value, Mapping):
+    return value[task.name]
+  if multi_task and value is not None:
+    raise ValueError(f"a multi-task system needs a dict by task name, got {value!r}.")
+  return value
+
+
+def create_system(config: ml_collections.ConfigDict, *, channels: int,
+                  num_classes: int | Mapping[str, int],
+                  class_weights: tuple[float, ...] | Mapping[str, Any] | None = None,
+                  tasks: TaskConfig | None = None) -> TaskDrivenSystem:
+  """The system a config describes, for images with ``channels`` and tasks with ``num_classes``.
+
+  ``tasks`` is the config's parsed :class:`~gradprom_jax.core.task_config.TaskConfig` (parsed here when
+  not given). For several tasks ``num_classes`` and ``class_weights`` are dicts by task name.
+  ``class_weights`` are the task losses' per-class weights, resolved from their config values by the
+  caller (``"balanced"`` needs the training split's class counts: ``train.build_system``).
+  """
+  tasks = parse_task_config(config) if tasks is None else tasks
+  # Configs stored before model.dtype / model.remat existed ran float32 without remat.
+  precision = {"dtype": jnp.dtype(config.model.get("dtype", "float32")),
+               "remat": bool(config.model.get("remat", False))}
+  enhancer = models.create_enhancer(config.model.enhancer.name, channels=channels,
+                                    scale=tasks.degradation.scale, **precision,
+                                    **_module_kwargs(config.model.enhancer))
+  heads = []
+  for task in tasks.tasks:
+    classes = _per_task(num_classes, task, tasks.multi_task)
+    weights = _per_task(class_weights, task, tasks.multi_task)
+    heads.append(RecognitionHead(
+        name=task.name, recognition=task.recognition, num_classes=classes,
+        module=models.create_recognizer(task.recognizer, num_classes=classes, **precision,
+                                        **dict(task.recognizer_options)),
+        dice_weight=task.dice_weight, label_smoothing=task.label_smoothing,
+        class_weights=None if weights is None else tuple(float(w) for w in weights)))
+  return TaskDrivenSystem(
+      enhancer=enhancer, heads=tuple(heads), degradation=tasks.degradation,
+      enhancement_loss_kind=tasks.enhancement_loss, ssim_weight=tasks.ssim_weight,
+      multi_task=tasks.multi_task)

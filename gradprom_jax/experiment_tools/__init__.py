@@ -1,0 +1,1 @@
+"""Method × seed comparisons, their plots and the paired evidence statistics."""

@@ -1,0 +1,83 @@
+"""Applying a trained run to new images: load a workdir's newest checkpoint, enhance, recognise."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gradprom_jax.core.system import TaskDrivenSystem, create_system
+from gradprom_jax.training import evaluation
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
+from gradprom_jax.training.train_state import initial_state
+
+
+@dataclasses.dataclass
+class TrainedSystem:
+  """A run's system and its trained parameters."""
+  config: ml_collections.ConfigDict
+  system: TaskDrivenSystem
+  enhancer_params: Any
+  recognizer_params: Any
+  class_names: tuple[str, ...] | dict[str, tuple[str, ...]]   # a dict by task for several tasks
+  step: int
+
+  def enhance(self, images: np.ndarray, *, degrade: bool = False, first_id: int = 0) -> dict:
+    """Enhances a batch of images (N, h, w, C) in [0, 1] and recognises the result.
+
+    With ``degrade=True`` the images are taken as high quality and degraded first, with the same
+    seeded degradation the evaluation uses (to see what the system does on simulated inputs).
+
+    Returns:
+      ``{"input", "enhanced", "probabilities"}`` as numpy arrays; probabilities are per pixel
+      (N, H, W, K) for segmentation, per image (N, K) for classification; for a multi-task run a
+      dict of each task's by task name.
+    """
+    return jax.device_get(_enhance(self.system, self.enhancer_params, self.recognizer_params,
+                                   jnp.asarray(images, jnp.float32), degrade, first_id))
+
+
+@jax.jit(static_argnums=(0, 4))
+def _enhance(system, enhancer_params, recognizer_params, images, degrade, first_id):
+  if degrade:
+    ids = first_id + jnp.arange(images.shape[0])
+    images = system.degrade(jax.random.key(evaluation.EVAL_SEED), images, ids)
+  enhanced = system.enhance(enhancer_params, images, train=False)
+  probabilities = system.join([head.probabilities(head.recognize(params, enhanced, train=False))
+                               for head, params in zip(system.heads, system.split(recognizer_params))])
+  return {"input": images, "enhanced": enhanced, "probabilities": probabilities}
+
+
+def load_trained_system(workdir: str | Path) -> TrainedSystem:
+  """The system trained in ``workdir`` (its config.json, model_info.json and newest checkpoint)."""
+  workdir = Path(workdir)
+  for name in ("config.json", MODEL_INFO_FILENAME):
+    if not (workdir / name).exists():
+      raise FileNotFoundError(f"{workdir / name} not found: is {workdir} the workdir of a run?")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  info = json.loads((workdir / MODEL_INFO_FILENAME).read_text())
+  image_shape = tuple(info["image_shape"])
+  system = create_system(config, channels=image_shape[-1], num_classes=info["num_classes"])
+  phases = make_phases(config)
+  target = initial_state(config, system, image_shape, make_enhancer_tx(config, phases),
+                         make_recognizer_tx(config, phases))
+  checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=1, async_save=False)
+  restored = checkpointer.restore_latest(target)
+  checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: train the run first.")
+  state, step = restored
+  state = state.for_evaluation()   # the enhancer's parameter average, when the run kept one
+  return TrainedSystem(config=config, system=system, enhancer_params=state.enhancer_params,
+                       recognizer_params=state.recognizer_params,
+                       class_names=(tuple(info["class_names"]) if not system.multi_task else
+                                    {k: tuple(v) for k, v in info["class_names"].items()}),
+                       step=step)

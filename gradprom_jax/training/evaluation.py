@@ -1,0 +1,217 @@
+"""Evaluation of the whole pipeline (degrade → enhance → recognise) over a data split.
+
+Every example is scored three ways: the recogniser on the enhanced image (the system), on the
+bicubically interpolated degraded input (``no_enhancement``: what the recogniser gets without an
+enhancer) and on the high-quality image (``hq_input``: the run's own recogniser on sharp input; not
+an upper bound when that recogniser was trained on enhanced images). With a judge (a fixed
+recogniser from another run, ``judge.workdir``) the same three images are scored by it too, in the
+same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement`` and
+``judge_high_quality``. Per-example values are computed on device, gathered from every device and
+host, and accumulated on the host over the whole split (Dice/IoU from summed counts, AUC from all
+scores), so results do not depend on the batch size or the number of devices.
+
+With several tasks every recogniser scores the same three images, and each task metric's key is
+suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/classification``,
+``judge_dice/segmentation``); PSNR and SSIM, of the one enhancer, keep their plain keys.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gradprom_jax.core import metrics as metrics_lib
+from gradprom_jax.core.image_dtype import with_float_images
+from gradprom_jax.core.system import RecognitionHead, TaskDrivenSystem
+
+REFERENCES = ("enhanced", "no_enhancement", "hq_input")
+# The judge's scores of the same three images, in the same order.
+JUDGE_REFERENCES = ("judge", "judge_no_enhancement", "judge_high_quality")
+# The eval degradation's seed is fixed and independent of the training seed, so every run of every
+# method is scored on the same low-quality inputs.
+EVAL_SEED = 20250101
+
+
+def _recognition_outputs(head: RecognitionHead, recognizer_params: Any, images: jax.Array,
+                         batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  probabilities = head.probabilities(head.recognize(recognizer_params, images, train=False))
+  if head.recognition == "segmentation":
+    return metrics_lib.segmentation_counts(jnp.argmax(probabilities, axis=-1), batch["mask"],
+                                           probabilities.shape[-1])
+  return {"probabilities": probabilities}
+
+
+def _all_recognition_outputs(system: TaskDrivenSystem, recognizer_params: Any, images: jax.Array,
+                             batch: dict[str, jax.Array]) -> dict[str, Any]:
+  """Every task's outputs: one task's flat (as they always were), several tasks' under their names."""
+  outputs = [_recognition_outputs(head, params, images, batch)
+             for head, params in zip(system.heads, system.split(recognizer_params))]
+  return system.join(outputs)
+
+
+def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = None) -> Callable:
+  """``(enhancer_params, recognizer_params, batch, first_id, judge_params=None) -> per-example
+  outputs``.
+
+  Example ``i`` of the batch is degraded with the key of global example ``first_id + i``. With a
+  ``judge`` system (only its recognisers are used, one per task of this system), ``judge_params``
+  are its recognisers' params and the outputs also hold :data:`JUDGE_REFERENCES`.
+  """
+  def eval_step(enhancer_params, recognizer_params, batch, first_id, judge_params=None):
+    batch = with_float_images(batch)
+    high_quality = batch["image"]
+    example_ids = first_id + jnp.arange(high_quality.shape[0])
+    low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality, example_ids)
+    enhanced = system.enhance(enhancer_params, low_quality, train=False)
+    interpolated = system.interpolate(low_quality)
+    outputs = {
+        "enhanced": {"psnr": metrics_lib.psnr(enhanced, high_quality),
+                     "ssim": metrics_lib.ssim(enhanced, high_quality)},
+        "no_enhancement": {"psnr": metrics_lib.psnr(interpolated, high_quality),
+                           "ssim": metrics_lib.ssim(interpolated, high_quality)},
+        "hq_input": {},
+    }
+    images = (enhanced, interpolated, high_quality)
+    for reference, image in zip(REFERENCES, images):
+      outputs[reference].update(_all_recognition_outputs(system, recognizer_params, image, batch))
+    if judge is not None:
+      for reference, image in zip(JUDGE_REFERENCES, images):
+        outputs[reference] = _all_recognition_outputs(judge, judge_params, image, batch)
+    return outputs
+  return eval_step
+
+
+def make_predict_step(system: TaskDrivenSystem) -> Callable:
+  """``(enhancer_params, recognizer_params, batch, first_id) -> images and predictions``, for
+  sample grids; ``probabilities`` in the system's per-task layout (a dict by task for several)."""
+  def predict_step(enhancer_params, recognizer_params, batch, first_id):
+    batch = with_float_images(batch)
+    example_ids = first_id + jnp.arange(batch["image"].shape[0])
+    low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"], example_ids)
+    enhanced = system.enhance(enhancer_params, low_quality, train=False)
+    probabilities = system.join([
+        head.probabilities(head.recognize(params, enhanced, train=False))
+        for head, params in zip(system.heads, system.split(recognizer_params))])
+    return {"degraded": low_quality, "enhanced": enhanced, "probabilities": probabilities}
+  return predict_step
+
+
+class PipelineMetrics:
+  """Accumulates :func:`make_eval_step` outputs over a split into flat metric names.
+
+  ``compute()`` returns ``psnr``, ``ssim`` and the task metrics of the system, and the same metrics
+  prefixed ``no_enhancement_`` and ``hq_input_`` (no PSNR/SSIM for the latter: it is the target);
+  ``judged=True`` adds the judge's task metrics prefixed ``judge_``, ``judge_no_enhancement_`` and
+  ``judge_high_quality_``. With several ``heads`` (``multi_task``) each task metric's key ends in
+  ``/<task>``.
+  """
+
+  def __init__(self, heads: Sequence[RecognitionHead] | str, num_classes: int | None = None, *,
+               judged: bool = False, multi_task: bool = False):
+    if isinstance(heads, str):   # (recognition, num_classes): one task, the classic form
+      heads = (RecognitionHead(name=heads, module=None, recognition=heads,
+                               num_classes=num_classes),)
+    self.heads, self.multi_task = tuple(heads), multi_task
+    self.references = REFERENCES + (JUDGE_REFERENCES if judged else ())
+    self.enhancement = {r: metrics_lib.EnhancementMetrics() for r in REFERENCES[:2]}
+    self.task = {(r, head.name): (metrics_lib.SegmentationMetrics if head.recognition ==
+                                  "segmentation" else metrics_lib.ClassificationMetrics)(
+                                      head.num_classes)
+                 for r in self.references for head in self.heads}
+
+  def update(self, outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray | None,
+             valid: np.ndarray) -> None:
+    for reference in self.references:
+      values = dict(outputs[reference])
+      if reference in self.enhancement:
+        self.enhancement[reference].update(values.pop("psnr"), values.pop("ssim"),
+                                           valid=valid)
+      for head in self.heads:
+        task_values = values[head.name] if self.multi_task else values
+        metrics = self.task[reference, head.name]
+        if head.recognition == "segmentation":
+          metrics.update(task_values, valid=valid)
+        else:
+          metrics.update(task_values["probabilities"], labels, valid=valid)
+
+  def compute(self) -> dict[str, float]:
+    results = {}
+    for reference in self.references:
+      prefix = "" if reference == "enhanced" else f"{reference}_"
+      for head in self.heads:
+        suffix = f"/{head.name}" if self.multi_task else ""
+        values = self.task[reference, head.name].compute()
+        results.update({f"{prefix}{k}{suffix}": float(v) for k, v in values.items()})
+      if reference in self.enhancement:
+        results.update({f"{prefix}{k}": float(v)
+                        for k, v in self.enhancement[reference].compute().items()})
+    return results
+
+
+def to_host(tree: Any) -> Any:
+  """Global (sharded, possibly multi-host) arrays as full numpy arrays on every host."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
+             batches: Iterable[dict[str, np.ndarray]], put_batch: Callable,
+             global_batch_size: int, judge_params: Any = None) -> dict[str, float]:
+  """Scores ``state`` (mesh-replicated params) on every batch of a padded eval loader.
+
+  ``put_batch`` places this host's slice as a global array; ``eval_step`` is the compiled
+  :func:`make_eval_step` (made with the judge's system when ``judge_params`` are given).
+  Padding examples (``valid == False``) are ignored.
+  """
+  accumulator = PipelineMetrics(system.heads, judged=judge_params is not None,
+                                multi_task=system.multi_task)
+  for index, local_batch in enumerate(batches):
+    valid = local_batch.pop("valid")
+    batch = put_batch(local_batch)
+    outputs = to_host(eval_step(state.enhancer_params, state.recognizer_params, batch,
+                                index * global_batch_size, judge_params))
+    labels = to_host(batch["label"]) if "label" in batch else None
+    accumulator.update(outputs, labels, to_host(put_batch({"valid": valid})["valid"]))
+  for head in system.heads:
+    if head.recognition == "classification":
+      warn_if_single_class_predicted(accumulator.task["enhanced", head.name])
+  return accumulator.compute()
+
+
+def without_enhancer_scores(results: dict[str, float]) -> dict[str, float]:
+  """``results`` less every score of an enhanced image (the system's and the judge's), for runs
+  whose enhancer was never trained (``recognizer_only``).
+
+  >>> without_enhancer_scores({"psnr": 9.0, "dice": 0.1, "hq_input_dice": 0.8, "judge_dice": 0.2,
+  ...                          "judge_high_quality_dice": 0.8, "no_enhancement_psnr": 20.0})
+  {'hq_input_dice': 0.8, 'judge_high_quality_dice': 0.8, 'no_enhancement_psnr': 20.0}
+  """
+  kept = tuple(f"{r}_" for r in REFERENCES[1:] + JUDGE_REFERENCES[1:])
+  return {k: v for k, v in results.items() if k.startswith(kept)}
+
+
+def warn_if_single_class_predicted(classification: metrics_lib.ClassificationMetrics) -> bool:
+  """Warns (and returns True) when every example was predicted as the same class.
+
+  A recogniser that collapsed onto the majority class scores a plausible accuracy on imbalanced
+  data while its balanced accuracy is chance; this says so instead of leaving it to the numbers.
+
+  >>> metrics = metrics_lib.ClassificationMetrics(num_classes=2)
+  >>> _ = metrics.update(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))
+  >>> warn_if_single_class_predicted(metrics)
+  True
+  """
+  if not classification.probabilities:
+    return False
+  predictions = np.concatenate(classification.probabilities).argmax(-1)
+  if len(predictions) < 2 or np.any(predictions != predictions[0]):
+    return False
+  logging.warning("The recogniser predicts class %d for all %d examples of this split (balanced "
+                  "accuracy is chance); for imbalanced classes try --config.task.class_weights=balanced.",
+                  predictions[0], len(predictions))
+  return True

@@ -1,0 +1,111 @@
+"""The phases of a run: which model is updated, from what, during which steps.
+
+Every method is a sequence of phases over the global step counter, from 0 to `run_length`
+(``num_train_steps``, except for ``two_stage``):
+
+* optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
+* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate`` (every method with a
+  ``"joint"`` schedule in :mod:`gradprom_jax.core.methods`): one joint phase in which the enhancer is
+  updated as the method's ``enhancer_gradient`` says and the recogniser by its own loss;
+* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs,
+  step-matched: each stage as many updates as a joint method gives that model (so the run is
+  longer); with ``recognizer.frozen`` the second stage is skipped;
+* ``recognizer_only``: the recogniser alone on high-quality images, the enhancer never updated (a
+  pre-trained recogniser for other runs' ``recognizer.init_from`` or ``judge.workdir``).
+
+Each phase is compiled once into its own train step (the phase is a static argument).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from gradprom_jax.core.methods import enhancer_gradient, method_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A contiguous range of steps trained the same way.
+
+  Attributes:
+    name: shown in logs and metrics.
+    start, end: the phase covers global steps ``start <= step < end``.
+    enhancer_gradient: how the enhancer is updated: ``"none"`` (frozen), ``"enhancement"`` (g_e
+      only), ``"summed"`` (one pull-back of the summed cotangent: exactly g_e + λ g_t, the cheap way
+      to train jointly), or ``"separate"`` (g_e and g_t pulled back apart and combined by the
+      combiner, e.g. GradProm).
+    update_recognizer: whether the recogniser is updated in this phase.
+    recognizer_input: what the recogniser is trained on: "enhanced", "high_quality" or "both".
+  """
+  name: str
+  start: int
+  end: int
+  enhancer_gradient: str
+  update_recognizer: bool
+  recognizer_input: str
+
+  @property
+  def needs_enhancer(self) -> bool:
+    return self.enhancer_gradient != "none" or self.recognizer_input != "high_quality"
+
+
+def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
+  """The phases ``config`` trains through, in order, covering ``[0, run_length(phases))``.
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> config = base_config()
+  >>> config.num_train_steps, config.recognizer.pretrain_steps = 100, 10
+  >>> [(p.name, p.start, p.end, p.enhancer_gradient) for p in make_phases(config)]
+  [('recognizer_pretrain', 0, 10, 'none'), ('gradprom', 10, 100, 'separate')]
+  >>> config.method = "two_stage"
+  >>> [(p.name, p.start, p.end) for p in make_phases(config)]
+  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100), ('recognizer', 100, 190)]
+  >>> config.recognizer.frozen = True   # a pre-trained recogniser: nothing left to train after
+  >>> [(p.name, p.start, p.end) for p in make_phases(config)]
+  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100)]
+  >>> config.recognizer.frozen = False
+  >>> config.method, config.recognizer.pretrain_steps = "recognizer_only", 0
+  >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(config)]
+  [('recognizer_only', 0, 100, 'none', 'high_quality')]
+  """
+  total, pretrain = config.num_train_steps, config.recognizer.pretrain_steps
+  spec = method_spec(config.method)
+  if spec.schedule == "recognizer_only":
+    return (Phase("recognizer_only", 0, total, enhancer_gradient="none", update_recognizer=True,
+                  recognizer_input="high_quality"),)
+  phases = []
+  if pretrain > 0:
+    phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
+                        update_recognizer=True, recognizer_input="high_quality"))
+  if spec.schedule == "two_stage":
+    # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
+    # many. Configs stored before that split num_train_steps by two_stage.enhancer_fraction.
+    fraction = config.get("two_stage", {}).get("enhancer_fraction")
+    stage = total - pretrain if fraction is None else round(fraction * (total - pretrain))
+    end = pretrain + 2 * stage if fraction is None else total
+    phases.append(Phase("enhancer", pretrain, pretrain + stage, enhancer_gradient="enhancement",
+                        update_recognizer=False, recognizer_input="enhanced"))
+    if not config.recognizer.frozen:
+      phases.append(Phase("recognizer", pretrain + stage, end, enhancer_gradient="none",
+                          update_recognizer=True, recognizer_input="enhanced"))
+  else:
+    # measure_baseline_cosine: the same update, g_e and g_t pulled back apart to log their cosine.
+    gradient = enhancer_gradient(spec, config.measure_baseline_cosine)
+    phases.append(Phase(config.method, pretrain, total, enhancer_gradient=gradient,
+                        update_recognizer=not config.recognizer.frozen,
+                        recognizer_input=config.recognizer.train_on))
+  return tuple(p for p in phases if p.end > p.start)
+
+
+def run_length(phases: tuple[Phase, ...]) -> int:
+  """The number of train steps the phases cover (the end of the last one)."""
+  return phases[-1].end
+
+
+def phase_at(phases: tuple[Phase, ...], step: int) -> Phase:
+  """The phase that contains ``step``."""
+  for phase in phases:
+    if phase.start <= step < phase.end:
+      return phase
+  raise ValueError(f"step {step} is outside every phase {[(p.start, p.end) for p in phases]}")

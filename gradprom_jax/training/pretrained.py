@@ -1,0 +1,139 @@
+"""Models trained by other runs: warm starts (``*.init_from``) and the judge (``judge.workdir``).
+
+A fair comparison trains one recogniser once, on high-quality images (``method=recognizer_only``),
+and reuses it: as every method's starting recogniser (``recognizer.init_from``, optionally with
+``recognizer.frozen=True``), and as one fixed yardstick that scores every run's enhanced images
+(``judge.workdir``). Paths may hold ``{seed}``, replaced by the run's seed, so one sweep command
+points each seed at its own pre-trained recogniser.
+
+Both are read before the workdir is touched, so a missing or mismatched source fails with nothing
+written (`SourceRunError`, exit status 1). Warm starts apply at a fresh start only: a resumed run
+restores its own checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from gradprom_jax.core.system import TaskDrivenSystem, create_system
+from gradprom_jax.core.task_config import is_multitask, parse_recognition
+from gradprom_jax.training.checkpointing import SourceRunError, restore_field_from_run
+
+# Train-state field -> the config key naming the run it is restored from.
+INIT_FROM_KEYS = {"recognizer_params": "recognizer.init_from",
+                  "enhancer_params": "enhancer.init_from"}
+MODEL_INFO_FILENAME = "model_info.json"   # what rebuilds a run's models; written by the train loop
+
+
+def source_path(template: str | None, seed: int) -> str | None:
+  """``template`` with ``{seed}`` replaced by ``seed`` (other braces are kept as they are).
+
+  >>> source_path("runs/recognizer/seed_{seed}", 3)
+  'runs/recognizer/seed_3'
+  >>> source_path(None, 3) is None
+  True
+  """
+  return None if template is None else str(template).replace("{seed}", str(seed))
+
+
+def _config_value(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  group, key = dotted.split(".")
+  return config[group].get(key) if group in config else None
+
+
+def load_init_params(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
+                     image_shape: tuple[int, ...], *, sharding: Any = None) -> dict[str, Any]:
+  """Train-state field -> params restored from the run its ``init_from`` names (only those set).
+
+  The params get this run's model shapes (a mismatch names both shapes and the source) and
+  ``sharding``.
+  """
+  restored = {}
+  for field, key in INIT_FROM_KEYS.items():
+    path = source_path(_config_value(config, key), config.seed)
+    if path is None:
+      continue
+    targets = dict(zip(("enhancer_params", "recognizer_params"),
+                       _abstract_params(system, image_shape)))
+    params, step = restore_field_from_run(path, field, _placed(targets[field], sharding), what=key)
+    logging.info("%s: %s restored from %s (step %d).", key, field, path, step)
+    restored[field] = params
+  return restored
+
+
+def _abstract_params(system: TaskDrivenSystem, image_shape: tuple[int, ...]) -> tuple[Any, Any]:
+  """Shape-dtype structs of (enhancer, recogniser) params, computing nothing."""
+  return jax.eval_shape(functools.partial(system.init_params, image_shape=tuple(image_shape)),
+                        jax.random.key(0))
+
+
+def _placed(abstract: Any, sharding: Any) -> Any:
+  """Shape-dtype structs with ``sharding`` (None: restored as host numpy arrays)."""
+  if sharding is None:
+    return abstract
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+
+
+@dataclasses.dataclass(frozen=True)
+class Judge:
+  """A fixed recogniser from another run, with the system that applies it (only its recogniser is
+  used).
+
+  Attributes:
+    system: the judge run's system (its own recogniser architecture).
+    params: its recogniser's parameters.
+    workdir: the judge run's workdir.
+    step: the step its checkpoint was saved at.
+  """
+  system: TaskDrivenSystem
+  params: Any
+  workdir: Path
+  step: int
+
+
+def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
+               image_shape: tuple[int, ...], *, sharding: Any = None) -> Judge | None:
+  """The judge ``config.judge.workdir`` names (None if unset), checked against this run's task.
+
+  Raises:
+    SourceRunError: the workdir is not a finished run, or it recognises another task, dataset,
+      number of classes or channel count.
+  """
+  path = source_path(config.judge.get("workdir") if "judge" in config else None, config.seed)
+  if path is None:
+    return None
+  workdir = Path(path)
+  try:
+    judge_config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    info = json.loads((workdir / MODEL_INFO_FILENAME).read_text())
+  except (OSError, ValueError) as e:
+    raise SourceRunError(f"judge.workdir: {path!r} is not a run's workdir (no readable "
+                         f"config.json and {MODEL_INFO_FILENAME}: {e})") from e
+  # A multi-task run is judged by a run of the same tasks: one judge recogniser per task.
+  theirs = {"task.recognition": ",".join(parse_recognition(judge_config.task.recognition)),
+            "multi-task form": is_multitask(judge_config), "data.name": judge_config.data.name,
+            "classes": info["num_classes"], "image channels": info["image_shape"][-1]}
+  ours = {"task.recognition": system.recognition, "multi-task form": system.multi_task,
+          "data.name": config.data.name, "classes": system.num_classes,
+          "image channels": image_shape[-1]}
+  differing = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
+  if differing:
+    raise SourceRunError(f"judge.workdir: {path!r} cannot judge this run: "
+                         + "; ".join(differing))
+  if judge_config.get("method") != "recognizer_only":
+    logging.warning("judge.workdir: %s is a %s run, not recognizer_only: its recogniser was not "
+                    "trained on high-quality images alone.", path, judge_config.get("method"))
+  judge_system = create_system(judge_config, channels=info["image_shape"][-1],
+                               num_classes=info["num_classes"])
+  _, target = _abstract_params(judge_system, info["image_shape"])
+  params, step = restore_field_from_run(workdir, "recognizer_params", _placed(target, sharding),
+                                        what="judge.workdir")
+  logging.info("judge.workdir: the recogniser(s) of %s (step %d) scores every evaluation.", path, step)
+  return Judge(system=judge_system, params=params, workdir=workdir, step=step)

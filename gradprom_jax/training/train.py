@@ -1,0 +1,402 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` runs a whole experiment.
+
+Resumable at any moment: running it again on the same workdir continues from the newest checkpoint
+(parameters, optimiser states with GradProm's counters, step, RNG and the data iterator position).
+
+Workdir outputs:
+  config.json        the run's config (a different config refuses to resume unless overwrite)
+  checkpoints/       orbax checkpoints, every ``checkpoint_every`` steps and at the end
+  checkpoints_best/  with ``checkpoint_best_metric``: the checkpoint that scored best on validation
+  metrics.jsonl      one JSON object per logging step and per evaluation
+  tensorboard/       TensorBoard event files
+  results.json       test-set metrics of the system and of the two references, and the step scored
+  samples.png        degraded | enhanced | high quality | prediction, for a few test examples
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gradprom_jax import data as data_lib
+from gradprom_jax.configuration.config_validation import (ConfigError, check_dataset_has_targets,
+                                                          validate_config,
+                                                          validate_config_for_dataset)
+from gradprom_jax.core import losses
+from gradprom_jax.core.image_dtype import to_unit_float
+from gradprom_jax.core.system import TaskDrivenSystem, create_system
+from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, parse_task_config
+from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrained, visualization
+from gradprom_jax.training.checkpointing import (Checkpointer, ensure_writable_directory,
+                                                 has_checkpoint)
+from gradprom_jax.training.distributed import initialize_distributed
+from gradprom_jax.training.gate_reliability import make_gate_probe, probe_is_due
+from gradprom_jax.training.metric_logging import MetricLogger
+from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.training.phases import make_phases, phase_at, run_length
+from gradprom_jax.training.preemption import PreemptionGuard
+from gradprom_jax.training.prefetch import DevicePrefetcher, device_placer
+from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
+from gradprom_jax.training.run_config import (CONFIG_FILENAME, check_or_save_config,
+                                              check_stored_config, config_differences)
+from gradprom_jax.training.train_state import TrainState, initial_state
+from gradprom_jax.training.train_step import make_train_step
+from gradprom_jax.training.workdir_lock import lock_workdir
+
+RESULTS_FILENAME = "results.json"
+SAMPLES_FILENAME = "samples.png"
+
+
+class NonFiniteTrainingError(RuntimeError):
+  """Too many consecutive steps had non-finite losses or gradients."""
+
+
+def task_class_names(recognition: str, dataset: Any) -> tuple[str, ...]:
+  """A recogniser's output classes: the mask classes for segmentation, else the image labels."""
+  if recognition == "segmentation":
+    return tuple(dataset.mask_class_names or ("background", "lesion"))
+  return tuple(dataset.class_names or ())
+
+
+def recognizer_class_names(config: ml_collections.ConfigDict, dataset: Any,
+                           tasks: TaskConfig | None = None
+                           ) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+  """The recogniser's output classes (:func:`task_class_names`); for several tasks, a dict by task."""
+  tasks = parse_task_config(config) if tasks is None else tasks
+  names = [task_class_names(task.recognition, dataset) for task in tasks.tasks]
+  return dict(zip(tasks.names, names)) if tasks.multi_task else names[0]
+
+
+def resolve_class_weights(task: RecognitionTask, dataset: Any) -> tuple[float, ...] | None:
+  """A task's ``class_weights`` as numbers: ``"balanced"`` from the training split's class counts."""
+  weights = task.class_weights
+  if weights != "balanced":
+    return None if weights is None else tuple(float(w) for w in weights)
+  counts = dataset.class_counts["train"]
+  try:
+    weights = losses.balanced_class_weights(counts)
+  except ValueError:
+    raise ConfigError(f"{task.config_prefix}class_weights='balanced': the training split has no "
+                      f"examples of {[n for n, c in zip(dataset.class_names, counts) if not c]}; "
+                      "give explicit weights or fix the data.") from None
+  logging.info("Class weights (balanced)%s: %s", f" of {task.name}" if task.config_prefix != "task."
+               else "", ", ".join(f"{name} {w:.3g}" for name, w in zip(dataset.class_names, weights)))
+  return weights
+
+
+def build_system(config: ml_collections.ConfigDict, dataset: Any,
+                 tasks: TaskConfig | None = None) -> TaskDrivenSystem:
+  """The system ``config`` (its parsed ``tasks``) describes for ``dataset``'s images and classes."""
+  tasks = parse_task_config(config) if tasks is None else tasks
+  num_classes = [len(task_class_names(task.recognition, dataset)) for task in tasks.tasks]
+  weights = [resolve_class_weights(task, dataset) for task in tasks.tasks]
+  if tasks.multi_task:
+    num_classes, weights = dict(zip(tasks.names, num_classes)), dict(zip(tasks.names, weights))
+  else:
+    num_classes, weights = num_classes[0], weights[0]
+  return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes,
+                       class_weights=weights, tasks=tasks)
+
+
+def model_info(config: ml_collections.ConfigDict, system: TaskDrivenSystem, dataset: Any,
+               tasks: TaskConfig) -> dict[str, Any]:
+  """``model_info.json``: what ``experiments/enhance.py`` needs to rebuild the models without the
+  dataset. For several tasks ``num_classes`` and ``class_names`` are dicts by task name."""
+  return {"image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
+          "class_names": jax.tree.map(list, recognizer_class_names(config, dataset, tasks),
+                                      is_leaf=lambda x: isinstance(x, tuple)),
+          "recognition": system.recognition}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, dataset: Any,
+                  config: ml_collections.ConfigDict, parallel: parallel_lib.DataParallel) -> None:
+  """Draws the first test examples; every process computes (it is a collective), process 0 writes.
+
+  With several tasks, the first segmentation task's masks and the first classification task's
+  classes are drawn together.
+  """
+  devices = parallel.num_devices
+  batch_size = -(-max(config.num_samples, 1) // devices) * devices
+  loader = data_lib.make_eval_loader(dataset, "test", global_batch_size=batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  local_batch = next(iter(loader))
+  batch = parallel.put_global_batch(local_batch)
+  predict_step = jax.jit(evaluation.make_predict_step(system))
+  state = state.for_evaluation()
+  out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
+  host_batch = evaluation.to_host(batch)
+  keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
+  drawn = {}   # recognition kind -> (predictions, targets), the first task of each kind
+  for head, probabilities in zip(system.heads, system.split(out["probabilities"])):
+    drawn.setdefault(head.recognition, (probabilities[keep].argmax(-1),
+                                        host_batch[head.target_key][keep]))
+  masks = drawn.get("segmentation", (None, None))
+  classes = drawn.get("classification", (None, None))
+  if jax.process_index() == 0:
+    visualization.save_sample_grid(
+        path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
+        high_quality=to_unit_float(host_batch["image"][keep]),
+        predictions=masks[0], targets=masks[1],
+        class_predictions=classes[0], class_targets=classes[1],
+        task="segmentation" if "segmentation" in drawn else "classification",
+        class_names=getattr(dataset, "class_names", None))
+
+
+def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
+  """The eval batch: the train batch rounded up to a multiple of the device count."""
+  devices = parallel.num_devices
+  return -(-config.batch_size // devices) * devices
+
+
+def _check_best_metric(metric: str, validation: dict[str, float]) -> None:
+  """checkpoint_best_metric must name a key of the validation record."""
+  if metric.lstrip("-") not in validation:
+    raise ConfigError(f"checkpoint_best_metric={metric!r} is not a validation metric of this run; "
+                      f"choose one of: {', '.join(sorted(validation))}.")
+
+
+def _restore_best(best_checkpointer: Checkpointer, target: TrainState) -> tuple[TrainState, int]:
+  """The best-on-validation state and its step (the directory keeps only that checkpoint)."""
+  restored = best_checkpointer.restore_latest(target)
+  if restored is None:
+    raise RuntimeError(f"test_on_best=True but {best_checkpointer.directory} holds no checkpoint.")
+  logging.info("Scoring the test set with the best checkpoint, step %d.", restored[1])
+  return restored
+
+
+def finished_results_path(workdir: str | os.PathLike[str],
+                          config: ml_collections.ConfigDict) -> Path | None:
+  """``workdir/results.json`` if the workdir holds this config's finished run, else None.
+
+  A run is finished once ``results.json`` is written (the last output, after ``samples.png``) for
+  this run length, with a stored ``config.json`` equal to ``config`` (ignoring what may change on
+  resume, such as how often to log).
+
+  >>> import tempfile
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> print(finished_results_path(tempfile.mkdtemp(), base_config()))
+  None
+  """
+  results_path, config_path = Path(workdir) / RESULTS_FILENAME, Path(workdir) / CONFIG_FILENAME
+  try:
+    results = json.loads(results_path.read_text())
+    stored_config = json.loads(config_path.read_text())
+  except (OSError, ValueError):   # absent, unreadable or cut short: not finished
+    return None
+  if (results.get("num_train_steps") != config.num_train_steps
+      or stored_config.get("num_train_steps") != config.num_train_steps
+      or config_differences(stored_config, config)):
+    return None
+  return results_path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       reevaluate: bool = False) -> dict[str, Any] | None:
+  """Trains and evaluates as ``config`` says, writing everything to ``workdir``.
+
+  A workdir that already holds this config's finished run (see :func:`finished_results_path`) is
+  not touched: its stored results are returned at once, before the dataset is built, unless
+  ``reevaluate``, which restores the final checkpoint and scores the test set again (rewriting
+  ``results.json``, ``samples.png`` and the test record of ``metrics.jsonl``).
+
+  Returns:
+    The test results (also in ``results.json``), or None if the run was preempted (SIGTERM/SIGINT):
+    then a checkpoint was saved and running again resumes.
+  """
+  initialize_distributed(config.distributed)
+  parallel = parallel_lib.DataParallel(config.parallel)
+  # The config's tasks, parsed once (with the whole config checked) for every layer below.
+  tasks = validate_config(config, num_devices=parallel.num_devices)
+  is_main = jax.process_index() == 0
+  # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
+  # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
+  check_stored_config(workdir, config, overwrite=config.overwrite)
+  finished = finished_results_path(workdir, config)
+  if finished is not None and not reevaluate:
+    logging.info("Already finished, results in %s.", finished)
+    return json.loads(finished.read_text())
+  dataset = data_lib.load_dataset(config.data)
+  check_dataset_has_targets(tasks, dataset)
+  validate_config_for_dataset(config, dataset.image_shape,
+                              recognizer_class_names(config, dataset, tasks), tasks=tasks)
+  # Other runs' models the config names are read before the workdir is touched, so a missing or
+  # mismatched one leaves nothing behind. Warm starts are for a fresh start only.
+  system = build_system(config, dataset, tasks)
+  fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
+  init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
+                                             sharding=parallel.replicated) if fresh_start else {})
+  judge = pretrained.load_judge(config, system, dataset.image_shape, sharding=parallel.replicated)
+  workdir = ensure_writable_directory(workdir)
+  lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
+  try:
+    return _train_and_evaluate_locked(config, workdir, parallel, dataset, system, is_main,
+                                      tasks=tasks, init_params=init_params, judge=judge)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
+                               parallel: parallel_lib.DataParallel, dataset: Any,
+                               system: TaskDrivenSystem, is_main: bool, *, tasks: TaskConfig,
+                               init_params: dict[str, Any],
+                               judge: pretrained.Judge | None) -> dict[str, Any] | None:
+  """`train_and_evaluate` once the config is valid and this process holds the workdir.
+
+  ``init_params`` (train-state field -> params) replace the fresh state's at a fresh start.
+  """
+  check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
+  if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
+    _write_json(workdir / MODEL_INFO_FILENAME, model_info(config, system, dataset, tasks))
+  phases = make_phases(config)
+  enhancer_tx = make_enhancer_tx(config, phases, tasks)
+  recognizer_tx = make_recognizer_tx(config, phases, tasks)
+  state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)
+  state = jax.device_put(state, parallel.replicated)
+
+  train_iter = iter(data_lib.make_train_loader(
+      dataset, global_batch_size=config.batch_size, seed=config.seed,
+      patch_size=config.data.patch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_workers=config.data.num_workers))
+  # The next data.prefetch batches are copied to the devices while a step runs; the checkpointed
+  # position stays that of the last batch trained on. Each item: (host batch, placed batch).
+  place_batch = device_placer(parallel)
+  train_iter = DevicePrefetcher(train_iter, lambda b: (b, place_batch(b)),
+                                size=config.data.prefetch)
+  checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=config.checkpoint_every,
+                              max_to_keep=config.keep_checkpoints)
+  # Keeps the one checkpoint that scored best on validation; it survives restarts like the others.
+  best_checkpointer = None if config.checkpoint_best_metric is None else Checkpointer(
+      workdir / "checkpoints_best", save_interval_steps=1, max_to_keep=1,
+      best_metric=config.checkpoint_best_metric)
+  restored = checkpointer.restore_latest(state, train_iter)
+  if restored is not None:
+    state, start_step = restored
+    logging.info("Resuming from step %d.", start_step)
+  elif init_params:
+    # The optimiser states do not depend on the params' values, except the enhancer's parameter
+    # average (optim.ema_decay), which must start at the warm-started params.
+    state = state.replace(**init_params)
+    state = state.replace(enhancer_opt_state=jax.device_put(
+        enhancer_tx.init(state.enhancer_params), parallel.replicated))
+  start_step = int(jax.device_get(state.step))
+
+  train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
+  gate_probe = None   # compiled at the first gate_reliability_every step
+  eval_step = jax.jit(evaluation.make_eval_step(system, judge and judge.system))
+  eval_batch_size = _eval_batch_size(config, parallel)
+
+  def run_evaluation(split: str, global_state: TrainState) -> dict[str, float]:
+    loader = data_lib.make_eval_loader(dataset, split, global_batch_size=eval_batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+    # A plain jit program in both parallel modes: global state, batch split over the mesh.
+    results = evaluation.evaluate(system, eval_step, global_state.for_evaluation(), loader,
+                                  parallel.put_global_batch, eval_batch_size,
+                                  judge_params=judge and judge.params)
+    # recognizer_only never trains its enhancer: scores of its outputs would mean nothing.
+    return (evaluation.without_enhancer_scores(results) if config.method == "recognizer_only"
+            else results)
+
+  device_state = parallel.put_state(state)
+  # The test record is rewritten at the end of every start (a resumed or re-evaluated run).
+  total_steps = run_length(phases)   # num_train_steps, except for two_stage's two stages
+  logger = MetricLogger(workdir, total_steps=total_steps, start_step=start_step,
+                        enabled=is_main, replace_kinds=("test",))
+  started, timed_steps, streaks = time.time(), 0, []
+  with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard:
+    for step in range(start_step, total_steps):
+      phase = phase_at(phases, step)
+      compiling = phase.name not in train_steps
+      if compiling:
+        train_steps[phase.name] = parallel.compile_step(make_train_step(
+            system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
+            task_weight=tasks.task_weight, axis_name=parallel.axis_name,
+            accumulate_steps=config.accumulate_steps))
+        phase_label = f" ({phase.name} phase)" if len(phases) > 1 else ""
+        logger.write(f"compiling the train step{phase_label}...")
+        compile_started = time.time()
+      # Returns once the step is compiled and dispatched; the device runs it asynchronously.
+      local_batch, device_batch = next(train_iter)
+      device_state, step_metrics = train_steps[phase.name](device_state, device_batch)
+      if compiling:
+        logger.write(f"compiled the train step{phase_label} in "
+                     f"{time.time() - compile_started:.1f} s")
+        started, timed_steps = time.time(), 0   # steps_per_second counts steps, not compiles
+      timed_steps += 1
+      # Every step's non-finite streak, fetched at the next log: a streak that ends between two
+      # logs must still stop the run. No device op here: even a max waits for the step on CPU.
+      streaks.append(step_metrics["nonfinite_streak"])
+      done = step + 1
+      logger.advance(done)   # counts dispatched steps: no host sync
+      is_last = done == total_steps
+      if done % config.log_every == 0 or is_last:
+        host_metrics = parallel.metrics_to_host(step_metrics)
+        streak, streaks = int(max(np.max(s) for s in jax.device_get(streaks))), []
+        host_metrics["steps_per_second"] = timed_steps / max(time.time() - started, 1e-9)
+        logger.log_train(done, {"phase": phases.index(phase), **host_metrics})
+        started, timed_steps = time.time(), 0
+        if streak >= config.max_nonfinite_steps:
+          checkpointer.wait_until_finished()
+          raise NonFiniteTrainingError(
+              f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
+              f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
+              f"last good checkpoint in {checkpointer.directory} is intact.")
+      if probe_is_due(config.gate_reliability_every, done) and phase.enhancer_gradient != "none":
+        # Do the two halves of the batch just used agree on the cosine's sign? (The updated
+        # parameters, the step's degradation noise.) A train record of gate_probe/* values.
+        gate_probe = gate_probe or make_gate_probe(system)
+        logger.log_train(done, gate_probe(parallel.global_state(device_state),
+                                          parallel.put_global_batch(local_batch), step))
+      # Validation also at the last step, so that variants and λ can be chosen on the final model.
+      if done % config.eval_every == 0 or is_last:
+        validation = run_evaluation("validation", parallel.global_state(device_state))
+        logger.log_eval(done, validation)
+        if best_checkpointer:
+          _check_best_metric(config.checkpoint_best_metric, validation)
+          best_checkpointer.save(done, parallel.global_state(device_state), metrics=validation)
+      if done % config.checkpoint_every == 0 or is_last:
+        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last)
+      # Multi-host runs agree on a stop (a blocking all-gather) only every preemption_check_every
+      # steps or where the loop waited for the device anyway; never once per step.
+      waited = is_last or done % config.log_every == 0 or done % config.checkpoint_every == 0
+      if guard.should_stop_all_hosts(done, sync=waited):
+        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        if best_checkpointer:
+          best_checkpointer.close()
+        logging.warning("Stopped by %s at step %d; checkpoint saved.", guard.signal_name, done)
+        return None
+
+    state = parallel.global_state(device_state)
+    checkpointer.wait_until_finished()
+    tested_state, tested_step = state, total_steps
+    if config.test_on_best:
+      tested_state, tested_step = _restore_best(best_checkpointer, state)
+    results = run_evaluation("test", tested_state)
+    logger.log_eval(total_steps, results, prefix="test")
+  checkpointer.close()
+  if best_checkpointer:
+    best_checkpointer.close()
+  results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
+                 nonfinite_steps=int(jax.device_get(state.nonfinite_total)),
+                 evaluated_step=tested_step)
+  _save_samples(workdir / SAMPLES_FILENAME, system, tested_state, dataset, config, parallel)
+  if is_main:   # last: results.json marks the run finished (see finished_results_path)
+    _write_json(workdir / RESULTS_FILENAME, results)
+  return results

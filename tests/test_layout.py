@@ -1,0 +1,131 @@
+"""The package's layout: every module sits in a subpackage, and subpackages import only downwards.
+
+Read from the source (ast, nothing imported), so a violation fails here before it can hide behind
+an import that happens to work.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gradprom_jax
+
+PACKAGE_DIR = Path(gradprom_jax.__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
+
+# Which subpackages each may import (its own is always allowed). Lowest layer first: the models and
+# data stand alone, the maths builds on the models, configuration validates against the three,
+# training drives them all, and inference and the experiment tools sit on top.
+ALLOWED_IMPORTS = {
+    "models": set(),
+    "data": set(),
+    "core": {"models"},
+    "configuration": {"core", "models", "data"},
+    "training": {"core", "models", "data", "configuration"},
+    "inference": {"core", "models", "data", "configuration", "training"},
+    "experiment_tools": {"core", "models", "data", "configuration", "training"},
+}
+# Modules a subpackage may not import although their subpackage is allowed.
+FORBIDDEN_MODULES = {
+    # Applying a trained run needs the run's state and checkpoints, not the loop that trained it.
+    "inference": {"gradprom_jax.training.train", "gradprom_jax.training.main"},
+}
+# gradprom_jax/__init__.py is the public API: it re-exports the combiners, from core.
+ROOT_IMPORTS = {"core"}
+
+
+def _imported_modules(tree: ast.Module, module: str, is_package: bool, root: Path) -> set[str]:
+  """Every gradprom_jax module that ``module``'s source imports, anywhere in it: ``from P import
+  x`` counts as importing ``P.x`` where ``P`` is a package (``gradprom_jax.x`` for a name the root
+  re-exports), as importing ``P`` otherwise; relative imports are resolved. ``root``: the directory
+  that holds gradprom_jax/."""
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      found |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        parts = module.split(".")[:len(module.split(".")) - node.level + is_package]
+        base = ".".join(parts + ([node.module] if node.module else []))
+      if (root / base.replace(".", "/") / "__init__.py").exists():
+        found |= {f"{base}.{alias.name}" for alias in node.names}
+      else:
+        found.add(base)
+  return {name for name in found if name == "gradprom_jax" or name.startswith("gradprom_jax.")}
+
+
+def layout_violations(package_dir: Path, allowed=None, forbidden=None,
+                      root_imports=None) -> list[str]:
+  """``"importer -> imported"`` for every import against the tables, in the package at
+  ``package_dir`` (a directory named gradprom_jax)."""
+  allowed = ALLOWED_IMPORTS if allowed is None else allowed
+  forbidden = FORBIDDEN_MODULES if forbidden is None else forbidden
+  root_imports = ROOT_IMPORTS if root_imports is None else root_imports
+  subpackages = {p.name for p in package_dir.iterdir() if (p / "__init__.py").exists()}
+  violations = [f"{name}: a subpackage missing from the table" for name in sorted(subpackages)
+                if name not in allowed]
+  for path in sorted(package_dir.rglob("*.py")):
+    relative = path.relative_to(package_dir.parent).with_suffix("")
+    is_package = relative.name == "__init__"
+    module = ".".join(relative.parts[:-1] if is_package else relative.parts)
+    importer = relative.parts[1] if len(relative.parts) > 2 else None   # None: the root.
+    if importer is None and not is_package:
+      violations.append(f"{module}: a module outside every subpackage")
+      continue
+    may_import = root_imports if importer is None else allowed.get(importer, set())
+    tree = ast.parse(path.read_text())
+    for imported in sorted(_imported_modules(tree, module, is_package, package_dir.parent)):
+      parts = imported.split(".")
+      target = parts[1] if len(parts) > 1 and parts[1] in subpackages else "core"   # root names
+      if target != importer and target not in may_import:
+        violations.append(f"{module} -> {imported} ({importer or 'the root'} may not import "
+                          f"{target})")
+      elif any(imported == f or imported.startswith(f + ".") for f in forbidden.get(importer, ())):
+        violations.append(f"{module} -> {imported} (forbidden to {importer})")
+  return violations
+
+
+def test_subpackages_import_only_downwards():
+  assert layout_violations(PACKAGE_DIR) == []
+
+
+def test_the_check_catches_an_upward_import_a_stray_module_and_an_undeclared_subpackage(tmp_path):
+  package = tmp_path / "gradprom_jax"
+  for name in ("core", "training", "inference", "tools"):
+    (package / name).mkdir(parents=True)
+    (package / name / "__init__.py").write_text("")
+  (package / "__init__.py").write_text("from gradprom_jax.core import losses\n")
+  (package / "core" / "losses.py").write_text("def f():\n  from gradprom_jax.training import x\n")
+  (package / "inference" / "run.py").write_text("from ..training.train import initial_state\n")
+  (package / "stray.py").write_text("")
+  violations = layout_violations(
+      package, allowed={"core": set(), "training": {"core"}, "inference": {"core", "training"}},
+      forbidden={"inference": {"gradprom_jax.training.train"}}, root_imports={"core"})
+  assert violations == [
+      "tools: a subpackage missing from the table",
+      "gradprom_jax.core.losses -> gradprom_jax.training.x (core may not import training)",
+      "gradprom_jax.inference.run -> gradprom_jax.training.train (forbidden to inference)",
+      "gradprom_jax.stray: a module outside every subpackage",
+  ]
+
+
+def test_the_public_api_is_importable_from_the_package():
+  from gradprom_jax import (COMBINERS, CombinerState, GradPromState, combiner_metrics,  # noqa: F401
+                            cosine_similarity, enhance_only, find_combiner_state, get_combiner,
+                            gradprom, joint, pcgrad)
+  assert set(gradprom_jax.__all__) >= {"gradprom", "joint", "pcgrad", "enhance_only", "COMBINERS"}
+  assert all(hasattr(gradprom_jax, name) for name in gradprom_jax.__all__)
+
+
+def test_the_training_entry_point_runs_as_a_module_from_any_directory(tmp_path):
+  """``python -m gradprom_jax.training.main`` needs only the installed package, no repository."""
+  environment = {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
+  result = subprocess.run([sys.executable, "-m", "gradprom_jax.training.main", "--help"],
+                          cwd=tmp_path, env=environment, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "The training entry point" in result.stdout and "method" in result.stdout
