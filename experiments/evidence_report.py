@@ -260,6 +260,24 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
   return claims
 
 
+def _final_gate_open_rates(runs: list[evidence.Run]) -> str:
+  """The runs' mean final gate-open rate, per task for a multi-task run (``gate_open_rate/<task>``).
+
+  >>> run = evidence.Run("r", 0, {}, [{"kind": "train", "gate_open_rate/a": 0.5,
+  ...                                  "gate_open_rate/b": 0.25}])
+  >>> _final_gate_open_rates([run])
+  'a 0.500, b 0.250'
+  """
+  keys = sorted({k for run in runs for record in run.records if record.get("kind") == "train"
+                 for k in record if k == "gate_open_rate" or k.startswith("gate_open_rate/")})
+  cells = []
+  for key in keys:
+    finals = [run.train_series(key)[-1] for run in runs if run.train_series(key)]
+    label = key.removeprefix("gate_open_rate").removeprefix("/")
+    cells.append(f"{label} {np.mean(finals):.3f}".strip())
+  return ", ".join(cells)
+
+
 def paired(directory: Path, reference: str, metrics: list[str], title: str,
            filename: str = "paired.md") -> str:
   """Every row of ``directory`` against ``reference``, seed-paired (Holm over the family).
@@ -287,11 +305,10 @@ def paired(directory: Path, reference: str, metrics: list[str], title: str,
   table = []
   for row in rows:
     cells = [_mean_std(list(values(row, m).values())) for m in metrics]
-    rates = [r.train_series("gate_open_rate")[-1] for (name, _), r in runs.items()
-             if name == row and r.train_series("gate_open_rate")]
+    rates = _final_gate_open_rates([r for (name, _), r in runs.items() if name == row])
     agreement = [evidence.halves_agreement(r) for (name, _), r in runs.items() if name == row]
     agreement = [a for a, count in agreement if count]
-    table.append([f"`{row}`"] + cells + [_fmt(float(np.mean(rates)), 3) if rates else "—",
+    table.append([f"`{row}`"] + cells + [rates or "—",
                                          _fmt(float(np.mean(agreement)), 3) if agreement else "—"])
   labels = [m.replace("|", " or ") for m in metrics]   # a "|" would split a table cell
   out += ["## Test metrics\n", _table(["row"] + labels + ["gate-open rate (final, mean)",
