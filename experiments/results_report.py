@@ -77,7 +77,7 @@ def protocol_section(directory: Path) -> str:
   if not settings:   # side studies only: the protocol, then each study
     text = [f"## {directory.name.replace('_', ' ').capitalize()} experiments\n",
             f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md).\n"]
-    return "\n".join(text + _side_studies(directory))
+    return "\n".join(text + _side_studies(directory, label="Experiment"))
   text = [f"## The paper's claims, per setting ({directory.name.replace('_', ' ')} protocol)\n",
           f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
           "Each cell: the verdict and the statistic behind it (seed-paired difference, "
@@ -106,12 +106,12 @@ def protocol_section(directory: Path) -> str:
   return "\n".join(text + _side_studies(directory))
 
 
-def _side_studies(directory: Path) -> list[str]:
+def _side_studies(directory: Path, label: str = "Side study") -> list[str]:
   """Studies whose rows are named freely, one reference row against the rest (`evidence_report.py
   paired`), each with its reading."""
   text = []
   for study in sorted(p for p in directory.iterdir() if (p / "paired.md").exists()):
-    text.append(f"### Side study: {study.name}\n")
+    text.append(f"### {label}: {study.name}\n")
     reading = study / "reading.md"
     if reading.exists():
       text.append("**Reading.** " + reading.read_text().strip() + "\n")
