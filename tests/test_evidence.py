@@ -146,7 +146,9 @@ def test_results_report_shows_side_studies_after_the_settings(tmp_path):
   (study / "paired.md").write_text("# gate study\n\n## Test metrics\n| row |\n")
   (study / "reading.md").write_text("The moving average does not help.")
   text = results_report.protocol_section(tmp_path)
-  assert "### Side study: gate_study" in text and "**Reading.** The moving average" in text
+  # A protocol with no claims-bearing setting: its studies are its experiments.
+  assert "### Experiment: gate_study" in text and "**Reading.** The moving average" in text
+  assert "claims" not in text.split("\n")[0]
   assert "#### gate study" in text and "##### Test metrics" in text   # headings shifted under it
 
 
