@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import REPO, _rounded, load_config, machine_description  # noqa: E402
+from step_time import (REPO, _rounded, load_config, machine_description,  # noqa: E402
+                       time_interleaved)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -128,19 +129,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     programs[name] = jax.jit(fn).lower(*enhancer_inputs).compile()
     compile_s[name] = 0.0
 
-  names = list(programs)
-  times = {name: [] for name in names}
-  for round_index in range(args.warmup + args.steps):
-    shift = round_index % len(names)
-    for name in names[shift:] + names[:shift]:
-      start = time.perf_counter()
-      if name in states:
-        states[name], metrics = programs[name](states[name], batches[round_index % len(batches)])
-        jax.block_until_ready((states[name], metrics))
-      else:
-        jax.block_until_ready(programs[name](*enhancer_inputs))
-      if round_index >= args.warmup:
-        times[name].append(time.perf_counter() - start)
+  times = time_interleaved(programs, states, batches, enhancer_inputs, warmup=args.warmup,
+                           steps=args.steps)
 
   median = {name: statistics.median(t) for name, t in times.items()}
   backward_s = median["forward_1_pullback"] - median["forward"]

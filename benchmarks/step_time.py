@@ -285,21 +285,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     compile_s[name] = time.perf_counter() - start
     convolutions[name] = count_convolutions(programs[name])
 
-  # Interleaved rounds; the order rotates so that no method always runs first or last.
-  names = list(programs)
-  times = {name: [] for name in names}
-  for round_index in range(args.warmup + args.steps):
-    shift = round_index % len(names)
-    for name in names[shift:] + names[:shift]:
-      start = time.perf_counter()
-      if name in states:
-        states[name], metrics = programs[name](states[name], batches[round_index % len(batches)])
-        jax.block_until_ready((states[name], metrics))
-      else:
-        jax.block_until_ready(programs[name](*enhancer_inputs))
-      if round_index >= args.warmup:
-        times[name].append(time.perf_counter() - start)
-
+  times = time_interleaved(programs, states, batches, enhancer_inputs, warmup=args.warmup,
+                           steps=args.steps)
   median = {name: statistics.median(t) for name, t in times.items()}
 
   def paired(numerator: str, denominator: str) -> list[float]:
@@ -343,6 +330,32 @@ def benchmark(args: argparse.Namespace) -> dict:
   if pipeline:
     result.update(pipeline, pipeline_over_step=pipeline["pipeline_images_per_s"] / consumption)
   return _rounded(result)
+
+
+def time_interleaved(programs: dict, states: dict, batches: list, enhancer_inputs: tuple, *,
+                     warmup: int, steps: int) -> dict[str, list[float]]:
+  """Seconds per call of each compiled program over ``steps`` rounds (after ``warmup``).
+
+  Rounds are interleaved and their order rotates, so that no program always runs first or last
+  and all of them see the same machine load. A program named in ``states`` is a train step
+  (``state, batch -> state, metrics``; its state is carried over), any other is called on
+  ``enhancer_inputs``.
+  """
+  import jax   # imported late, after --devices has set XLA_FLAGS (as in benchmark())
+  names = list(programs)
+  times = {name: [] for name in names}
+  for round_index in range(warmup + steps):
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      start = time.perf_counter()
+      if name in states:
+        states[name], metrics = programs[name](states[name], batches[round_index % len(batches)])
+        jax.block_until_ready((states[name], metrics))
+      else:
+        jax.block_until_ready(programs[name](*enhancer_inputs))
+      if round_index >= warmup:
+        times[name].append(time.perf_counter() - start)
+  return times
 
 
 def _rounded(tree):

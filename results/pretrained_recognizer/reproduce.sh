@@ -12,31 +12,26 @@ setting=${1:?pneumoniamnist, ph2_seg, synthetic_seg or ph2_sr8_seg}; regime=${2:
 PY=${PYTHON:-.venv/bin/python}
 W=workdirs/pretrained_recognizer/$setting
 DATA_DIR=${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}
+# Settings 2-4 share the shrunk segmentation models and images.
+SHRUNK_SEG=('--config.data.image_size=(96, 128)' '--config.data.patch_size=(48, 64)'
+            --config.model.enhancer.features=16 --config.model.enhancer.num_blocks=2
+            --config.model.recognizer.features=8 --config.data.data_dir="$DATA_DIR")
 case $setting in
   pneumoniamnist)
     CONFIG=(--config configs/pneumoniamnist.py --config.data.data_dir="$DATA_DIR")
     METRIC=auc; DIRNAME=pneumoniamnist_denoise_cls
     NAME="PneumoniaMNIST 28×28, Poisson denoising (20 photons) + pneumonia classification" ;;
   ph2_seg)
-    CONFIG=(--config configs/ph2.py '--config.data.image_size=(96, 128)'
-            '--config.data.patch_size=(48, 64)' --config.model.enhancer.features=16
-            --config.model.enhancer.num_blocks=2 --config.model.recognizer.features=8
-            --config.data.data_dir="$DATA_DIR")
+    CONFIG=(--config configs/ph2.py "${SHRUNK_SEG[@]}")
     METRIC=dice; DIRNAME=ph2_sr4_seg
     NAME="PH2 96×128, ×4 super-resolution + lesion segmentation" ;;
   ph2_sr8_seg)
-    CONFIG=(--config configs/ph2.py '--config.data.image_size=(96, 128)'
-            '--config.data.patch_size=(48, 64)' --config.model.enhancer.features=16
-            --config.model.enhancer.num_blocks=2 --config.model.recognizer.features=8
-            '--config.task.degradation=downsample(scale=8) > gaussian_noise(sigma=0.05)'
-            --config.data.data_dir="$DATA_DIR")
+    CONFIG=(--config configs/ph2.py "${SHRUNK_SEG[@]}"
+            '--config.task.degradation=downsample(scale=8) > gaussian_noise(sigma=0.05)')
     METRIC=dice; DIRNAME=ph2_sr8_seg; REC_SETTING=ph2_seg
     NAME="PH2 96×128, ×8 super-resolution + lesion segmentation" ;;
   synthetic_seg)
-    CONFIG=(--config configs/default.py '--config.data.image_size=(96, 128)'
-            '--config.data.patch_size=(48, 64)' --config.model.enhancer.features=16
-            --config.model.enhancer.num_blocks=2 --config.model.recognizer.features=8
-            --config.data.data_dir="$DATA_DIR")
+    CONFIG=(--config configs/default.py "${SHRUNK_SEG[@]}")
     METRIC=dice; DIRNAME=synthetic_sr4_seg
     NAME="Synthetic lesions 96×128, ×4 super-resolution + lesion segmentation" ;;
   *) echo "unknown setting $setting" >&2; exit 2 ;;
