@@ -69,7 +69,7 @@ def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: di
   import jax.numpy as jnp
 
   from gradprom_jax.configuration.config import base_config
-  from gradprom_jax.core.system import create_system
+  from gradprom_jax.configuration.run_spec import system_from_config
   from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
   from gradprom_jax.training.phases import make_phases
   from gradprom_jax.training.train_state import create_train_state
@@ -78,7 +78,7 @@ def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: di
   config = base_config()
   config.method, config.model.dtype, config.model.remat = method, dtype, remat
   config.model.enhancer.update(enhancer)
-  system = create_system(config, channels=3, num_classes=2)
+  system = system_from_config(config, channels=3, num_classes=2)
   phases = make_phases(config)
   enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
 

@@ -67,7 +67,7 @@ def benchmark(args: argparse.Namespace) -> dict:
   import jax.numpy as jnp
 
   from gradprom_jax import data as data_lib
-  from gradprom_jax.core.system import create_system
+  from gradprom_jax.configuration.run_spec import system_from_config
   from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
   from gradprom_jax.training.phases import make_phases
   from gradprom_jax.training.train import initial_state
@@ -90,7 +90,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 
   programs, states, compile_s, system = {}, {}, {}, None
   for k, (multi, tasks) in task_configs(config, counts).items():
-    system = create_system(multi, channels=dataset.image_shape[-1], tasks=tasks,
+    system = system_from_config(multi, channels=dataset.image_shape[-1], tasks=tasks,
                            num_classes={name: num_classes[name] for name in tasks.names})
     for method in ("joint", "gradprom"):
       multi.method = method

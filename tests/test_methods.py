@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gradprom_jax import COMBINERS
+from gradprom_jax.configuration import run_spec
 from gradprom_jax.configuration.config import METHODS, base_config
 from gradprom_jax.core import methods
 from gradprom_jax.core.combiners import combiner_metrics, find_combiner_metrics, find_combiner_state
@@ -65,15 +66,15 @@ def keys_not_reaching_combiner(spec: methods.MethodSpec) -> list[str]:
   missing = sorted(keys - set(OTHER_VALUES))
   if missing:
     pytest.fail(f"give OTHER_VALUES a non-default value for {missing}")
-  default_kwargs = methods.combiner_kwargs(config)
-  default_behaviour = _behaviour(methods.build_combiner(config))
+  default_kwargs = run_spec.combiner_kwargs(config)
+  default_behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(config)))
   not_reaching = []
   for key in sorted(keys):
     changed = base_config()
     changed.method = spec.name
     _set(changed, key, OTHER_VALUES[key])
-    kwargs = methods.combiner_kwargs(changed)
-    behaviour = _behaviour(methods.build_combiner(changed))
+    kwargs = run_spec.combiner_kwargs(changed)
+    behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(changed)))
     # By convention a key feeds the factory argument of its own name (gradprom.mode -> mode).
     forwarded = kwargs.get(key.rsplit(".", 1)[-1]) == OTHER_VALUES[key] and kwargs != default_kwargs
     acts = behaviour.shape != default_behaviour.shape or not np.allclose(behaviour,

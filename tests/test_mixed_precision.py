@@ -11,7 +11,7 @@ import pytest
 
 from gradprom_jax.configuration.config import base_config, shrink_for_smoke_test
 from gradprom_jax.core.combiners import find_combiner_state, gradprom
-from gradprom_jax.core.system import create_system
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.train_state import create_train_state
@@ -46,7 +46,7 @@ def _batch(key=jax.random.key(1)):
 
 def _system_and_state(dtype: str):
   config = _config(dtype)
-  system = create_system(config, channels=3, num_classes=2)
+  system = system_from_config(config, channels=3, num_classes=2)
   phases = make_phases(config)
   enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0),

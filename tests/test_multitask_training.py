@@ -12,7 +12,7 @@ import pytest
 
 from gradprom_jax.configuration.config import base_config, multitask_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
-from gradprom_jax.core.system import create_system
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.core.task_config import parse_task_config
 from gradprom_jax.training.checkpointing import Checkpointer
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
@@ -46,7 +46,7 @@ def setup(config):
   tasks = parse_task_config(config)
   num_classes = ({name: NUM_CLASSES[name] for name in tasks.names} if tasks.multi_task
                  else NUM_CLASSES[tasks.names[0]])
-  system = create_system(config, channels=IMAGE[-1], num_classes=num_classes, tasks=tasks)
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=num_classes, tasks=tasks)
   phases = make_phases(config)
   enhancer_tx = make_enhancer_tx(config, phases, tasks)
   recognizer_tx = make_recognizer_tx(config, phases, tasks)

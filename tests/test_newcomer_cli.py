@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from gradprom_jax.core.system import create_system
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.training.checkpointing import Checkpointer
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
@@ -146,7 +146,7 @@ def untrained_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("untrained_run")
   config = default.get_config("smoke")   # x4 super-resolution + segmentation, 32x32 images.
   image_shape = (32, 32, 3)
-  system = create_system(config, channels=3, num_classes=2)
+  system = system_from_config(config, channels=3, num_classes=2)
   phases = make_phases(config)
   state = initial_state(config, system, image_shape, make_enhancer_tx(config, phases),
                         make_recognizer_tx(config, phases))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gradprom_jax.configuration.config import base_config
-from gradprom_jax.core.system import create_system
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.parallel import DataParallel
 from gradprom_jax.training.phases import make_phases
@@ -43,7 +43,7 @@ def make_batch(seed, batch_size=8, recognition="segmentation"):
 
 
 def setup(config, num_classes=2):
-  system = create_system(config, channels=IMAGE[-1], num_classes=num_classes)
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=num_classes)
   phases = make_phases(config)
   enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)

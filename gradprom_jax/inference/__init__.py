@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gradprom_jax.core.system import TaskDrivenSystem, create_system
+from gradprom_jax.configuration.run_spec import system_from_config
+from gradprom_jax.core.system import TaskDrivenSystem
 from gradprom_jax.training import evaluation
 from gradprom_jax.training.checkpointing import Checkpointer
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
@@ -65,7 +66,7 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   info = json.loads((workdir / MODEL_INFO_FILENAME).read_text())
   image_shape = tuple(info["image_shape"])
-  system = create_system(config, channels=image_shape[-1], num_classes=info["num_classes"])
+  system = system_from_config(config, channels=image_shape[-1], num_classes=info["num_classes"])
   phases = make_phases(config)
   target = initial_state(config, system, image_shape, make_enhancer_tx(config, phases),
                          make_recognizer_tx(config, phases))

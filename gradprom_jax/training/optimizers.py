@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import optax
 
+from gradprom_jax.configuration.run_spec import parse_method
 from gradprom_jax.core.methods import build_combiner
 from gradprom_jax.core.task_config import TaskConfig, parse_task_config
 from gradprom_jax.training.params_ema import params_ema
@@ -61,7 +62,8 @@ def make_enhancer_tx(config: ml_collections.ConfigDict, phases: tuple[Phase, ...
   updates = sum(p.end - p.start for p in phases if p.enhancer_gradient != "none")
   members = []
   if any(p.enhancer_gradient == "separate" for p in phases):
-    members.append(build_combiner(config, parse_task_config(config) if tasks is None else tasks))
+    members.append(build_combiner(parse_method(config),
+                                  parse_task_config(config) if tasks is None else tasks))
   members += _clipping(config)
   members.append(_adamw(config, config.optim.enhancer_lr, updates))
   if config.optim.get("ema_decay"):   # None or 0: off (configs saved before the key: off)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from gradprom_jax import data as data_lib
+from gradprom_jax.configuration.run_spec import parse_model_spec
 from gradprom_jax.configuration.config_validation import (ConfigError, check_dataset_has_targets,
                                                           validate_config,
                                                           validate_config_for_dataset)
@@ -101,8 +102,8 @@ def build_system(config: ml_collections.ConfigDict, dataset: Any,
     num_classes, weights = dict(zip(tasks.names, num_classes)), dict(zip(tasks.names, weights))
   else:
     num_classes, weights = num_classes[0], weights[0]
-  return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes,
-                       class_weights=weights, tasks=tasks)
+  return create_system(parse_model_spec(config), tasks, channels=dataset.image_shape[-1],
+                       num_classes=num_classes, class_weights=weights)
 
 
 def model_info(config: ml_collections.ConfigDict, system: TaskDrivenSystem, dataset: Any,
