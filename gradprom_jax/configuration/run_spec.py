@@ -14,9 +14,10 @@ from typing import Any
 
 import ml_collections
 
+from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core.methods import MethodChoice, method_spec
 from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
-from gradprom_jax.core.task_config import TaskConfig, parse_task_config
+from gradprom_jax.core.task_config import TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)

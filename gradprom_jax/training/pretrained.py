@@ -23,8 +23,9 @@ import jax
 import ml_collections
 
 from gradprom_jax.configuration.run_spec import system_from_config
+from gradprom_jax.configuration.task_parsing import is_multitask
 from gradprom_jax.core.system import TaskDrivenSystem
-from gradprom_jax.core.task_config import is_multitask, parse_recognition
+from gradprom_jax.core.task_config import parse_recognition
 from gradprom_jax.training.checkpointing import SourceRunError, restore_field_from_run
 
 # Train-state field -> the config key naming the run it is restored from.
