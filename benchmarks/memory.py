@@ -69,18 +69,19 @@ def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: di
   import jax.numpy as jnp
 
   from gradprom_jax.configuration.config import base_config
-  from gradprom_jax.core.system import create_system
-  from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.configuration.run_spec import system_from_config
   from gradprom_jax.training.train_state import create_train_state
   from gradprom_jax.training.train_step import make_train_step
+  from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                   recognizer_tx_from_config)
 
   config = base_config()
   config.method, config.model.dtype, config.model.remat = method, dtype, remat
   config.model.enhancer.update(enhancer)
-  system = create_system(config, channels=3, num_classes=2)
-  phases = make_phases(config)
-  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
+  system = system_from_config(config, channels=3, num_classes=2)
+  phases = phases_from_config(config)
+  enhancer_tx = enhancer_tx_from_config(config, phases)
+  recognizer_tx = recognizer_tx_from_config(config, phases)
 
   def init_state():
     enhancer_params, recognizer_params = system.init_params(jax.random.key(0),

@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def task_configs(config, counts):
   """{K: (the multi-task config, its first K parsed tasks)}; K = 3 adds a second segmentation."""
   from gradprom_jax.configuration.config import classification_recognizer, multitask_config
-  from gradprom_jax.core.task_config import parse_task_config
+  from gradprom_jax.configuration.task_parsing import parse_task_config
 
   multi = multitask_config(copy.deepcopy(config), {
       "segmentation": config.model.recognizer, "classification": classification_recognizer()})
@@ -68,11 +68,11 @@ def benchmark(args: argparse.Namespace) -> dict:
   import jax.numpy as jnp
 
   from gradprom_jax import data as data_lib
-  from gradprom_jax.core.system import create_system
-  from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-  from gradprom_jax.training.phases import make_phases
+  from gradprom_jax.configuration.run_spec import system_from_config
   from gradprom_jax.training.train import initial_state
   from gradprom_jax.training.train_step import make_train_step
+  from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                   recognizer_tx_from_config)
 
   print(f"jax {jax.__version__}, devices: {jax.devices()}", flush=True)
   config = load_config(args.config, args.smoke)
@@ -91,15 +91,16 @@ def benchmark(args: argparse.Namespace) -> dict:
 
   programs, states, compile_s, system = {}, {}, {}, None
   for k, (multi, tasks) in task_configs(config, counts).items():
-    system = create_system(multi, channels=dataset.image_shape[-1], tasks=tasks,
+    system = system_from_config(multi, channels=dataset.image_shape[-1], tasks=tasks,
                            num_classes={name: num_classes[name] for name in tasks.names})
     for method in ("joint", "gradprom"):
       multi.method = method
-      phases = make_phases(multi)
-      enhancer_tx = make_enhancer_tx(multi, phases, tasks)
-      recognizer_tx = make_recognizer_tx(multi, phases, tasks)
+      phases = phases_from_config(multi)
+      enhancer_tx = enhancer_tx_from_config(multi, phases, tasks)
+      recognizer_tx = recognizer_tx_from_config(multi, phases, tasks)
       name = f"{method}_k{k}"
-      states[name] = initial_state(multi, system, dataset.image_shape, enhancer_tx, recognizer_tx)
+      states[name] = initial_state(multi.seed, system, dataset.image_shape, enhancer_tx,
+                                   recognizer_tx)
       step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
                                      recognizer_tx=recognizer_tx, task_weight=tasks.task_weight),
                      donate_argnums=0)

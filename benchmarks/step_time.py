@@ -180,10 +180,10 @@ def benchmark(args: argparse.Namespace) -> dict:
   from gradprom_jax import data as data_lib
   from gradprom_jax.core.image_dtype import to_unit_float
   from gradprom_jax.training import parallel as parallel_lib, train_step as train_step_lib
-  from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-  from gradprom_jax.training.phases import make_phases
   from gradprom_jax.training.train import build_system
   from gradprom_jax.training.train_state import initial_state
+  from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                   recognizer_tx_from_config)
 
   print(f"jax {jax.__version__}, devices: {jax.devices()}", flush=True)
   config = load_config(args.config, args.smoke)
@@ -221,9 +221,10 @@ def benchmark(args: argparse.Namespace) -> dict:
   methods = [m for m in METHODS if m in REQUIRED_METHODS or m in args.methods.split(",")]
   for method in methods:
     config.method = "gradprom" if method in GRADIENT_VARIANTS else method
-    phases = make_phases(config)
-    enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
-    state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)
+    phases = phases_from_config(config)
+    enhancer_tx = enhancer_tx_from_config(config, phases)
+    recognizer_tx = recognizer_tx_from_config(config, phases)
+    state = initial_state(config.seed, system, dataset.image_shape, enhancer_tx, recognizer_tx)
     step = parallel.compile_step(train_step_lib.make_train_step(
         system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
         task_weight=config.task_weight, axis_name=parallel.axis_name))

@@ -9,11 +9,11 @@ import pytest
 
 from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.core.combiners import find_combiner_state, get_combiner
-from gradprom_jax.core.system import create_system
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step
+from gradprom_jax.training.training_spec import phases_from_config
 
 IMAGE = (16, 16, 3)
 BATCH = 8
@@ -36,8 +36,8 @@ def _sgd(learning_rate):
 
 def _step_and_state(method, accumulate_steps):
   config = _config(method)
-  system = create_system(config, channels=IMAGE[-1], num_classes=2)
-  phase = make_phases(config)[0]
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=2)
+  phase = phases_from_config(config)[0]
   combiner = ([get_combiner(method, task_weight=1.0)] if phase.enhancer_gradient == "separate"
               else [])
   enhancer_tx, recognizer_tx = optax.chain(*combiner, _sgd(0.5)), optax.chain(_sgd(0.5))
@@ -89,8 +89,8 @@ def test_micro_batches_give_the_update_of_one_large_batch(method):
 
 def test_combiner_inside_multisteps_is_refused():
   config = _config("gradprom")
-  system = create_system(config, channels=IMAGE[-1], num_classes=2)
-  phase = make_phases(config)[0]
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=2)
+  phase = phases_from_config(config)[0]
   enhancer_tx = optax.MultiSteps(optax.chain(get_combiner("gradprom"), _sgd(0.5)),
                                  every_k_schedule=2).gradient_transformation()
   recognizer_tx = optax.chain(_sgd(0.5))

@@ -129,18 +129,17 @@ def test_random_gate_adds_the_weighted_task_gradient_exactly_when_the_coin_opens
 def test_random_gate_method_is_wired_from_the_config():
   from gradprom_jax.configuration.config import base_config
   from gradprom_jax.configuration.config_validation import ConfigError, validate_config
-  from gradprom_jax.training.optimizers import make_enhancer_tx
-  from gradprom_jax.training.phases import make_phases
   from gradprom_jax.training.run_config import config_differences
+  from gradprom_jax.training.training_spec import enhancer_tx_from_config, phases_from_config
 
   config = base_config()
   config.method, config.seed, config.random_gate.open_rate = "random_gate", 5, 0.3
   validate_config(config)
-  phases = make_phases(config)
+  phases = phases_from_config(config)
   assert phases[-1].enhancer_gradient == "separate"
   # The combiner, first in the enhancer's chain, draws the coins of random_gate(0.3, seed=5).
   g_e, g_t = random_pair(8)
-  tx = make_enhancer_tx(config, phases)
+  tx = enhancer_tx_from_config(config, phases)
   state, gates = tx.init(g_e), []
   for _ in range(40):
     _, state = tx.update(g_e, state, g_e, task_grads=g_t)

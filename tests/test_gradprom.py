@@ -301,16 +301,15 @@ def test_cosine_average_option_is_checked_and_wired_from_the_config():
   from gradprom_jax.configuration.config import base_config
   from gradprom_jax.configuration.config_validation import ConfigError, validate_config
   from gradprom_jax.core.combiners import GradPromEmaState
-  from gradprom_jax.training.optimizers import make_enhancer_tx
-  from gradprom_jax.training.phases import make_phases
   from gradprom_jax.training.run_config import config_differences
+  from gradprom_jax.training.training_spec import enhancer_tx_from_config, phases_from_config
   for bad in (1.0, -0.1):
     with pytest.raises(ValueError, match=r"cosine_ema must be a Python float in \[0, 1\)"):
       gradprom(cosine_ema=bad)
   config = base_config()
   config.gradprom.cosine_ema = 0.95
   validate_config(config)
-  tx = make_enhancer_tx(config, make_phases(config))
+  tx = enhancer_tx_from_config(config, phases_from_config(config))
   assert isinstance(tx.init({"w": jnp.zeros(2)})[0], GradPromEmaState)
   config.gradprom.cosine_ema = 1.0
   with pytest.raises(ConfigError, match=r"gradprom.cosine_ema=1.0 must be in \[0, 1\)"):

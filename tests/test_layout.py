@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import gradprom_jax
 
 PACKAGE_DIR = Path(gradprom_jax.__file__).resolve().parent
@@ -129,3 +131,36 @@ def test_the_training_entry_point_runs_as_a_module_from_any_directory(tmp_path):
                           timeout=300)
   assert result.returncode == 0, result.stderr
   assert "The training entry point" in result.stdout and "method" in result.stdout
+
+
+# Modules that take typed pieces, never the config itself: configuration/run_spec.py and
+# training/training_spec.py parse the config once into them. Every module of core, and the
+# training modules the loop hands pieces to.
+CONFIG_FREE_MODULES = (
+    *sorted(str(p.relative_to(PACKAGE_DIR)) for p in (PACKAGE_DIR / "core").rglob("*.py")),
+    "training/phases.py", "training/optimizers.py", "training/train_step.py",
+    "training/evaluation.py", "training/train_state.py")
+
+
+def config_readers(path: Path) -> list[str]:
+  """Where the module at ``path`` touches a config: mentions ``ml_collections`` or ``ConfigDict``,
+  or has a function parameter named ``config``."""
+  source = path.read_text()
+  found = [word for word in ("ml_collections", "ConfigDict") if word in source]
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+      arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+      found += [f"{getattr(node, 'name', 'lambda')}({a.arg})" for a in arguments
+                if a.arg == "config"]
+  return found
+
+
+@pytest.mark.parametrize("module", CONFIG_FREE_MODULES)
+def test_lower_layers_take_typed_pieces_not_the_config(module):
+  assert config_readers(PACKAGE_DIR / module) == []
+
+
+def test_the_config_check_catches_an_import_and_a_config_parameter(tmp_path):
+  module = tmp_path / "m.py"
+  module.write_text("import ml_collections\n\ndef f(x, *, config):\n  return x\n")
+  assert config_readers(module) == ["ml_collections", "f(config)"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from gradprom_jax import COMBINERS
+from gradprom_jax.configuration import run_spec
 from gradprom_jax.configuration.config import METHODS, base_config
 from gradprom_jax.core import methods
 from gradprom_jax.core.combiners import combiner_metrics, find_combiner_metrics, find_combiner_state
 from gradprom_jax.core.combiners.skeleton import make_combiner
-from gradprom_jax.training.optimizers import make_enhancer_tx
-from gradprom_jax.training.phases import make_phases
+from gradprom_jax.training.training_spec import enhancer_tx_from_config, phases_from_config
 
 # A value other than the default for every config key a combiner reads. A key added to a method's
 # config group needs one here, or test_every_method_option_reaches_the_combiner fails.
@@ -65,15 +65,15 @@ def keys_not_reaching_combiner(spec: methods.MethodSpec) -> list[str]:
   missing = sorted(keys - set(OTHER_VALUES))
   if missing:
     pytest.fail(f"give OTHER_VALUES a non-default value for {missing}")
-  default_kwargs = methods.combiner_kwargs(config)
-  default_behaviour = _behaviour(methods.build_combiner(config))
+  default_kwargs = run_spec.combiner_kwargs(config)
+  default_behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(config)))
   not_reaching = []
   for key in sorted(keys):
     changed = base_config()
     changed.method = spec.name
     _set(changed, key, OTHER_VALUES[key])
-    kwargs = methods.combiner_kwargs(changed)
-    behaviour = _behaviour(methods.build_combiner(changed))
+    kwargs = run_spec.combiner_kwargs(changed)
+    behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(changed)))
     # By convention a key feeds the factory argument of its own name (gradprom.mode -> mode).
     forwarded = kwargs.get(key.rsplit(".", 1)[-1]) == OTHER_VALUES[key] and kwargs != default_kwargs
     acts = behaviour.shape != default_behaviour.shape or not np.allclose(behaviour,
@@ -126,19 +126,20 @@ def test_each_method_trains_the_enhancer_as_before(measure_cosine):
   config.measure_baseline_cosine = measure_cosine
   for method in METHODS:
     config.method = method
-    assert [p.enhancer_gradient for p in make_phases(config)] == expected[method], method
+    assert [p.enhancer_gradient for p in phases_from_config(config)] == expected[method], method
 
 
 def test_the_enhancer_optimiser_holds_the_configured_combiner():
   config = base_config()
   config.gradprom.mode = "soft"
-  tx = make_enhancer_tx(config, make_phases(config))
+  tx = enhancer_tx_from_config(config, phases_from_config(config))
   g_e, g_t = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([1.0, 1.0])}
   _, state = tx.update(g_e, tx.init(g_e), g_e, task_grads=g_t)
   # A soft gate weighs g_t by the cosine (a hard one would log 1).
   assert float(find_combiner_metrics(state)["gate"]) == pytest.approx(2 ** -0.5, abs=1e-6)
   config.method = "joint"   # one summed pull-back: no combiner in the chain
-  assert find_combiner_state(make_enhancer_tx(config, make_phases(config)).init(g_e)) is None
+  tx = enhancer_tx_from_config(config, phases_from_config(config))
+  assert find_combiner_state(tx.init(g_e)) is None
 
 
 def test_a_spec_refuses_inconsistent_declarations():

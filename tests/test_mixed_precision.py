@@ -10,12 +10,12 @@ import optax
 import pytest
 
 from gradprom_jax.configuration.config import base_config, shrink_for_smoke_test
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.core.combiners import find_combiner_state, gradprom
-from gradprom_jax.core.system import create_system
-from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
+from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                 recognizer_tx_from_config)
 
 IMAGE_SIZE = 32
 # bfloat16 keeps 8 significant bits (relative rounding 2**-8 ≈ 0.4 %); after a forward and a backward
@@ -46,9 +46,10 @@ def _batch(key=jax.random.key(1)):
 
 def _system_and_state(dtype: str):
   config = _config(dtype)
-  system = create_system(config, channels=3, num_classes=2)
-  phases = make_phases(config)
-  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
+  system = system_from_config(config, channels=3, num_classes=2)
+  phases = phases_from_config(config)
+  enhancer_tx = enhancer_tx_from_config(config, phases)
+  recognizer_tx = recognizer_tx_from_config(config, phases)
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0),
                                                           (IMAGE_SIZE, IMAGE_SIZE, 3))
   state = create_train_state(seed=0, enhancer_params=enhancer_params,

@@ -12,14 +12,14 @@ import pytest
 
 from gradprom_jax.configuration.config import base_config, multitask_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
-from gradprom_jax.core.system import create_system
-from gradprom_jax.core.task_config import parse_task_config
+from gradprom_jax.configuration.run_spec import system_from_config
+from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.training.checkpointing import Checkpointer
-from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.parallel import DataParallel
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
+from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                 recognizer_tx_from_config)
 
 from test_train_step import IMAGE, make_batch, tiny_config  # noqa: E402
 
@@ -46,10 +46,10 @@ def setup(config):
   tasks = parse_task_config(config)
   num_classes = ({name: NUM_CLASSES[name] for name in tasks.names} if tasks.multi_task
                  else NUM_CLASSES[tasks.names[0]])
-  system = create_system(config, channels=IMAGE[-1], num_classes=num_classes, tasks=tasks)
-  phases = make_phases(config)
-  enhancer_tx = make_enhancer_tx(config, phases, tasks)
-  recognizer_tx = make_recognizer_tx(config, phases, tasks)
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=num_classes, tasks=tasks)
+  phases = phases_from_config(config)
+  enhancer_tx = enhancer_tx_from_config(config, phases, tasks)
+  recognizer_tx = recognizer_tx_from_config(config, phases, tasks)
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
   state = create_train_state(seed=0, enhancer_params=enhancer_params,
                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
@@ -173,12 +173,12 @@ def test_two_task_step_on_a_mesh_and_under_pmap_equals_one_device():
 
   expected = run(jax.jit(step), lambda s: jax.device_put(s, jax.devices()[0]), lambda b: b,
                  lambda s: s)
-  phases = make_phases(two_task_config("gradprom"))
+  phases = phases_from_config(two_task_config("gradprom"))
   for mode in ("mesh", "pmap"):
     parallel = DataParallel(mode)
     compiled = parallel.compile_step(make_train_step(
-        system, phases[-1], enhancer_tx=make_enhancer_tx(two_task_config(), phases, tasks),
-        recognizer_tx=make_recognizer_tx(two_task_config(), phases, tasks),
+        system, phases[-1], enhancer_tx=enhancer_tx_from_config(two_task_config(), phases, tasks),
+        recognizer_tx=recognizer_tx_from_config(two_task_config(), phases, tasks),
         task_weight=tasks.task_weight, axis_name=parallel.axis_name))
     got = run(compiled, parallel.put_state, parallel.put_batch, parallel.global_state)
     assert_trees_close(got, expected, rtol=1e-5, atol=1e-5, err_msg=mode)

@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 
 from configs import default
-from gradprom_jax.core.system import create_system
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.training.checkpointing import Checkpointer
-from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
 from gradprom_jax.training.run_config import check_or_save_config
 from gradprom_jax.training.train import _write_json
 from gradprom_jax.training.train_state import initial_state
+from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                 recognizer_tx_from_config)
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "experiments" / "main.py"
@@ -146,10 +146,10 @@ def untrained_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("untrained_run")
   config = default.get_config("smoke")   # x4 super-resolution + segmentation, 32x32 images.
   image_shape = (32, 32, 3)
-  system = create_system(config, channels=3, num_classes=2)
-  phases = make_phases(config)
-  state = initial_state(config, system, image_shape, make_enhancer_tx(config, phases),
-                        make_recognizer_tx(config, phases))
+  system = system_from_config(config, channels=3, num_classes=2)
+  phases = phases_from_config(config)
+  state = initial_state(config.seed, system, image_shape, enhancer_tx_from_config(config, phases),
+                        recognizer_tx_from_config(config, phases))
   check_or_save_config(workdir, config)
   _write_json(workdir / MODEL_INFO_FILENAME, {"image_shape": list(image_shape), "num_classes": 2,
                                              "class_names": [], "recognition": "segmentation"})

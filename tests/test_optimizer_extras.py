@@ -19,12 +19,12 @@ from gradprom_jax.configuration.config_validation import ConfigError, validate_c
 from gradprom_jax.configuration.plain_config import flatten_config
 from gradprom_jax.training import train
 from gradprom_jax.training.checkpointing import Checkpointer
-from gradprom_jax.training.optimizers import (learning_rate_schedule, make_enhancer_tx,
-                                              make_recognizer_tx)
+from gradprom_jax.training.optimizers import learning_rate_schedule
 from gradprom_jax.training.params_ema import ParamsEmaState, find_params_ema
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.run_config import config_differences
 from gradprom_jax.training.train_state import create_train_state
+from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                 recognizer_tx_from_config)
 
 # Parameters shaped like a Flax model's: conv and dense kernels, biases, GroupNorm scale and bias.
 TOY_PARAMS = {
@@ -50,7 +50,7 @@ def _quadratic_grads(params):
 
 def test_parameter_average_equals_its_closed_form():
   decay, steps = 0.8, 7
-  tx = make_enhancer_tx(_config(ema_decay=decay), make_phases(_config()))
+  tx = enhancer_tx_from_config(_config(ema_decay=decay), phases_from_config(_config()))
   params, state = TOY_PARAMS, tx.init(TOY_PARAMS)
   trajectory = [params]
   for _ in range(steps):
@@ -69,9 +69,9 @@ def test_parameter_average_equals_its_closed_form():
 
 
 def test_parameter_average_does_not_change_the_updates():
-  phases = make_phases(_config())
-  with_ema = make_enhancer_tx(_config(ema_decay=0.9), phases)
-  without = make_enhancer_tx(_config(), phases)
+  phases = phases_from_config(_config())
+  with_ema = enhancer_tx_from_config(_config(ema_decay=0.9), phases)
+  without = enhancer_tx_from_config(_config(), phases)
   grads = _quadratic_grads(TOY_PARAMS)
   a, _ = with_ema.update(grads, with_ema.init(TOY_PARAMS), TOY_PARAMS)
   b, _ = without.update(grads, without.init(TOY_PARAMS), TOY_PARAMS)
@@ -81,10 +81,10 @@ def test_parameter_average_does_not_change_the_updates():
 
 
 def _toy_state(config):
-  phases = make_phases(config)
+  phases = phases_from_config(config)
   return create_train_state(seed=0, enhancer_params=TOY_PARAMS, recognizer_params=TOY_PARAMS,
-                            enhancer_tx=make_enhancer_tx(config, phases),
-                            recognizer_tx=make_recognizer_tx(config, phases))
+                            enhancer_tx=enhancer_tx_from_config(config, phases),
+                            recognizer_tx=recognizer_tx_from_config(config, phases))
 
 
 def test_evaluation_state_holds_the_average_in_place_of_the_parameters():
@@ -111,7 +111,7 @@ def test_checkpoint_of_the_code_before_the_new_keys_restores_with_them_off(tmp_p
   assert config_differences(stored, _config(weight_decay_mask="kernels")) == [
       "optim.weight_decay_mask: 'all' -> 'kernels'"]
 
-  phases = make_phases(config)
+  phases = phases_from_config(config)
   lr = learning_rate_schedule(config.optim.enhancer_lr, 0, 500)
   old_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(
       learning_rate=lr, weight_decay=config.optim.weight_decay))
@@ -122,7 +122,7 @@ def test_checkpoint_of_the_code_before_the_new_keys_restores_with_them_off(tmp_p
     restored, _ = checkpointer.restore_latest(_toy_state(config))
   assert jax.tree.structure(restored) == jax.tree.structure(_toy_state(config))
   assert jax.tree.structure(restored.enhancer_opt_state) == jax.tree.structure(
-      make_enhancer_tx(config, phases).init(TOY_PARAMS))
+      enhancer_tx_from_config(config, phases).init(TOY_PARAMS))
   # The average is not in the old checkpoint: a run that turns it on cannot resume from it.
   with pytest.raises(Exception, match="could be restored"), pytest.warns(RuntimeWarning):
     with Checkpointer(tmp_path, save_interval_steps=1, async_save=False) as checkpointer:
@@ -134,7 +134,7 @@ def test_checkpoint_of_the_code_before_the_new_keys_restores_with_them_off(tmp_p
 @pytest.mark.parametrize("mask", ["kernels", "all"])
 def test_weight_decay_spares_biases_and_norm_scales(mask):
   config = _config(weight_decay_mask=mask, weight_decay=0.5, clip_norm=None)
-  tx = make_recognizer_tx(config, make_phases(config))
+  tx = recognizer_tx_from_config(config, phases_from_config(config))
   params, state = TOY_PARAMS, tx.init(TOY_PARAMS)
   zero = jax.tree.map(jnp.zeros_like, TOY_PARAMS)
   for _ in range(3):

@@ -22,8 +22,8 @@ from gradprom_jax.configuration.config_validation import ConfigError, validate_c
 from gradprom_jax.inference import load_trained_system
 from gradprom_jax.training import evaluation, pretrained
 from gradprom_jax.training.checkpointing import Checkpointer, SourceRunError, restore_field_from_run
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.run_config import config_differences
+from gradprom_jax.training.training_spec import phases_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 # A failed orbax read leaves a tensorstore callback for a closed asyncio loop; harmless.
@@ -59,7 +59,7 @@ def test_frozen_recognizer_is_valid_with_a_source_or_pretraining():
 def test_recognizer_only_trains_the_recognizer_alone_on_high_quality_images():
   config = base_config()
   config.method = "recognizer_only"
-  (phase,) = make_phases(config)
+  (phase,) = phases_from_config(config)
   assert (phase.start, phase.end) == (0, config.num_train_steps)
   assert phase.enhancer_gradient == "none" and phase.update_recognizer
   assert phase.recognizer_input == "high_quality" and not phase.needs_enhancer
@@ -244,7 +244,7 @@ def test_bad_sources_fail_with_one_line_and_nothing_written(tmp_path, data_dir,
 def test_two_stage_is_step_matched_and_skips_the_recognizer_stage_when_frozen():
   config = base_config()
   config.method, config.num_train_steps, config.recognizer.pretrain_steps = "two_stage", 100, 10
-  phases = make_phases(config)
+  phases = phases_from_config(config)
   assert [(p.name, p.start, p.end) for p in phases] == [
       ("recognizer_pretrain", 0, 10), ("enhancer", 10, 100), ("recognizer", 100, 190)]
   # Each model gets the updates a joint method gives it, so each LR schedule spans exactly those.
@@ -253,9 +253,9 @@ def test_two_stage_is_step_matched_and_skips_the_recognizer_stage_when_frozen():
     config_joint = base_config()
     config_joint.num_train_steps, config_joint.recognizer.pretrain_steps = 100, 10
     assert (sum(p.end - p.start for p in phases if updates(p))
-            == sum(p.end - p.start for p in make_phases(config_joint) if updates(p))), field
+            == sum(p.end - p.start for p in phases_from_config(config_joint) if updates(p))), field
   config.recognizer.frozen, config.recognizer.init_from = True, "runs/rec"
-  assert [p.name for p in make_phases(config)] == ["recognizer_pretrain", "enhancer"]
+  assert [p.name for p in phases_from_config(config)] == ["recognizer_pretrain", "enhancer"]
 
 
 def test_old_two_stage_configs_keep_their_fraction_and_only_they_refuse_to_resume():
@@ -268,5 +268,5 @@ def test_old_two_stage_configs_keep_their_fraction_and_only_they_refuse_to_resum
   assert config_differences(stored, new) == ["two_stage.enhancer_fraction: 0.5 -> <missing>"]
   old = ml_collections.ConfigDict(stored)
   old.num_train_steps = 100
-  assert [(p.name, p.start, p.end) for p in make_phases(old)] == [("enhancer", 0, 50),
+  assert [(p.name, p.start, p.end) for p in phases_from_config(old)] == [("enhancer", 0, 50),
                                                                   ("recognizer", 50, 100)]

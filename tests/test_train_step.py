@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from gradprom_jax.configuration.config import base_config
-from gradprom_jax.core.system import create_system
-from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
+from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.training.parallel import DataParallel
-from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
+from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
+                                                 recognizer_tx_from_config)
 
 IMAGE = (16, 16, 3)
 
@@ -43,9 +43,10 @@ def make_batch(seed, batch_size=8, recognition="segmentation"):
 
 
 def setup(config, num_classes=2):
-  system = create_system(config, channels=IMAGE[-1], num_classes=num_classes)
-  phases = make_phases(config)
-  enhancer_tx, recognizer_tx = make_enhancer_tx(config, phases), make_recognizer_tx(config, phases)
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=num_classes)
+  phases = phases_from_config(config)
+  enhancer_tx = enhancer_tx_from_config(config, phases)
+  recognizer_tx = recognizer_tx_from_config(config, phases)
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
   state = create_train_state(seed=0, enhancer_params=enhancer_params,
                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,

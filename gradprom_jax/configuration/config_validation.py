@@ -16,10 +16,10 @@ import ml_collections
 
 from gradprom_jax import models
 from gradprom_jax.configuration import config as config_lib
+from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core.combiners.gradient_geometry import GRANULARITIES
 from gradprom_jax.core.combiners.gradprom import GATE_MODES, TASK_SCALES
-from gradprom_jax.core.task_config import (RecognitionTask, TaskConfig, TaskConfigError,
-                                           parse_task_config)
+from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, TaskConfigError
 from gradprom_jax.data import DATASET_NAMES
 
 
@@ -84,8 +84,8 @@ def _check_task_options(task: RecognitionTask) -> None:
 
 
 def parse_tasks(config: ml_collections.ConfigDict) -> TaskConfig:
-  """The config's parsed tasks (:func:`~gradprom_jax.core.task_config.parse_task_config`), a parse error
-  as a :class:`ConfigError`."""
+  """The config's parsed tasks (:func:`~gradprom_jax.configuration.task_parsing.parse_task_config`),
+  a parse error as a :class:`ConfigError`."""
   try:
     return parse_task_config(config)
   except TaskConfigError as e:

@@ -7,7 +7,8 @@ keys become which factory arguments):
 * ``config.METHODS``, the valid values of ``config.method``: the table's names, in order;
 * ``combiners.COMBINERS`` (``get_combiner``): the entries that have a combiner;
 * ``optimizers.make_enhancer_tx``: :func:`build_combiner` calls the factory with the keyword
-  arguments :func:`combiner_kwargs` reads from the config through ``combiner_args``;
+  arguments of the run's :class:`MethodChoice`, read from the config through ``combiner_args`` (by
+  ``gradprom_jax.configuration.run_spec.parse_method``, the one place that reads them);
 * ``phases.make_phases``: ``enhancer_gradient`` (``"separate"``: the combiner combines g_e and g_t;
   ``"summed"``/``"enhancement"``: one cheap pull-back, the combiner used only to log the cosine under
   ``measure_baseline_cosine``) and ``schedule`` (``"joint"``; ``"two_stage"`` and ``"recognizer_only"``
@@ -25,7 +26,6 @@ import dataclasses
 import types
 from typing import Any, Callable, Literal, Mapping
 
-import ml_collections
 import optax
 
 # The factories are imported from their modules (not from the package), because the package's
@@ -119,27 +119,28 @@ def method_spec(name: str) -> MethodSpec:
   raise ValueError(f"Unknown method {name!r}; expected one of {', '.join(METHODS)}.")
 
 
-def _config_value(config: ml_collections.ConfigDict, dotted_key: str) -> Any:
-  value = config
-  for part in dotted_key.split("."):
-    value = value[part]
-  return value
+@dataclasses.dataclass(frozen=True)
+class MethodChoice:
+  """The run's method, read from the config once: its :class:`MethodSpec` and the keyword
+  arguments its combiner factory is called with (single-task form; one value per argument).
 
-
-def combiner_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The keyword arguments ``config.method``'s combiner factory is called with, read from ``config``.
-
-  >>> from gradprom_jax.configuration.config import base_config
-  >>> config = base_config()
-  >>> config.gradprom.threshold = 0.2
-  >>> combiner_kwargs(config)["threshold"]
-  0.2
-  >>> config.method = "random_gate"
-  >>> combiner_kwargs(config)
-  {'task_weight': 1.0, 'open_rate': 0.5, 'seed': 0}
+  >>> choice = MethodChoice(method_spec("gradprom"), {"task_weight": 0.5, "threshold": 0.1})
+  >>> choice.name, choice.combiner_kwargs["threshold"]
+  ('gradprom', 0.1)
   """
-  spec = method_spec(config.method)
-  return {argument: _config_value(config, key) for argument, key in spec.combiner_args.items()}
+  spec: MethodSpec
+  combiner_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    unknown = set(self.combiner_kwargs) - set(self.spec.combiner_args)
+    if unknown:
+      raise ValueError(f"{self.spec.name}: combiner arguments {sorted(unknown)} are not among "
+                       f"its combiner_args {sorted(self.spec.combiner_args)}.")
+    object.__setattr__(self, "combiner_kwargs", types.MappingProxyType(dict(self.combiner_kwargs)))
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
 
 
 def multitask_combiner_kwargs(kwargs: Mapping[str, Any], tasks: TaskConfig) -> dict[str, Any]:
@@ -147,11 +148,12 @@ def multitask_combiner_kwargs(kwargs: Mapping[str, Any], tasks: TaskConfig) -> d
   per-task option (λ_k; GradProm's gate options) as a dict by task name, from the parsed tasks.
 
   >>> from gradprom_jax.configuration.config import base_config, classification_recognizer, multitask_config
-  >>> from gradprom_jax.core.task_config import parse_task_config
+  >>> from gradprom_jax.configuration.run_spec import parse_run_config
   >>> config = multitask_config(base_config(), {"segmentation": base_config().model.recognizer,
   ...                                          "classification": classification_recognizer()})
   >>> config.task.classification.weight, config.task.classification.gradprom.threshold = 0.5, 0.1
-  >>> kwargs = multitask_combiner_kwargs(combiner_kwargs(config), parse_task_config(config))
+  >>> spec = parse_run_config(config)
+  >>> kwargs = multitask_combiner_kwargs(spec.method.combiner_kwargs, spec.tasks)
   >>> kwargs["tasks"], kwargs["task_weight"], kwargs["threshold"], kwargs["mode"]
   (('segmentation', 'classification'), {'segmentation': 1.0, 'classification': 0.5}, {'segmentation': 0.0, 'classification': 0.1}, 'hard')
   """
@@ -167,26 +169,26 @@ def multitask_combiner_kwargs(kwargs: Mapping[str, Any], tasks: TaskConfig) -> d
   return kwargs
 
 
-def build_combiner(config: ml_collections.ConfigDict,
+def build_combiner(method: MethodChoice,
                    tasks: TaskConfig | None = None) -> optax.GradientTransformationExtraArgs:
-  """``config.method``'s combiner, built from the config keys its :class:`MethodSpec` names.
+  """``method``'s combiner, called with its resolved keyword arguments.
 
   With ``tasks`` (the config's parsed tasks) in the multi-task form, the combiner is built for
   their names (``task_grads`` a dict by task name) with per-task options from ``tasks``.
 
-  >>> from gradprom_jax.configuration.config import base_config
-  >>> config = base_config()
-  >>> config.method = "two_stage"
-  >>> build_combiner(config)
+  >>> tx = build_combiner(MethodChoice(method_spec("pcgrad"), {"task_weight": 0.5}))
+  >>> isinstance(tx, optax.GradientTransformationExtraArgs)
+  True
+  >>> build_combiner(MethodChoice(method_spec("two_stage")))
   Traceback (most recent call last):
   ...
   ValueError: Method 'two_stage' has no combiner; these do: gradprom, joint, pcgrad, enhance_only, random_gate.
   """
-  spec = method_spec(config.method)
+  spec = method.spec
   if spec.combiner is None:
     raise ValueError(f"Method {spec.name!r} has no combiner; these do: "
                      f"{', '.join(COMBINER_FACTORIES)}.")
-  kwargs = combiner_kwargs(config)
+  kwargs = dict(method.combiner_kwargs)
   if tasks is not None and tasks.multi_task:
     kwargs = multitask_combiner_kwargs(kwargs, tasks)
   return spec.combiner(**kwargs)

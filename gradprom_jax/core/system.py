@@ -19,11 +19,29 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from gradprom_jax import models
 from gradprom_jax.core import degradations, losses
-from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, parse_task_config
+from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The enhancer and the numerics of every model, as the config names them (``config.model``).
+
+  Attributes:
+    enhancer: the enhancer's model name (``models.ENHANCERS``).
+    enhancer_options: its constructor's options, as sorted ``(name, value)`` pairs.
+    dtype: the compute dtype of every model (``"float32"``, ``"bfloat16"``); params stay float32.
+    remat: whether the models recompute activations in the backward pass (memory for time).
+
+  >>> ModelSpec("unet", (("features", 8),)).dtype
+  'float32'
+  """
+  enhancer: str
+  enhancer_options: tuple[tuple[str, Any], ...] = ()
+  dtype: str = "float32"
+  remat: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,11 +211,6 @@ class TaskDrivenSystem:
     return enhancer_params, recognizer_params
 
 
-def _module_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-
-
 def _per_task(value: Any, task: RecognitionTask, multi_task: bool) -> Any:
   """A per-task argument of :func:`create_system`: a mapping by task name, or the single task's."""
   if isinstance(value, Mapping):
@@ -207,24 +220,29 @@ def _per_task(value: Any, task: RecognitionTask, multi_task: bool) -> Any:
   return value
 
 
-def create_system(config: ml_collections.ConfigDict, *, channels: int,
+def create_system(model: ModelSpec, tasks: TaskConfig, *, channels: int,
                   num_classes: int | Mapping[str, int],
-                  class_weights: tuple[float, ...] | Mapping[str, Any] | None = None,
-                  tasks: TaskConfig | None = None) -> TaskDrivenSystem:
-  """The system a config describes, for images with ``channels`` and tasks with ``num_classes``.
+                  class_weights: tuple[float, ...] | Mapping[str, Any] | None = None
+                  ) -> TaskDrivenSystem:
+  """The system of ``model`` and ``tasks``, for images with ``channels`` and tasks with ``num_classes``.
 
-  ``tasks`` is the config's parsed :class:`~gradprom_jax.core.task_config.TaskConfig` (parsed here when
-  not given). For several tasks ``num_classes`` and ``class_weights`` are dicts by task name.
-  ``class_weights`` are the task losses' per-class weights, resolved from their config values by the
-  caller (``"balanced"`` needs the training split's class counts: ``train.build_system``).
+  ``model`` and ``tasks`` are the config's parsed pieces
+  (:func:`gradprom_jax.configuration.run_spec.parse_run_config`). For several tasks
+  ``num_classes`` and ``class_weights`` are dicts by task name. ``class_weights`` are the task
+  losses' per-class weights, resolved from their config values by the caller (``"balanced"`` needs
+  the training split's class counts: ``train.build_system``).
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> from gradprom_jax.configuration.run_spec import parse_run_config
+  >>> spec = parse_run_config(base_config())
+  >>> system = create_system(spec.model, spec.tasks, channels=3, num_classes=2)
+  >>> system.recognition, system.degradation.scale
+  ('segmentation', 4)
   """
-  tasks = parse_task_config(config) if tasks is None else tasks
-  # Configs stored before model.dtype / model.remat existed ran float32 without remat.
-  precision = {"dtype": jnp.dtype(config.model.get("dtype", "float32")),
-               "remat": bool(config.model.get("remat", False))}
-  enhancer = models.create_enhancer(config.model.enhancer.name, channels=channels,
+  precision = {"dtype": jnp.dtype(model.dtype), "remat": bool(model.remat)}
+  enhancer = models.create_enhancer(model.enhancer, channels=channels,
                                     scale=tasks.degradation.scale, **precision,
-                                    **_module_kwargs(config.model.enhancer))
+                                    **dict(model.enhancer_options))
   heads = []
   for task in tasks.tasks:
     classes = _per_task(num_classes, task, tasks.multi_task)

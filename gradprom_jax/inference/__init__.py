@@ -18,6 +18,7 @@ from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_t
 from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
 from gradprom_jax.training.train_state import initial_state
+from gradprom_jax.training.training_spec import parse_training_config
 
 
 @dataclasses.dataclass
@@ -65,10 +66,14 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   info = json.loads((workdir / MODEL_INFO_FILENAME).read_text())
   image_shape = tuple(info["image_shape"])
-  system = create_system(config, channels=image_shape[-1], num_classes=info["num_classes"])
-  phases = make_phases(config)
-  target = initial_state(config, system, image_shape, make_enhancer_tx(config, phases),
-                         make_recognizer_tx(config, phases))
+  # The stored config, read once into its typed pieces.
+  spec = parse_training_config(config)
+  system = create_system(spec.run.model, spec.run.tasks, channels=image_shape[-1],
+                         num_classes=info["num_classes"])
+  phases = make_phases(spec.phases)
+  target = initial_state(spec.seed, system, image_shape,
+                         make_enhancer_tx(spec.optimizer, phases, spec.run.method, spec.run.tasks),
+                         make_recognizer_tx(spec.optimizer, phases, spec.run.tasks))
   checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=1, async_save=False)
   restored = checkpointer.restore_latest(target)
   checkpointer.close()

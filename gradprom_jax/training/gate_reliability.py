@@ -79,11 +79,11 @@ def make_gate_probe(system: TaskDrivenSystem
 
   >>> import jax, jax.numpy as jnp, numpy as np
   >>> from gradprom_jax.configuration.config import base_config, shrink_for_smoke_test
-  >>> from gradprom_jax.core.system import create_system
+  >>> from gradprom_jax.configuration.run_spec import system_from_config
   >>> from gradprom_jax.training.train_state import create_train_state
   >>> import optax
   >>> config = shrink_for_smoke_test(base_config())
-  >>> system = create_system(config, channels=1, num_classes=2)
+  >>> system = system_from_config(config, channels=1, num_classes=2)
   >>> enhancer, recognizer = system.init_params(jax.random.key(0), (32, 32, 1))
   >>> state = create_train_state(seed=0, enhancer_params=enhancer, recognizer_params=recognizer,
   ...                            enhancer_tx=optax.sgd(0.1), recognizer_tx=optax.sgd(0.1))

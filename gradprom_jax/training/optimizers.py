@@ -2,16 +2,41 @@
 average) and the recogniser's (clipping → AdamW; with several tasks, one such per recogniser)."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import jax
-import ml_collections
 import optax
 
-from gradprom_jax.core.methods import build_combiner
-from gradprom_jax.core.task_config import TaskConfig, parse_task_config
+from gradprom_jax.core.methods import MethodChoice, build_combiner
+from gradprom_jax.core.task_config import TaskConfig
 from gradprom_jax.training.params_ema import params_ema
 from gradprom_jax.training.phases import Phase
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """The optimisers' settings (``config.optim``; read by
+  :func:`gradprom_jax.training.training_spec.parse_optimizer_spec`).
+
+  Attributes:
+    enhancer_lr, recognizer_lr: each model's peak learning rate.
+    warmup_steps: linear warm-up steps of both schedules (then cosine decay to 0).
+    weight_decay: AdamW's decoupled weight decay.
+    weight_decay_mask: ``"all"`` (every parameter decays) or ``"kernels"`` (:func:`kernels_only`).
+    clip_norm: the global-norm clipping of each model's gradient, or None.
+    ema_decay: the decay of the enhancer's parameter average, or None (off).
+
+  >>> OptimizerSpec(enhancer_lr=1e-3, recognizer_lr=1e-3).weight_decay_mask
+  'all'
+  """
+  enhancer_lr: float
+  recognizer_lr: float
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  weight_decay_mask: Literal["all", "kernels"] = "all"
+  clip_norm: float | None = None
+  ema_decay: float | None = None
 
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
@@ -37,49 +62,55 @@ def kernels_only(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def _adamw(config: ml_collections.ConfigDict, peak_lr: float, total_steps: int):
+def _adamw(optim: OptimizerSpec, peak_lr: float, total_steps: int):
   # inject_hyperparams exposes the current learning rate in the state, so the loop can log it; the
-  # mask is a function of the params, not a schedule, hence static. Configs saved before the key
-  # existed decayed every parameter.
-  masked = config.optim.get("weight_decay_mask", "all") == "kernels"
-  mask = {"mask": kernels_only} if masked else {}
+  # mask is a function of the params, not a schedule, hence static.
+  mask = {"mask": kernels_only} if optim.weight_decay_mask == "kernels" else {}
   return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
-      learning_rate=learning_rate_schedule(peak_lr, config.optim.warmup_steps, total_steps),
-      weight_decay=config.optim.weight_decay, **mask)
+      learning_rate=learning_rate_schedule(peak_lr, optim.warmup_steps, total_steps),
+      weight_decay=optim.weight_decay, **mask)
 
 
-def _clipping(config: ml_collections.ConfigDict) -> list[optax.GradientTransformation]:
-  return [] if config.optim.clip_norm is None else [optax.clip_by_global_norm(config.optim.clip_norm)]
+def _clipping(optim: OptimizerSpec) -> list[optax.GradientTransformation]:
+  return [] if optim.clip_norm is None else [optax.clip_by_global_norm(optim.clip_norm)]
 
 
-def make_enhancer_tx(config: ml_collections.ConfigDict, phases: tuple[Phase, ...],
-                     tasks: TaskConfig | None = None) -> optax.GradientTransformationExtraArgs:
-  """The enhancer's optimiser: the method's combiner (when a phase combines g_e and g_t; built for
-  ``tasks``, the config's parsed tasks, parsed here when not given), clipping, AdamW with a warm-up
-  cosine schedule over the steps that update the enhancer, and with ``optim.ema_decay`` a moving
-  average of the parameters (evaluation uses it)."""
+def make_enhancer_tx(optim: OptimizerSpec, phases: tuple[Phase, ...], method: MethodChoice,
+                     tasks: TaskConfig) -> optax.GradientTransformationExtraArgs:
+  """The enhancer's optimiser: ``method``'s combiner (when a phase combines g_e and g_t; built for
+  ``tasks``), clipping, AdamW with a warm-up cosine schedule over the steps that update the
+  enhancer, and with ``optim.ema_decay`` a moving average of the parameters (evaluation uses it).
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> from gradprom_jax.configuration.run_spec import parse_run_config
+  >>> from gradprom_jax.training.phases import Phase
+  >>> run = parse_run_config(base_config())
+  >>> phases = (Phase("gradprom", 0, 10, "separate", True, "enhanced"),)
+  >>> tx = make_enhancer_tx(OptimizerSpec(1e-3, 1e-3), phases, run.method, run.tasks)
+  >>> isinstance(tx, optax.GradientTransformationExtraArgs)
+  True
+  """
   updates = sum(p.end - p.start for p in phases if p.enhancer_gradient != "none")
   members = []
   if any(p.enhancer_gradient == "separate" for p in phases):
-    members.append(build_combiner(config, parse_task_config(config) if tasks is None else tasks))
-  members += _clipping(config)
-  members.append(_adamw(config, config.optim.enhancer_lr, updates))
-  if config.optim.get("ema_decay"):   # None or 0: off (configs saved before the key: off)
-    members.append(params_ema(config.optim.ema_decay))
+    members.append(build_combiner(method, tasks))
+  members += _clipping(optim)
+  members.append(_adamw(optim, optim.enhancer_lr, updates))
+  if optim.ema_decay:   # None or 0: off
+    members.append(params_ema(optim.ema_decay))
   return optax.chain(*members)
 
 
-def make_recognizer_tx(config: ml_collections.ConfigDict, phases: tuple[Phase, ...],
-                       tasks: TaskConfig | None = None) -> optax.GradientTransformation:
+def make_recognizer_tx(optim: OptimizerSpec, phases: tuple[Phase, ...],
+                       tasks: TaskConfig) -> optax.GradientTransformation:
   """The recogniser's optimiser: clipping and AdamW over the steps that update the recogniser.
 
-  In the multi-task form (``tasks``, parsed from ``config`` when not given) each recogniser has its
-  own (clipped by its own gradient's norm): see :func:`per_task_optimizer`.
+  In the multi-task form of ``tasks`` each recogniser has its own (clipped by its own gradient's
+  norm): see :func:`per_task_optimizer`.
   """
   updates = sum(p.end - p.start for p in phases if p.update_recognizer)
-  tasks = parse_task_config(config) if tasks is None else tasks
   def one():
-    return optax.chain(*_clipping(config), _adamw(config, config.optim.recognizer_lr, updates))
+    return optax.chain(*_clipping(optim), _adamw(optim, optim.recognizer_lr, updates))
   return per_task_optimizer({name: one() for name in tasks.names}) if tasks.multi_task else one()
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
-
-from gradprom_jax.core.methods import enhancer_gradient, method_spec
+from gradprom_jax.core.methods import MethodSpec, enhancer_gradient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,51 +48,73 @@ class Phase:
     return self.enhancer_gradient != "none" or self.recognizer_input != "high_quality"
 
 
-def make_phases(config: ml_collections.ConfigDict) -> tuple[Phase, ...]:
-  """The phases ``config`` trains through, in order, covering ``[0, run_length(phases))``.
+@dataclasses.dataclass(frozen=True)
+class PhaseSpec:
+  """What a run's phases are made from, read from the config
+  (:func:`gradprom_jax.training.training_spec.parse_phase_spec`).
 
-  >>> from gradprom_jax.configuration.config import base_config
-  >>> config = base_config()
-  >>> config.num_train_steps, config.recognizer.pretrain_steps = 100, 10
-  >>> [(p.name, p.start, p.end, p.enhancer_gradient) for p in make_phases(config)]
+  Attributes:
+    method: the method (``config.method``); its ``schedule`` sets the phase layout.
+    num_train_steps: ``num_train_steps``.
+    pretrain_steps: ``recognizer.pretrain_steps``, recogniser pre-training on high-quality images.
+    recognizer_frozen: ``recognizer.frozen``: the recogniser is never updated after pre-training.
+    recognizer_train_on: ``recognizer.train_on``: "enhanced", "high_quality" or "both".
+    measure_baseline_cosine: ``measure_baseline_cosine``: g_e and g_t pulled back apart to log
+      their cosine, for a method that would sum them.
+    two_stage_enhancer_fraction: ``two_stage.enhancer_fraction`` of configs stored before
+      ``two_stage`` was step-matched, else None.
+  """
+  method: MethodSpec
+  num_train_steps: int
+  pretrain_steps: int = 0
+  recognizer_frozen: bool = False
+  recognizer_train_on: str = "enhanced"
+  measure_baseline_cosine: bool = False
+  two_stage_enhancer_fraction: float | None = None
+
+
+def make_phases(spec: PhaseSpec) -> tuple[Phase, ...]:
+  """The phases ``spec`` trains through, in order, covering ``[0, run_length(phases))``.
+
+  >>> from gradprom_jax.core.methods import method_spec
+  >>> spec = PhaseSpec(method_spec("gradprom"), num_train_steps=100, pretrain_steps=10)
+  >>> [(p.name, p.start, p.end, p.enhancer_gradient) for p in make_phases(spec)]
   [('recognizer_pretrain', 0, 10, 'none'), ('gradprom', 10, 100, 'separate')]
-  >>> config.method = "two_stage"
-  >>> [(p.name, p.start, p.end) for p in make_phases(config)]
+  >>> spec = dataclasses.replace(spec, method=method_spec("two_stage"))
+  >>> [(p.name, p.start, p.end) for p in make_phases(spec)]
   [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100), ('recognizer', 100, 190)]
-  >>> config.recognizer.frozen = True   # a pre-trained recogniser: nothing left to train after
-  >>> [(p.name, p.start, p.end) for p in make_phases(config)]
+  >>> frozen = dataclasses.replace(spec, recognizer_frozen=True)   # nothing left to train after
+  >>> [(p.name, p.start, p.end) for p in make_phases(frozen)]
   [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100)]
-  >>> config.recognizer.frozen = False
-  >>> config.method, config.recognizer.pretrain_steps = "recognizer_only", 0
-  >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(config)]
+  >>> spec = dataclasses.replace(spec, method=method_spec("recognizer_only"), pretrain_steps=0)
+  >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(spec)]
   [('recognizer_only', 0, 100, 'none', 'high_quality')]
   """
-  total, pretrain = config.num_train_steps, config.recognizer.pretrain_steps
-  spec = method_spec(config.method)
-  if spec.schedule == "recognizer_only":
+  total, pretrain, method = spec.num_train_steps, spec.pretrain_steps, spec.method
+  if method.schedule == "recognizer_only":
     return (Phase("recognizer_only", 0, total, enhancer_gradient="none", update_recognizer=True,
                   recognizer_input="high_quality"),)
   phases = []
   if pretrain > 0:
     phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
                         update_recognizer=True, recognizer_input="high_quality"))
-  if spec.schedule == "two_stage":
+  if method.schedule == "two_stage":
     # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
     # many. Configs stored before that split num_train_steps by two_stage.enhancer_fraction.
-    fraction = config.get("two_stage", {}).get("enhancer_fraction")
+    fraction = spec.two_stage_enhancer_fraction
     stage = total - pretrain if fraction is None else round(fraction * (total - pretrain))
     end = pretrain + 2 * stage if fraction is None else total
     phases.append(Phase("enhancer", pretrain, pretrain + stage, enhancer_gradient="enhancement",
                         update_recognizer=False, recognizer_input="enhanced"))
-    if not config.recognizer.frozen:
+    if not spec.recognizer_frozen:
       phases.append(Phase("recognizer", pretrain + stage, end, enhancer_gradient="none",
                           update_recognizer=True, recognizer_input="enhanced"))
   else:
     # measure_baseline_cosine: the same update, g_e and g_t pulled back apart to log their cosine.
-    gradient = enhancer_gradient(spec, config.measure_baseline_cosine)
-    phases.append(Phase(config.method, pretrain, total, enhancer_gradient=gradient,
-                        update_recognizer=not config.recognizer.frozen,
-                        recognizer_input=config.recognizer.train_on))
+    gradient = enhancer_gradient(method, spec.measure_baseline_cosine)
+    phases.append(Phase(method.name, pretrain, total, enhancer_gradient=gradient,
+                        update_recognizer=not spec.recognizer_frozen,
+                        recognizer_input=spec.recognizer_train_on))
   return tuple(p for p in phases if p.end > p.start)
 
 

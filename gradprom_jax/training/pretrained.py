@@ -22,8 +22,10 @@ from typing import Any
 import jax
 import ml_collections
 
-from gradprom_jax.core.system import TaskDrivenSystem, create_system
-from gradprom_jax.core.task_config import is_multitask, parse_recognition
+from gradprom_jax.configuration.run_spec import system_from_config
+from gradprom_jax.configuration.task_parsing import is_multitask
+from gradprom_jax.core.system import TaskDrivenSystem
+from gradprom_jax.core.task_config import parse_recognition
 from gradprom_jax.training.checkpointing import SourceRunError, restore_field_from_run
 
 # Train-state field -> the config key naming the run it is restored from.
@@ -130,8 +132,8 @@ def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
   if judge_config.get("method") != "recognizer_only":
     logging.warning("judge.workdir: %s is a %s run, not recognizer_only: its recogniser was not "
                     "trained on high-quality images alone.", path, judge_config.get("method"))
-  judge_system = create_system(judge_config, channels=info["image_shape"][-1],
-                               num_classes=info["num_classes"])
+  judge_system = system_from_config(judge_config, channels=info["image_shape"][-1],
+                                    num_classes=info["num_classes"])
   _, target = _abstract_params(judge_system, info["image_shape"])
   params, step = restore_field_from_run(workdir, "recognizer_params", _placed(target, sharding),
                                         what="judge.workdir")

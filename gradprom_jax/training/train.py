@@ -29,10 +29,12 @@ from gradprom_jax import data as data_lib
 from gradprom_jax.configuration.config_validation import (ConfigError, check_dataset_has_targets,
                                                           validate_config,
                                                           validate_config_for_dataset)
+from gradprom_jax.configuration.run_spec import parse_model_spec
+from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core import losses
 from gradprom_jax.core.image_dtype import to_unit_float
-from gradprom_jax.core.system import TaskDrivenSystem, create_system
-from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, parse_task_config
+from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
+from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
 from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrained, visualization
 from gradprom_jax.training.checkpointing import (Checkpointer, ensure_writable_directory,
                                                  has_checkpoint)
@@ -48,6 +50,7 @@ from gradprom_jax.training.run_config import (CONFIG_FILENAME, check_or_save_con
                                               check_stored_config, config_differences)
 from gradprom_jax.training.train_state import TrainState, initial_state
 from gradprom_jax.training.train_step import make_train_step
+from gradprom_jax.training.training_spec import TrainingSpec, parse_training_config
 from gradprom_jax.training.workdir_lock import lock_workdir
 
 RESULTS_FILENAME = "results.json"
@@ -94,15 +97,21 @@ def resolve_class_weights(task: RecognitionTask, dataset: Any) -> tuple[float, .
 def build_system(config: ml_collections.ConfigDict, dataset: Any,
                  tasks: TaskConfig | None = None) -> TaskDrivenSystem:
   """The system ``config`` (its parsed ``tasks``) describes for ``dataset``'s images and classes."""
-  tasks = parse_task_config(config) if tasks is None else tasks
+  return system_for_dataset(parse_model_spec(config),
+                            parse_task_config(config) if tasks is None else tasks, dataset)
+
+
+def system_for_dataset(model: ModelSpec, tasks: TaskConfig, dataset: Any) -> TaskDrivenSystem:
+  """The system of ``model`` and ``tasks`` for ``dataset``'s images and classes (its class
+  weights resolved from the training split)."""
   num_classes = [len(task_class_names(task.recognition, dataset)) for task in tasks.tasks]
   weights = [resolve_class_weights(task, dataset) for task in tasks.tasks]
   if tasks.multi_task:
     num_classes, weights = dict(zip(tasks.names, num_classes)), dict(zip(tasks.names, weights))
   else:
     num_classes, weights = num_classes[0], weights[0]
-  return create_system(config, channels=dataset.image_shape[-1], num_classes=num_classes,
-                       class_weights=weights, tasks=tasks)
+  return create_system(model, tasks, channels=dataset.image_shape[-1],
+                       num_classes=num_classes, class_weights=weights)
 
 
 def model_info(config: ml_collections.ConfigDict, system: TaskDrivenSystem, dataset: Any,
@@ -219,8 +228,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   initialize_distributed(config.distributed)
   parallel = parallel_lib.DataParallel(config.parallel)
-  # The config's tasks, parsed once (with the whole config checked) for every layer below.
+  # The config's tasks, parsed once (with the whole config checked), and its other typed pieces:
+  # the layers below take those, not the config.
   tasks = validate_config(config, num_devices=parallel.num_devices)
+  spec = parse_training_config(config, tasks)
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
@@ -235,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               recognizer_class_names(config, dataset, tasks), tasks=tasks)
   # Other runs' models the config names are read before the workdir is touched, so a missing or
   # mismatched one leaves nothing behind. Warm starts are for a fresh start only.
-  system = build_system(config, dataset, tasks)
+  system = system_for_dataset(spec.run.model, tasks, dataset)
   fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
   init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
                                              sharding=parallel.replicated) if fresh_start else {})
@@ -244,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
   try:
     return _train_and_evaluate_locked(config, workdir, parallel, dataset, system, is_main,
-                                      tasks=tasks, init_params=init_params, judge=judge)
+                                      spec=spec, init_params=init_params, judge=judge)
   finally:
     if lock is not None:
       lock.release()
@@ -252,20 +263,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
                                parallel: parallel_lib.DataParallel, dataset: Any,
-                               system: TaskDrivenSystem, is_main: bool, *, tasks: TaskConfig,
+                               system: TaskDrivenSystem, is_main: bool, *, spec: TrainingSpec,
                                init_params: dict[str, Any],
                                judge: pretrained.Judge | None) -> dict[str, Any] | None:
   """`train_and_evaluate` once the config is valid and this process holds the workdir.
 
   ``init_params`` (train-state field -> params) replace the fresh state's at a fresh start.
   """
+  tasks = spec.run.tasks
   check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
   if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
     _write_json(workdir / MODEL_INFO_FILENAME, model_info(config, system, dataset, tasks))
-  phases = make_phases(config)
-  enhancer_tx = make_enhancer_tx(config, phases, tasks)
-  recognizer_tx = make_recognizer_tx(config, phases, tasks)
-  state = initial_state(config, system, dataset.image_shape, enhancer_tx, recognizer_tx)
+  phases = make_phases(spec.phases)
+  enhancer_tx = make_enhancer_tx(spec.optimizer, phases, spec.run.method, tasks)
+  recognizer_tx = make_recognizer_tx(spec.optimizer, phases, tasks)
+  state = initial_state(spec.seed, system, dataset.image_shape, enhancer_tx, recognizer_tx)
   state = jax.device_put(state, parallel.replicated)
 
   train_iter = iter(data_lib.make_train_loader(

@@ -6,7 +6,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from gradprom_jax.core.system import TaskDrivenSystem
@@ -60,15 +59,15 @@ def create_train_state(*, seed: int, enhancer_params: Any, recognizer_params: An
       nonfinite_streak=jnp.zeros([], jnp.int32), nonfinite_total=jnp.zeros([], jnp.int32))
 
 
-def initial_state(config: ml_collections.ConfigDict, system: TaskDrivenSystem, image_shape,
+def initial_state(seed: int, system: TaskDrivenSystem, image_shape,
                   enhancer_tx, recognizer_tx) -> TrainState:
-  """The state at step 0 of a run of ``config``: both models initialised from ``config.seed``.
+  """The state at step 0 of a run: both models initialised from ``seed`` (``config.seed``).
 
   Also the restore target of a run's checkpoints (the trained system and the warm starts rebuild
   it from the run's config and ``model_info.json``).
   """
   enhancer_params, recognizer_params = system.init_params(
-      jax.random.key(config.seed), tuple(image_shape))
-  return create_train_state(seed=config.seed, enhancer_params=enhancer_params,
+      jax.random.key(seed), tuple(image_shape))
+  return create_train_state(seed=seed, enhancer_params=enhancer_params,
                             recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
                             recognizer_tx=recognizer_tx)
