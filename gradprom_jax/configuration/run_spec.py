@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from gradprom_jax.configuration.task_parsing import parse_task_config
+from gradprom_jax.configuration.task_parsing import model_options, parse_task_config
 from gradprom_jax.core.methods import MethodChoice, method_spec
 from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
 from gradprom_jax.core.task_config import TaskConfig
@@ -45,8 +45,7 @@ def parse_model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
   ('edsr', 'bfloat16', False)
   """
   enhancer = config.model.enhancer
-  options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                         for k, v in enhancer.to_dict().items() if k != "name"))
+  options = model_options(enhancer)
   # Configs stored before model.dtype / model.remat existed ran float32 without remat.
   return ModelSpec(enhancer=enhancer.name, enhancer_options=options,
                    dtype=str(config.model.get("dtype", "float32")),

@@ -40,7 +40,8 @@ def is_multitask(config: ml_collections.ConfigDict) -> bool:
   return "recognizers" in config.model
 
 
-def _model_options(model: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+def model_options(model: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+  """A model config's constructor options (all but ``name``) as sorted, hashable pairs."""
   items = model.to_dict().items() if hasattr(model, "to_dict") else model.items()
   return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items if k != "name"))
 
@@ -55,7 +56,7 @@ def _single_task(config: ml_collections.ConfigDict, name: str) -> RecognitionTas
   """The classic single-task form: every option from its shared key."""
   return RecognitionTask(
       name=name, recognition=name, recognizer=config.model.recognizer.name,
-      recognizer_options=_model_options(config.model.recognizer),
+      recognizer_options=model_options(config.model.recognizer),
       task_weight=config.task_weight, dice_weight=config.task.dice_weight,
       label_smoothing=config.task.label_smoothing,
       class_weights=_class_weights(config.task.class_weights),
@@ -93,7 +94,7 @@ def _task_of_several(config: ml_collections.ConfigDict, name: str) -> Recognitio
                           "(λ_k = task_weight × weight).")
   return RecognitionTask(
       name=name, recognition=name, recognizer=recognizers[name].get("name"),
-      recognizer_options=_model_options(recognizers[name]),
+      recognizer_options=model_options(recognizers[name]),
       task_weight=float(config.task_weight) * float(weight),
       dice_weight=inherited(group.get("dice_weight"), config.task.dice_weight),
       label_smoothing=inherited(group.get("label_smoothing"), config.task.label_smoothing),
