@@ -147,12 +147,16 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
   seeds = sorted({s for (r, s) in runs if r == rows.get(GRADPROM)})
   out = [f"# {setting}\n", f"Rows at the λ chosen on validation (lambda_selection.md); seeds "
          f"{seeds}; test split. `judge_*`: the fixed recogniser trained on high-quality images only.\n"]
+  # The judge on each run's unenhanced input and on the high-quality images: where the rows sit
+  # between the two.
+  references = [f"judge_no_enhancement_{task_metric}", f"judge_high_quality_{task_metric}"]
   table = []
   for name, row in rows.items():
     table.append([f"{name} (`{row}`)"] + [_mean_std(list(evidence.values(runs, row, m).values()))
-                                          for m in metrics + [f"judge_high_quality_{task_metric}"]])
+                                          for m in metrics + references])
   out += ["## Test metrics (mean ± std over seeds, n)\n",
-          _table(["row"] + metrics + [f"judge on high-quality: {task_metric}"], table), ""]
+          _table(["row"] + metrics + [f"judge on the interpolated input: {task_metric}",
+                                      f"judge on high-quality: {task_metric}"], table), ""]
 
   # Paired differences GradProm − each other row; Holm over the family; Bonferroni intervals.
   others = [name for name in rows if name != GRADPROM]

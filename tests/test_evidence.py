@@ -70,7 +70,7 @@ def test_select_and_report_on_a_synthetic_sweep(tmp_path, capsys):
   for seed in range(5):
     noise = lambda: float(rng.normal(0, 0.01))   # noqa: E731
     base = {"psnr": 25.0 + noise(), "ssim": 0.8, "auc": 0.90 + noise(), "judge_auc": 0.9,
-            "judge_high_quality_auc": 0.95}
+            "judge_high_quality_auc": 0.95, "judge_no_enhancement_auc": 0.8}
     test = {
         "gradprom_l0.1": {**base, "psnr": base["psnr"] + 0.0, "auc": base["auc"] + 0.02},
         "joint_l0.1": {**base, "psnr": base["psnr"] - 2.0, "ssim": 0.7},
@@ -101,6 +101,10 @@ def test_select_and_report_on_a_synthetic_sweep(tmp_path, capsys):
       "15 runs finished, 0 non-finite steps")
   report_text = (tmp_path / "report.md").read_text()
   assert "Holm" in report_text and (tmp_path / "plots" / "front_psnr_judge_auc.png").exists()
+  # The judge's references bracket the rows: on the unenhanced input and on high-quality images.
+  gradprom_row = next(line for line in report_text.splitlines()
+                      if line.startswith("| gradprom (`gradprom_l0.1`)"))
+  assert gradprom_row.endswith("| 0.8000 ± 0.0000 (5) | 0.9500 ± 0.0000 (5) |")
   table = report_module.claims_table([tmp_path])
   assert "synthetic check" in table and "**better**" in table
 

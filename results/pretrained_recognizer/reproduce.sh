@@ -20,7 +20,7 @@ case $setting in
   pneumoniamnist)
     CONFIG=(--config configs/pneumoniamnist.py --config.data.data_dir="$DATA_DIR")
     METRIC=auc; DIRNAME=pneumoniamnist_denoise_cls
-    NAME="PneumoniaMNIST 28×28, Poisson denoising (20 photons) + pneumonia classification" ;;
+    NAME="PneumoniaMNIST 28×28, Poisson denoising (20 photons) + classification" ;;
   ph2_seg)
     CONFIG=(--config configs/ph2.py "${SHRUNK_SEG[@]}")
     METRIC=dice; DIRNAME=ph2_sr4_seg
@@ -81,4 +81,4 @@ $PY experiments/evidence_report.py collect "$W/$regime" "$D"
 $PY experiments/evidence_report.py collect "$R" "$D/recognizers"
 $PY experiments/evidence_report.py select "$D" --task_metric $METRIC
 $PY experiments/evidence_report.py report "$D" --task_metric $METRIC \
-  --setting "$NAME, $regime recogniser, 300 steps"
+  --setting "$NAME, ${regime/finetuned/fine-tuned} recogniser, 300 steps"
