@@ -69,13 +69,14 @@ gate=$($PY -c "import json,sys; g=json.load(open(sys.argv[1]))['random_gate']; p
 SEED_ROWS=(--variant "random_gate:$gate")
 for row in $chosen; do SEED_ROWS+=(--variant "$(variant $row)"); done
 $PY experiments/compare.py "${RUN[@]}" --seeds 0,1,2,3,4 --methods "$controls" "${SEED_ROWS[@]}"
-if [ "$setting" = pneumoniamnist ]; then   # gate reliability at three batch sizes
-  weight=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['gradprom'])" "$W/$regime/selection.json")
-  $PY experiments/compare.py "${RUN[@]}" --seeds 0 --methods "" \
-    --variant "gp_batch8:task_weight=$weight,batch_size=8,gate_reliability_every=10" \
-    --variant "gp_batch32:task_weight=$weight,gate_reliability_every=10" \
-    --variant "gp_batch128:task_weight=$weight,batch_size=128,gate_reliability_every=10"
-fi
+# Gate reliability at GradProm's chosen λ: batch 8 and 32, and 128 on the 28×28 images.
+weight=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['gradprom'])" "$W/$regime/selection.json")
+batches="8 32"; [ "$setting" = pneumoniamnist ] && batches="8 32 128"
+PROBES=()
+for batch in $batches; do
+  PROBES+=(--variant "gp_batch$batch:task_weight=$weight,batch_size=$batch,gate_reliability_every=10")
+done
+$PY experiments/compare.py "${RUN[@]}" --seeds 0 --methods "" "${PROBES[@]}"
 D=results/pretrained_recognizer/${DIRNAME}_${regime}_300steps
 $PY experiments/evidence_report.py collect "$W/$regime" "$D"
 $PY experiments/evidence_report.py collect "$R" "$D/recognizers"
