@@ -230,18 +230,15 @@ def report(directory: Path, task_metric: str, setting: str) -> dict:
           _table(["claim", "verdict", "statistic"],
                  [[k, v["verdict"], v["statistic"]] for k, v in claims.items()]), ""]
 
-  probes = [(row, run) for (row, seed), run in runs.items() if row.startswith("gp_batch")]
+  probes = _gate_probes(runs)
   if probes:
-    table = []
-    for row, run in sorted(probes, key=lambda p: int(p[0].removeprefix("gp_batch"))):
-      agree, count = evidence.halves_agreement(run)
-      cosines = run.train_series("gate_probe/cosine_full")
-      table.append([row.removeprefix("gp_batch"), _fmt(agree, 3), str(count),
-                    _fmt(float(np.median(np.abs(cosines))) if cosines else math.nan, 3)])
+    table = [[str(batch), _fmt(agree, 3), str(count), _fmt(median_cosine, 3)]
+             for batch, agree, count, median_cosine in probes]
     out += ["## Gate reliability\n",
             "GradProm at the chosen λ, seed 0; every 10 steps the cosine of g_e and g_t on two "
             "disjoint halves of the batch. 0.5 agreement is a coin flip.\n",
-            _table(["batch", "halves agree in sign", "probes", "median |cos| (whole batch)"], table), ""]
+            _table(["batch", "halves agree in sign", "probes",
+                    "median absolute cosine (whole batch)"], table), ""]
 
   plots = directory / "plots"
   plots.mkdir(exist_ok=True)
@@ -338,6 +335,42 @@ def paired(directory: Path, reference: str, metrics: list[str], title: str,
   (directory / filename).write_text(text)
   print(text)
   return text
+
+
+def _gate_probes(runs: dict) -> list[tuple[int, float, int, float]]:
+  """(batch, halves-agreement rate, probes, median |cosine| of the whole batch) per ``gp_batch<N>``
+  row (seed 0), by batch."""
+  probes = []
+  for (row, _), run in runs.items():
+    if row.startswith("gp_batch"):
+      agree, count = evidence.halves_agreement(run)
+      cosines = run.train_series("gate_probe/cosine_full")
+      probes.append((int(row.removeprefix("gp_batch")), agree, count,
+                     float(np.median(np.abs(cosines))) if cosines else math.nan))
+  return sorted(probes)
+
+
+def gate_reliability_table(directories: list[Path]) -> str:
+  """Setting × batch: how often the two half-batch cosines agree in sign, with the exact binomial
+  p-value against a coin flip; then every setting pooled per batch. Empty without probe rows."""
+  rows, pooled = [], {}
+  for directory in directories:
+    setting = json.loads((directory / CLAIMS_FILENAME).read_text())["setting"]
+    for batch, agree, count, median_cosine in _gate_probes(evidence.load_runs(directory)):
+      agreeing = round(agree * count)
+      rows.append([setting, str(batch), f"{agreeing}/{count} = {agree:.3f}",
+                   f"{evidence.coin_flip_p_value(agreeing, count):.3g}", _fmt(median_cosine, 3)])
+      total = pooled.setdefault(batch, [0, 0])
+      total[0] += agreeing
+      total[1] += count
+  if not rows:
+    return ""
+  for batch, (agreeing, count) in sorted(pooled.items()):
+    rows.append(["pooled over the settings with this batch", str(batch),
+                 f"{agreeing}/{count} = {agreeing / count:.3f}",
+                 f"{evidence.coin_flip_p_value(agreeing, count):.3g}", "—"])
+  return _table(["setting", "batch", "halves agree in sign", "p (coin flip)",
+                 "median absolute cosine (whole batch)"], rows)
 
 
 def claims_table(directories: list[Path]) -> str:

@@ -87,6 +87,15 @@ def protocol_section(directory: Path) -> str:
           "0.1 dB (claim 2: 0.5 dB), SSIM 0.005, task metrics 0.01.\n"]
   if settings:
     text.append(_evidence_report_module().claims_table(settings) + "\n")
+    gates = _evidence_report_module().gate_reliability_table(settings)
+    if gates:
+      text += ["### Is the gate deciding on signal? (gate reliability, every setting)\n",
+               "GradProm at each setting's chosen λ, seed 0, a probe every 10 steps: the cosine of "
+               "g_e and g_t on two disjoint halves of the batch. If the sign of the cosine were "
+               "signal, the halves would agree well above half the time; p is the exact binomial "
+               "test against a coin flip (0.5), not adjusted for the number of rows. Computed by "
+               "`experiments/evidence_report.py` from the probe rows (`gp_batch<N>`).\n",
+               gates + "\n"]
   for setting in settings:
     text.append(f"### {setting.name}\n")
     reading = setting / "reading.md"

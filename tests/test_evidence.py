@@ -167,3 +167,34 @@ def test_paired_reads_a_metric_under_either_name_and_skips_rows_without_it(tmp_p
   assert "| multi − seg_only | dice/segmentation or dice | +0.0500" in text
   assert "accuracy/classification or accuracy | " not in text.split("## Paired")[1]   # not measured
   assert "over the 2 comparisons" in text
+
+
+def _write_probe_run(directory, batch, agreements):
+  run = directory / f"gp_batch{batch}" / "seed_0"
+  run.mkdir(parents=True)
+  (run / "results.json").write_text(json.dumps({"seed": 0}))
+  records = [{"step": 10 * (i + 1), "kind": "train", "time": 0.0,
+              "gate_probe/halves_agree": float(a), "gate_probe/cosine_full": 0.1 * (i + 1)}
+             for i, a in enumerate(agreements)]
+  (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_gate_reliability_table_tests_each_setting_and_the_pool_against_a_coin_flip(tmp_path):
+  report_module = _load_report_module()
+  first, second, unprobed = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+  for directory, name in ((first, "setting A"), (second, "setting B"), (unprobed, "setting C")):
+    directory.mkdir()
+    (directory / "claims.json").write_text(json.dumps({"setting": name, "claims": {}}))
+  _write_probe_run(first, 8, [1] * 18 + [0] * 2)
+  _write_probe_run(first, 32, [1, 0] * 5)
+  _write_probe_run(second, 8, [1, 0] * 5)
+  table = report_module.gate_reliability_table([first, second, unprobed])
+  lines = table.splitlines()
+  row = next(line for line in lines if line.startswith("| setting A | 8 |"))
+  assert f"| 18/20 = 0.900 | {stats.binomtest(18, 20).pvalue:.3g} |" in row
+  assert row.endswith(f"| {np.median(0.1 * np.arange(1, 21)):.3f} |")
+  assert "| setting A | 32 | 5/10 = 0.500 | 1 |" in table
+  assert not any(line.startswith("| setting C") for line in lines)
+  pooled = next(line for line in lines if line.startswith("| pooled") and "| 8 |" in line)
+  assert f"| 23/30 = 0.767 | {stats.binomtest(23, 30).pvalue:.3g} |" in pooled
+  assert report_module.gate_reliability_table([unprobed]) == ""

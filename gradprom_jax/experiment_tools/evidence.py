@@ -211,3 +211,13 @@ def halves_agreement(run: Run) -> tuple[float, int]:
   number (``gate_probe/halves_agree`` in the train records)."""
   agree = run.train_series("gate_probe/halves_agree")
   return (float(np.mean(agree)) if agree else math.nan), len(agree)
+
+
+def coin_flip_p_value(agreeing: int, probes: int) -> float:
+  """Exact two-sided binomial p-value of ``agreeing`` of ``probes`` sign agreements against a coin
+  flip (0.5): how surprising the agreement would be if the gate's cosine sign were noise.
+
+  >>> round(coin_flip_p_value(15, 30), 3), round(coin_flip_p_value(23, 30), 4)
+  (1.0, 0.0052)
+  """
+  return float(stats.binomtest(agreeing, probes, 0.5).pvalue)
