@@ -7,7 +7,8 @@ Prints ``results/header.md``, then for each directory:
 
 * a *protocol* directory (one holding ``PROTOCOL.md``, e.g. ``results/pretrained_recognizer``): the
   table of the paper's claims × setting that `experiments/evidence_report.py claims` computes from
-  each setting's ``claims.json``, then per setting its ``reading.md`` (the analyst's interpretation),
+  each setting's ``claims.json`` and the gate-reliability table (setting × batch) from the probe
+  rows, then per setting its ``reading.md`` (the analyst's interpretation),
   ``report.md`` (paired differences, claims, gate reliability, fronts) and ``lambda_selection.md``
   (λ chosen on validation), all written by `experiments/evidence_report.py`;
 * a *sweep* directory of the earlier protocol: ``results/overview.md`` once, its ``about.md`` and,
