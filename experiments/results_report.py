@@ -1,7 +1,9 @@
 r"""Assembles RESULTS.md from the committed results and the readings written beside them.
 
-  python experiments/results_report.py results/pretrained_recognizer \
+  python experiments/results_report.py results/pretrained_recognizer results/multitask \
       results/scratch_recognizer_500steps results/scratch_recognizer_100steps > RESULTS.md
+
+(the exact command is in RESULTS.md's header; tests/test_results_md.py checks the file is its output)
 
 Prints ``results/header.md``, then for each directory:
 
