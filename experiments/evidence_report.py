@@ -280,14 +280,20 @@ def _final_gate_open_rates(runs: list[evidence.Run]) -> str:
 
 
 def paired(directory: Path, reference: str, metrics: list[str], title: str,
-           filename: str = "paired.md") -> str:
+           filename: str = "paired.md", only_rows: list[str] | None = None,
+           shown: list[str] = ()) -> str:
   """Every row of ``directory`` against ``reference``, seed-paired (Holm over the family).
 
   For side studies whose rows are not a λ sweep (a gate option, several tasks on one enhancer):
   test metrics per row, paired differences reference − row with 95 % t intervals, Holm-adjusted p,
   and each row's final gate-open rate and half-batch sign agreement where it logged them.
+  ``only_rows``: compare the reference with these rows only (a study's chosen rows, not its sweep).
+  ``shown``: metrics shown in the table but not compared (references such as the judge on
+  high-quality images, the same for every row).
   """
   runs = evidence.load_runs(directory)
+  if only_rows:
+    runs = {key: run for key, run in runs.items() if key[0] in {reference, *only_rows}}
   rows = sorted({row for row, _ in runs}, key=lambda r: (r != reference, r))
 
   def values(row: str, metric: str) -> dict[int, float]:
@@ -305,13 +311,13 @@ def paired(directory: Path, reference: str, metrics: list[str], title: str,
          f"`experiments/evidence_report.py paired` from the runs' results.json and metrics.jsonl.\n"]
   table = []
   for row in rows:
-    cells = [_mean_std(list(values(row, m).values())) for m in metrics]
+    cells = [_mean_std(list(values(row, m).values())) for m in [*metrics, *shown]]
     rates = _final_gate_open_rates([r for (name, _), r in runs.items() if name == row])
     agreement = [evidence.halves_agreement(r) for (name, _), r in runs.items() if name == row]
     agreement = [a for a, count in agreement if count]
     table.append([f"`{row}`"] + cells + [rates or "—",
                                          _fmt(float(np.mean(agreement)), 3) if agreement else "—"])
-  labels = [m.replace("|", " or ") for m in metrics]   # a "|" would split a table cell
+  labels = [m.replace("|", " or ") for m in [*metrics, *shown]]   # a "|" would split a cell
   out += ["## Test metrics\n", _table(["row"] + labels + ["gate-open rate (final, mean)",
                                                           "halves agree in sign (mean)"], table), ""]
   # A row that lacks a metric (a single-task row, the other task's) is not compared on it.
@@ -407,13 +413,19 @@ def main(argv: list[str]) -> None:
   p.add_argument("--metrics", required=True,
                  help="comma-separated results.json keys; a|b: a, or b for runs without a")
   p.add_argument("--title", required=True)
+  p.add_argument("--rows", default="", help="comma-separated rows to compare with the reference "
+                 "(default: every row)")
+  p.add_argument("--output", default="paired.md", help="file name of the report in DIRECTORY")
+  p.add_argument("--show", default="", help="comma-separated metrics shown, not compared")
   args = parser.parse_args(argv)
   if args.command == "select":
     select(args.directory, args.task_metric)
   elif args.command == "report":
     report(args.directory, args.task_metric, args.setting)
   elif args.command == "paired":
-    paired(args.directory, args.reference, args.metrics.split(","), args.title)
+    paired(args.directory, args.reference, args.metrics.split(","), args.title,
+           filename=args.output, only_rows=[r for r in args.rows.split(",") if r],
+           shown=[m for m in args.show.split(",") if m])
   elif args.command == "collect":
     print(f"Copied {evidence.collect(args.workdir, args.destination)} runs to {args.destination}.")
   else:

@@ -74,6 +74,11 @@ def _evidence_report_module():
   return module
 
 
+# Seed-paired re-readings of a setting's chosen rows on the metrics that see the cost (balanced
+# accuracy beside AUC), and the amount-of-task-gradient control (random gate against joint training).
+COST_REPORTS = ("threshold_metrics.md", "amount_control.md")
+
+
 def protocol_section(directory: Path) -> str:
   """A protocol directory: the claims × setting table, then each setting's reading and reports."""
   settings = sorted(p for p in directory.iterdir() if (p / "claims.json").exists())
@@ -104,7 +109,7 @@ def protocol_section(directory: Path) -> str:
     reading = setting / "reading.md"
     if reading.exists():
       text.append("**Reading.** " + reading.read_text().strip() + "\n")
-    for name in ("report.md", "lambda_selection.md"):
+    for name in ("report.md", *COST_REPORTS, "lambda_selection.md"):
       path = setting / name
       if path.exists():
         body = shift_headings(path.read_text().strip(), 3)

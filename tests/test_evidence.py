@@ -137,6 +137,13 @@ def test_paired_side_study_against_a_reference_row(tmp_path):
   assert "| `gp_ema` |" in text and "0.200" in text and "0.000" in text   # rate, agreement
   with pytest.raises(SystemExit, match="no finished run of row 'missing'"):
     report_module.paired(tmp_path, "missing", ["psnr"], "x")
+  # Only the named rows are compared (a study's chosen rows, not its whole sweep).
+  _write_run(tmp_path, "joint_l1", 0, test={"psnr": 20.0, "auc": 0.5}, val={})
+  only = report_module.paired(tmp_path, "gp_hard", ["psnr"], "x", filename="only.md",
+                              only_rows=["gp_ema"], shown=["auc"])
+  assert "joint_l1" not in only and "over the 1 comparisons" in only
+  assert "| row | psnr | auc |" in only and "| auc |" not in only.split("## Paired")[1]
+  assert (tmp_path / "only.md").exists()
 
 
 def test_results_report_shows_side_studies_after_the_settings(tmp_path):
