@@ -17,6 +17,7 @@ enhancer saw); and `OUTPUT/masks/<name>.png` (segmentation: class index scaled t
 writes both (its classification columns suffixed `/<task>`).
 """
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,15 @@ def _to_png(array: np.ndarray) -> Image.Image:
 def main(argv):
   del argv
   hide_library_noise()   # orbax logs every step of a restore at INFO
-  trained = load_trained_system(_WORKDIR.value)
+  input_dir = Path(_INPUT_DIR.value)
+  if not input_dir.is_dir():
+    sys.exit(f"enhance.py: --input_dir {input_dir} is not a folder.")
+  try:
+    trained = load_trained_system(_WORKDIR.value)
+  except FileNotFoundError as e:   # not a run's workdir, or a run with no checkpoint yet
+    sys.exit(f"enhance.py: {e}")
   channels = trained.system.enhancer.channels
-  paths = sorted(p for p in Path(_INPUT_DIR.value).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
   if not paths:
     raise app.UsageError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {_INPUT_DIR.value}")
   output = Path(_OUTPUT_DIR.value)

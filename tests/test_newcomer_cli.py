@@ -195,3 +195,19 @@ def test_readme_says_how_enhance_treats_its_inputs():
   section = readme[readme.index("### Applying a trained run to new images"):]
   assert "low-resolution" in section and "×scale" in section
   assert "--degrade" in section and "degraded/" in section
+
+
+@pytest.mark.parametrize("what", ["workdir_without_a_run", "missing_input_dir"])
+def test_enhance_refuses_a_workdir_without_a_run_in_one_line(tmp_path, what):
+  inputs = tmp_path / ("inputs" if what == "workdir_without_a_run" else "missing")
+  if what == "workdir_without_a_run":
+    inputs.mkdir()
+  out = subprocess.run(
+      [sys.executable, str(ENHANCE), f"--workdir={tmp_path}", f"--input_dir={inputs}",
+       f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert "Traceback" not in out.stderr
+  expected = ("config.json not found: is" if what == "workdir_without_a_run"
+              else "is not a folder")
+  (line,) = [l for l in out.stderr.splitlines() if l.startswith("enhance.py: ")]
+  assert expected in line
