@@ -128,22 +128,28 @@ def _load_report_module():
   return module
 
 
-def test_fronts_report_end_to_end(tmp_path):
+def _fabricate_grid(directory, judge_high_quality=0.95):
+  """GradProm dominating joint, a `gradprom_ema` family equal to GradProm, 5 seeds, λ ∈ WEIGHTS."""
   rng = np.random.default_rng(2)
   losses = {0.01: 0.05, 0.1: 0.3, 1.0: 1.2}
   for seed in range(5):
     psnr, auc = 25.0 + rng.normal(0, 0.1), 0.80 + rng.normal(0, 0.005)
-    base = {"judge_high_quality_auc": 0.95, "hq_input_auc": 0.95}
-    _write_run(tmp_path, "enhance_only", seed, {**base, "psnr": psnr, "auc": auc, "judge_auc": auc})
+    base = {"judge_high_quality_auc": judge_high_quality, "hq_input_auc": 0.95}
+    _write_run(directory, "enhance_only", seed,
+               {**base, "psnr": psnr, "auc": auc, "judge_auc": auc})
     for weight, loss in losses.items():
       noise = rng.normal(0, 0.002)
       gain = 0.05 * math.log10(weight * 1000)
       point = {"psnr": psnr - loss, "auc": auc + gain + noise, "judge_auc": auc + gain + noise}
-      _write_run(tmp_path, f"gradprom_l{weight:g}", seed, {**base, **point},
+      _write_run(directory, f"gradprom_l{weight:g}", seed, {**base, **point},
                  probes=[1, 1, 1, 0] * 5 if weight == 0.1 else ())
       worse = {**point, "psnr": psnr - 2 * loss, "auc": auc + gain / 2, "judge_auc": auc + gain / 2}
-      _write_run(tmp_path, f"joint_l{weight:g}", seed, {**base, **worse})
-      _write_run(tmp_path, f"gradprom_ema_l{weight:g}", seed, {**base, **point})
+      _write_run(directory, f"joint_l{weight:g}", seed, {**base, **worse})
+      _write_run(directory, f"gradprom_ema_l{weight:g}", seed, {**base, **point})
+
+
+def test_fronts_report_end_to_end(tmp_path):
+  _fabricate_grid(tmp_path)
   _load_report_module().main(["fronts", str(tmp_path), "--task_metric", "auc", "--setting",
                               "fabricated", "--psnr_losses", "0.25,1"])
   result = json.loads((tmp_path / "fronts.json").read_text())
@@ -166,3 +172,13 @@ def test_fronts_report_end_to_end(tmp_path):
   text = (tmp_path / "fronts.md").read_text()
   assert text.index("plots/fronts_auc.png") < text.index("## Matched comparisons")
   assert "## Headroom" in text and "## Gate reliability" in text and "not reached" in text
+
+
+def test_a_setting_without_headroom_cannot_decide(tmp_path):
+  # The judge on high-quality images barely beats it on enhancement-only's output: even a clear
+  # difference on the task metric decides nothing.
+  _fabricate_grid(tmp_path, judge_high_quality=0.805)
+  result = fronts.compare_fronts(evidence.load_runs(tmp_path), task_metrics=["auc"])
+  assert result["headroom"]["auc"]["cannot_decide"]
+  tests = [c for c in result["comparisons"] if math.isfinite(c["holm_p"])]
+  assert tests and all(c["verdict"].startswith("cannot decide") for c in tests)
