@@ -482,8 +482,12 @@ def fronts_report(directory: Path, task_metrics: list[str], setting: str,
                  [_comparison_cells(c) for c in comparisons]), "", "## Headroom\n"]
   for metric, room in result["headroom"].items():
     judge, own = (_interval(room[name]) for name in ("judge", "recognizer"))
-    decision = (f"**cannot decide**: below the margin {room['margin']:g}." if room["cannot_decide"]
-                else f"Above the margin {room['margin']:g}.")
+    if room["basis"] is None:
+      decision = "Not measured (no high-quality reference in the runs)."
+    elif room["cannot_decide"]:
+      decision = f"**cannot decide**: the {room['basis']}'s is below the margin {room['margin']:g}."
+    else:
+      decision = f"The {room['basis']}'s is above the margin {room['margin']:g}."
     out.append(f"- {metric}: judge on high-quality − judge on enhancement-only's output {judge}; "
                f"the run's recogniser {own}. {decision}")
   if result["gate"]:

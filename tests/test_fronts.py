@@ -182,3 +182,13 @@ def test_a_setting_without_headroom_cannot_decide(tmp_path):
   assert result["headroom"]["auc"]["cannot_decide"]
   tests = [c for c in result["comparisons"] if math.isfinite(c["holm_p"])]
   assert tests and all(c["verdict"].startswith("cannot decide") for c in tests)
+
+
+
+def test_headroom_falls_back_to_the_recognizer_without_a_judge():
+  run = evidence.Run("enhance_only", 0, {"auc": 0.80, "hq_input_auc": 0.90}, [])
+  room = fronts.headroom({("enhance_only", 0): run, ("enhance_only", 1): run}, "auc")
+  assert room["basis"] == "recognizer" and not room["cannot_decide"]
+  room = fronts.headroom({("enhance_only", 0): evidence.Run("enhance_only", 0, {"auc": 0.8}, [])},
+                         "auc")
+  assert room["basis"] is None and not room["cannot_decide"]

@@ -311,12 +311,13 @@ def _front_summary(fronts: Mapping[str, Mapping[int, SeedFront]]) -> dict[str, d
 def headroom(runs: Mapping[tuple[str, int], evidence.Run], task_metric: str) -> dict[str, Any]:
   """The judge's headroom over enhancement-only's output (judge on high-quality images − judge on
   enhancement-only's, seed-paired) and the run's recogniser's (``hq_input_<m>`` − ``<m>``); a
-  setting whose judge headroom is below the metric's margin cannot decide a comparison on it.
+  setting whose judge headroom (the recogniser's in runs without a judge) is below the metric's
+  margin cannot decide a comparison on it.
 
   >>> run = evidence.Run(ENHANCE_ONLY, 0, {"judge_auc": 0.90, "judge_high_quality_auc": 0.905}, [])
   >>> room = headroom({(ENHANCE_ONLY, 0): run, (ENHANCE_ONLY, 1): run}, "auc")
-  >>> round(room["judge"]["mean"], 3), room["cannot_decide"]
-  (0.005, True)
+  >>> round(room["judge"]["mean"], 3), room["basis"], room["cannot_decide"]
+  (0.005, 'judge', True)
   """
   out: dict[str, Any] = {"margin": margin(task_metric)}
   for name, high, low in (("judge", f"judge_high_quality_{task_metric}", f"judge_{task_metric}"),
@@ -324,7 +325,9 @@ def headroom(runs: Mapping[tuple[str, int], evidence.Run], task_metric: str) -> 
     d = evidence.paired_difference(evidence.values(runs, ENHANCE_ONLY, high),
                                    evidence.values(runs, ENHANCE_ONLY, low))
     out[name] = {"n": d.n, "mean": d.mean, "low": d.low, "high": d.high}
-  out["cannot_decide"] = not out["judge"]["mean"] >= out["margin"]
+  basis = next((name for name in ("judge", "recognizer") if math.isfinite(out[name]["mean"])), None)
+  out["basis"] = basis
+  out["cannot_decide"] = basis is not None and out[basis]["mean"] < out["margin"]
   return out
 
 
