@@ -6,6 +6,10 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
   python experiments/evidence_report.py report DIR --task_metric auc --setting "PneumoniaMNIST ..."
   # 3. the claims of several settings as one table (the opening table of RESULTS.md)
   python experiments/evidence_report.py claims DIR [DIR ...]
+  # 3b. a λ-grid study: every method's front over λ per seed, compared at matched PSNR loss / task
+  #     gain and by hypervolume (DIR/fronts.md, DIR/fronts.json, DIR/plots/fronts_*.png)
+  python experiments/evidence_report.py fronts DIR --task_metric auc \
+      --task_metric balanced_accuracy --setting "PneumoniaMNIST ..." [--psnr_losses 0.1,0.25,0.5,1] [--task_gains 0.01,0.02]
   # 4. a side study (rows named freely): paired differences of one reference row against the rest
   python experiments/evidence_report.py paired DIR --reference gp_hard --metrics psnr,ssim,auc,judge_auc \
       --title "..."
@@ -14,7 +18,7 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
 
 DIR is an `experiments/compare.py` directory whose λ rows are named ``<method>_l<λ>``. Every number
 written is computed here from the runs' results.json and metrics.jsonl; the logic is in
-`gradprom_jax.experiment_tools.evidence`.
+`gradprom_jax.experiment_tools.evidence` and, for fronts, `gradprom_jax.experiment_tools.fronts`.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradprom_jax.experiment_tools import evidence  # noqa: E402
+from gradprom_jax.experiment_tools import evidence, fronts  # noqa: E402
 
 SELECTION_FILENAME = "selection.json"
 CLAIMS_FILENAME = "claims.json"
@@ -127,9 +131,14 @@ def _plot_fronts(path: Path, runs, task_metric: str, metric_key: str) -> None:
     v = reference.final_validation()
     axes.plot([v["psnr"]], [v.get(metric_key, math.nan)], marker="*", markersize=12, color="k",
               linestyle="none", label="enhance_only")
-  axes.set_xlabel("validation PSNR (dB)")
-  axes.set_ylabel(f"validation {metric_key}")
-  axes.set_title("Fronts over λ (seed 0; labels are λ)")
+  _save_front_figure(figure, axes, path, "validation PSNR (dB)", f"validation {metric_key}",
+                     "Fronts over λ (seed 0; labels are λ)")
+
+
+def _save_front_figure(figure, axes, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+  axes.set_xlabel(xlabel)
+  axes.set_ylabel(ylabel)
+  axes.set_title(title)
   axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -392,6 +401,120 @@ def claims_table(directories: list[Path]) -> str:
     rows.append([name] + cells)
   return _table(["claim"] + [s["setting"] for s in settings], rows)
 
+FRONTS_FILENAME = "fronts.json"
+
+
+def _plot_method_fronts(path: Path, summary: dict, metric: str) -> None:
+  """Each method's mean point per λ with its spread over seeds (±1 std on both axes), λ = 0 being
+  enhancement-only's."""
+  figure, axes = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+  for method, by_weight in summary.items():
+    weights = sorted(by_weight)
+    points = [by_weight[w] for w in weights]
+    axes.errorbar([p["psnr_mean"] for p in points], [p["task_mean"] for p in points],
+                  xerr=[p["psnr_std"] for p in points], yerr=[p["task_std"] for p in points],
+                  marker="o", markersize=4, capsize=2, label=method)
+    for w, p in zip(weights[1:], points[1:]):
+      axes.annotate(f"{w:g}", (p["psnr_mean"], p["task_mean"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+  _save_front_figure(figure, axes, path, "test PSNR (dB)", f"test {metric}",
+                     "Fronts over λ: mean ± std over seeds (labels are λ; unlabelled end: "
+                     "enhance_only)")
+
+
+def _jsonable(value):
+  """NaN and ±inf as null (strict JSON), keys as strings."""
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _interval(d: dict) -> str:
+  return f"{_fmt(d['mean'])} [{_fmt(d['low'])}, {_fmt(d['high'])}] (n={d['n']})"
+
+
+def _comparison_cells(c: dict) -> list[str]:
+  digits = 3 if c["kind"] == fronts.PSNR_AT_TASK_GAIN else 4
+  mine, theirs, seeds = c["reached"]
+  reached = "" if mine == theirs == seeds else f"; reached {mine}/{seeds} vs {theirs}/{seeds}"
+  if c["n"] < 2:
+    statistic = f"not reached (n={c['n']} paired seeds{reached})"
+  else:
+    statistic = (f"{c['mean']:+.{digits}f} [{c['low']:+.{digits}f}, {c['high']:+.{digits}f}] "
+                 f"(n={c['n']}, p={c['p_value']:.3g}{reached})")
+  holm = "—" if not math.isfinite(c["holm_p"]) else f"{c['holm_p']:.3g}"
+  return [c["name"], statistic, holm, c["verdict"]]
+
+
+def fronts_report(directory: Path, task_metrics: list[str], setting: str,
+                  psnr_losses: list[float], task_gains: list[float] | None) -> dict:
+  """The λ-grid study read on fronts: DIR/fronts.md, DIR/fronts.json, DIR/plots/fronts_*.png."""
+  result = fronts.compare_fronts(evidence.load_runs(directory), task_metrics=task_metrics,
+                                 psnr_losses=psnr_losses, task_gains=task_gains)
+  result["setting"] = setting
+  reference = result["reference"]
+  plots = directory / "plots"
+  plots.mkdir(exist_ok=True)
+  out = [f"# {setting}: fronts over λ\n",
+         "Every method over its λ grid, test split; per seed a front of (PSNR, task metric) points "
+         "in order of λ, enhancement-only of the same seed as its λ → 0 end, joined by straight "
+         "segments and made monotone by a running maximum (the task metric at PSNR p is the best "
+         "on the front with PSNR ≥ p). Every number is computed by `experiments/evidence_report.py "
+         "fronts` from the runs' results.json and metrics.jsonl.\n"]
+  for metric in result["metrics"]:
+    _plot_method_fronts(plots / f"fronts_{metric}.png", result["fronts"][metric], metric)
+    out.append(f"![fronts {metric}](plots/fronts_{metric}.png)")
+  comparisons = result["comparisons"]
+  family = sum(map(math.isfinite, (c["holm_p"] for c in comparisons)))
+  out += ["", "## Matched comparisons (same seed = pair)\n",
+          f"{reference} − other, read off each method's own front per seed: the task metric at "
+          f"{', '.join(f'{x:g}' for x in result['psnr_losses'])} dB below the seed's "
+          "enhancement-only PSNR; the PSNR at task gains over enhancement-only ("
+          + "; ".join(f"{m}: {', '.join(f'{g:g}' for g in gains) or 'none'}"
+                      for m, gains in result["task_gains"].items())
+          + "), a gain a front never attains being *not reached* (never extrapolated); the "
+          f"hypervolume of the measured points against {result['hypervolume_reference']}. Mean "
+          f"difference with its 95 % t interval and paired t-test p; Holm over the {family} "
+          "comparisons of the setting that are tests (exact duplicates and those with fewer than 2 "
+          "paired seeds dropped); verdict from the Bonferroni "
+          f"interval at level {result['bonferroni_level']:.4f} with the margins (task "
+          f"{fronts.TASK_MARGIN}, PSNR {fronts.MARGINS['psnr']} dB, hypervolume "
+          f"{fronts.HYPERVOLUME_MARGIN:g} dB·metric).\n",
+          _table(["comparison", "mean [95 % CI] (n, p)", "Holm p", "verdict"],
+                 [_comparison_cells(c) for c in comparisons]), "", "## Headroom\n"]
+  for metric, room in result["headroom"].items():
+    judge, own = (_interval(room[name]) for name in ("judge", "recognizer"))
+    if room["basis"] is None:
+      decision = "Not measured (no high-quality reference in the runs)."
+    elif room["cannot_decide"]:
+      decision = f"**cannot decide**: the {room['basis']}'s is below the margin {room['margin']:g}."
+    else:
+      decision = f"The {room['basis']}'s is above the margin {room['margin']:g}."
+    out.append(f"- {metric}: judge on high-quality − judge on enhancement-only's output {judge}; "
+               f"the run's recogniser {own}. {decision}")
+  if result["gate"]:
+    rows = [[f"`{row}`", f"{g['agreeing']}/{g['probes']} = {g['agreement']:.3f}",
+             f"{g['p_value']:.3g}",
+             f"{g['accuracy']:.3f} [{g['accuracy_low']:.3f}, {g['accuracy_high']:.3f}]"]
+            for row, g in result["gate"].items()]
+    out += ["", "## Gate reliability\n",
+            "Probes pooled over seeds: how often the cosines of two disjoint half-batches agree in "
+            "sign; exact one-sided binomial test of agreement > 0.5; the per-half sign accuracy a "
+            "implied if each half reads the sign right independently (agreement = a² + (1 − a)²), "
+            "with the exact 95 % interval of the agreement mapped through it.\n",
+            _table(["row", "halves agree in sign", "p (one-sided, > coin flip)",
+                    "per-half sign accuracy [95 % CI]"], rows)]
+  text = "\n".join(out) + "\n"
+  (directory / "fronts.md").write_text(text)
+  (directory / FRONTS_FILENAME).write_text(
+      json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n")
+  print(text)
+  return result
+
 
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -402,6 +525,14 @@ def main(argv: list[str]) -> None:
     p.add_argument("--task_metric", required=True)
     if name == "report":
       p.add_argument("--setting", required=True)
+  p = sub.add_parser("fronts", help="every method's front over λ, compared at matched points")
+  p.add_argument("directory", type=Path)
+  p.add_argument("--task_metric", required=True, action="append",
+                 help="a results.json key (its judge_ key is read too); repeatable")
+  p.add_argument("--setting", required=True)
+  p.add_argument("--psnr_losses", default=",".join(f"{x:g}" for x in fronts.PSNR_LOSSES))
+  p.add_argument("--task_gains", default=None,
+                 help="comma-separated; default: ¼, ½, ¾ of the fronts' median largest gain")
   p = sub.add_parser("collect", help="copy finished runs (metrics gzip-compressed) into results/")
   p.add_argument("workdir", type=Path)
   p.add_argument("destination", type=Path)
@@ -422,6 +553,10 @@ def main(argv: list[str]) -> None:
     select(args.directory, args.task_metric)
   elif args.command == "report":
     report(args.directory, args.task_metric, args.setting)
+  elif args.command == "fronts":
+    gains = None if args.task_gains is None else [float(g) for g in args.task_gains.split(",")]
+    fronts_report(args.directory, args.task_metric, args.setting,
+                  [float(x) for x in args.psnr_losses.split(",")], gains)
   elif args.command == "paired":
     paired(args.directory, args.reference, args.metrics.split(","), args.title,
            filename=args.output, only_rows=[r for r in args.rows.split(",") if r],
