@@ -450,8 +450,31 @@ def _comparison_cells(c: dict) -> list[str]:
   return [c["name"], statistic, holm, c["verdict"]]
 
 
+def parse_task_gains(specs: list[str] | None) -> list[float] | dict[str, list[float]] | None:
+  """``--task_gains`` values: ``g1,g2`` for every metric, or ``METRIC=g1,g2`` per task metric.
+
+  >>> parse_task_gains(["balanced_accuracy=0.05,0.1", "auc=0.005"])
+  {'balanced_accuracy': [0.05, 0.1], 'auc': [0.005]}
+  >>> parse_task_gains(["0.01,0.02"])
+  [0.01, 0.02]
+  """
+  if not specs:
+    return None
+  per_metric = {}
+  for spec in specs:
+    metric, _, values = spec.rpartition("=")
+    gains = [float(g) for g in values.split(",")]
+    if not metric:
+      if len(specs) > 1:
+        raise SystemExit("--task_gains: give one list for every metric, or METRIC=... for each")
+      return gains
+    per_metric[metric] = gains
+  return per_metric
+
+
 def fronts_report(directory: Path, task_metrics: list[str], setting: str,
-                  psnr_losses: list[float], task_gains: list[float] | None) -> dict:
+                  psnr_losses: list[float],
+                  task_gains: list[float] | dict[str, list[float]] | None) -> dict:
   """The λ-grid study read on fronts: DIR/fronts.md, DIR/fronts.json, DIR/plots/fronts_*.png."""
   result = fronts.compare_fronts(evidence.load_runs(directory), task_metrics=task_metrics,
                                  psnr_losses=psnr_losses, task_gains=task_gains)
@@ -531,8 +554,10 @@ def main(argv: list[str]) -> None:
                  help="a results.json key (its judge_ key is read too); repeatable")
   p.add_argument("--setting", required=True)
   p.add_argument("--psnr_losses", default=",".join(f"{x:g}" for x in fronts.PSNR_LOSSES))
-  p.add_argument("--task_gains", default=None,
-                 help="comma-separated; default: ¼, ½, ¾ of the fronts' median largest gain")
+  p.add_argument("--task_gains", default=None, action="append",
+                 help="comma-separated gains for every metric, or METRIC=g1,g2 (repeatable, per "
+                 "task metric; its judge_ key uses the same); default: ¼, ½, ¾ of the fronts' "
+                 "median largest gain")
   p = sub.add_parser("collect", help="copy finished runs (metrics gzip-compressed) into results/")
   p.add_argument("workdir", type=Path)
   p.add_argument("destination", type=Path)
@@ -554,7 +579,7 @@ def main(argv: list[str]) -> None:
   elif args.command == "report":
     report(args.directory, args.task_metric, args.setting)
   elif args.command == "fronts":
-    gains = None if args.task_gains is None else [float(g) for g in args.task_gains.split(",")]
+    gains = parse_task_gains(args.task_gains)
     fronts_report(args.directory, args.task_metric, args.setting,
                   [float(x) for x in args.psnr_losses.split(",")], gains)
   elif args.command == "paired":

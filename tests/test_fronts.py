@@ -174,6 +174,16 @@ def test_fronts_report_end_to_end(tmp_path):
   assert "## Headroom" in text and "## Gate reliability" in text and "not reached" in text
 
 
+def test_task_gains_are_given_per_task_metric(tmp_path):
+  _fabricate_grid(tmp_path)
+  _load_report_module().main(["fronts", str(tmp_path), "--task_metric", "auc", "--setting", "x",
+                              "--task_gains", "auc=0.02,0.04"])
+  result = json.loads((tmp_path / "fronts.json").read_text())
+  assert result["task_gains"] == {"auc": [0.02, 0.04], "judge_auc": [0.02, 0.04]}
+  names = {c["name"] for c in result["comparisons"]}
+  assert "gradprom − joint: psnr at auc +0.04" in names
+
+
 def test_a_setting_without_headroom_cannot_decide(tmp_path):
   # The judge on high-quality images barely beats it on enhancement-only's output: even a clear
   # difference on the task metric decides nothing.

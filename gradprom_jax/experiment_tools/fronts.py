@@ -351,13 +351,14 @@ def gate_table(runs: Mapping[tuple[str, int], evidence.Run]) -> dict[str, dict[s
 
 def compare_fronts(runs: Mapping[tuple[str, int], evidence.Run], *, task_metrics: Sequence[str],
                    psnr_losses: Sequence[float] = PSNR_LOSSES,
-                   task_gains: Sequence[float] | None = None,
+                   task_gains: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
                    reference: str = REFERENCE_METHOD) -> dict[str, Any]:
   """Every front comparison of one setting (``runs``: :func:`evidence.load_runs`'s mapping).
 
   For each task metric ``m`` of ``task_metrics`` and its judge's ``judge_m`` (where the runs have
   it), ``reference`` against every other method prefix: the task metric at each PSNR loss, the PSNR
-  at each task gain (``task_gains``, or :func:`default_task_gains` per metric) and the hypervolume,
+  at each task gain (``task_gains``: one list for every metric, or a mapping by task metric, read
+  for its ``judge_`` key too; else :func:`default_task_gains` per metric) and the hypervolume,
   seed-paired; Holm over the family of the setting's comparisons with duplicates dropped; verdicts
   (:func:`evidence.verdict`) from Bonferroni intervals with the metrics' margins, or "cannot decide"
   on a metric whose judge headroom is below its margin. Returns a JSON-ready mapping.
@@ -375,7 +376,9 @@ def compare_fronts(runs: Mapping[tuple[str, int], evidence.Run], *, task_metrics
     fronts = method_fronts(runs, metric)
     if reference not in fronts:
       raise ValueError(f"No {reference}_l<λ> run with an enhancement-only run of the same seed.")
-    gains = list(task_gains) if task_gains is not None else default_task_gains(fronts)
+    given = (task_gains.get(metric.removeprefix("judge_")) if isinstance(task_gains, Mapping)
+             else task_gains)
+    gains = list(given) if given is not None else default_task_gains(fronts)
     out["task_gains"][metric] = gains
     out["fronts"][metric] = _front_summary(fronts)
     levels = ([(TASK_AT_PSNR_LOSS, loss) for loss in psnr_losses]
