@@ -23,6 +23,19 @@ while staying a pure ``GradientTransformation``. So the combiner keeps its own t
 
 **Memory:** two float32 copies of the enhancer's gradient tree per task (``2K`` for K tasks: each
 task's state is self-contained), beside the optimiser's own moments.
+
+After five conflicting steps an agreeing one is refused: its own cosine is positive, the averages'
+is not.
+
+>>> import jax.numpy as jnp
+>>> from gradprom_jax import gradprom
+>>> tx, g_e = gradprom(gradient_ema=0.9), jnp.array([1.0, 0.0])
+>>> state = tx.init(g_e)
+>>> for _ in range(5):
+...   _, state = tx.update(g_e, state, task_grads=jnp.array([-1.0, 0.5]))
+>>> update, state = tx.update(g_e, state, task_grads=jnp.array([1.0, 1.0]))
+>>> update, round(float(state.combiner.cosine), 3), round(float(state.moment_cosine), 3)
+(Array([1., 0.], dtype=float32), 0.707, -0.687)
 """
 from __future__ import annotations
 
