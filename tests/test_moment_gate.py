@@ -35,7 +35,7 @@ def mixed_task_gradient(rng, g_e, correlation, shapes):
                       random_tree(rng, shapes, scale=3.0))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(shapes=st.lists(st.lists(st.integers(1, 4), max_size=3).map(tuple), min_size=1, max_size=4),
        seed=st.integers(0, 2**31 - 1), decay=st.floats(0.0, 0.999),
        correlations=st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=8),
