@@ -26,6 +26,7 @@ OTHER_VALUES = {
     "gradprom.granularity": "per_leaf",
     "gradprom.task_scale": "enhancement_norm",
     "gradprom.cosine_ema": 0.9,
+    "gradprom.gradient_ema": 0.9,
     "random_gate.open_rate": 0.0,
 }
 

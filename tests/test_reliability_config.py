@@ -133,7 +133,7 @@ def test_unknown_key_message_names_the_group_and_near_keys():
   config = default.get_config("smoke")
   assert unknown_key_message(config, "gradprom.treshold") == (
       "unknown config key 'gradprom.treshold': did you mean 'gradprom.threshold'? "
-      "Keys of 'gradprom': cosine_ema, granularity, mode, task_scale, threshold")
+      "Keys of 'gradprom': cosine_ema, gradient_ema, granularity, mode, task_scale, threshold")
   assert "'seed' is a value" in unknown_key_message(config, "seed.value")
   assert unknown_key_message(config, "model.enhancer.features") is None
 

@@ -104,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
   # β of a moving average of the cosine that must also exceed the threshold (ours, for small
   # batches whose per-step cosine is mostly noise); 0.0: off, the paper's per-step rule.
   config.gradprom.cosine_ema = 0.0
+  # β of moving averages of g_e and g_t whose cosine must also exceed the threshold (ours, the same
+  # aim: the gate reads the averaged signal; two float32 copies of the enhancer's gradients in the
+  # optimiser state); 0.0: off. Exclusive with cosine_ema.
+  config.gradprom.gradient_ema = 0.0
 
   # random_gate (a control for GradProm's gate): the gate opens on a random `open_rate` fraction of
   # steps, whatever the cosine; set it to a GradProm run's logged gate_open_rate to test whether the

@@ -170,9 +170,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   if not isinstance(config.gate_reliability_every, int) or config.gate_reliability_every < 0:
     raise ConfigError(f"gate_reliability_every={config.gate_reliability_every!r} must be a "
                       "non-negative integer (0: off).")
-  if not 0 <= config.gradprom.cosine_ema < 1:
-    raise ConfigError(f"gradprom.cosine_ema={config.gradprom.cosine_ema} must be in [0, 1) "
-                      "(0 turns the moving average off).")
+  for key in ("cosine_ema", "gradient_ema"):
+    if not 0 <= config.gradprom[key] < 1:
+      raise ConfigError(f"gradprom.{key}={config.gradprom[key]} must be in [0, 1) "
+                        "(0 turns the moving average off).")
+  if config.gradprom.cosine_ema and config.gradprom.gradient_ema:
+    raise ConfigError("gradprom.cosine_ema and gradprom.gradient_ema are both set: choose one "
+                      "moving average to gate on (set the other to 0).")
   degradation = tasks.degradation
   for key in ("image_size", "patch_size"):
     size = config.data.get(key)

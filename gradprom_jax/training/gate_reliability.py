@@ -8,7 +8,7 @@ second half and on the whole batch, with the train step's own maths
 per-example noise), and reports whether the halves agree in sign. Logged every
 ``gate_reliability_every`` steps as ``gate_probe/*`` beside the train record; the fraction of steps
 with ``halves_agree = 1`` tells how reproducible the gate's decisions are at this batch size (a
-case for ``gradprom.cosine_ema`` when it is near 0.5).
+case for ``gradprom.cosine_ema`` or ``gradprom.gradient_ema`` when it is near 0.5).
 """
 from __future__ import annotations
 

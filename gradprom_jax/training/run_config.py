@@ -51,6 +51,7 @@ ADDED_KEY_DEFAULTS = {
     "gradprom.task_scale": "none",
     "random_gate.open_rate": 0.5,
     "gradprom.cosine_ema": 0.0,
+    "gradprom.gradient_ema": 0.0,
     "model.dtype": "float32",
     "recognizer.init_from": None,
     "enhancer.init_from": None,

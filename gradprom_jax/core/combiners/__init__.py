@@ -3,13 +3,14 @@ from gradprom_jax.core.combiners.baselines import enhance_only, joint, pcgrad, r
 from gradprom_jax.core.combiners.gradient_geometry import cosine_similarity
 from gradprom_jax.core.combiners.gradprom import GradPromState, gate_weight, gradprom
 from gradprom_jax.core.combiners.registry import COMBINERS, get_combiner
-from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, combiner_metrics,
-                                               find_combiner_metrics, find_combiner_state,
-                                               init_combiner_state)
+from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, GradPromMomentState,
+                                               combiner_metrics, find_combiner_metrics,
+                                               find_combiner_state, init_combiner_state)
 from gradprom_jax.core.combiners.tasks import MultiTaskState
 
 __all__ = [
-    "COMBINERS", "CombinerState", "GradPromEmaState", "GradPromState", "combiner_metrics",
+    "COMBINERS", "CombinerState", "GradPromEmaState", "GradPromMomentState", "GradPromState",
+    "combiner_metrics",
     "cosine_similarity", "enhance_only", "find_combiner_metrics", "find_combiner_state",
     "gate_weight", "get_combiner", "gradprom", "init_combiner_state", "joint", "MultiTaskState",
     "pcgrad", "random_gate",

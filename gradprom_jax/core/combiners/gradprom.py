@@ -12,7 +12,9 @@ With g_e = ∇θ L_enh and g_t = ∇θ L_task (back-propagated through the recog
 For τ ≥ 0 this gives ⟨d, g_e⟩ ≥ ‖g_e‖²: d is a descent direction for L_enh at least as steep as g_e
 alone, so the recogniser never biases the enhancer's optimisation direction. Per-leaf decisions keep
 the guarantee (each block's inner product is at least its own squared norm). Gating also on a moving
-average of the cosine (``cosine_ema=β``, ours) keeps it too: the average can only close a gate.
+average of the cosine (``cosine_ema=β``, ours), or on the cosine of moving averages of g_e and g_t
+(``gradient_ema=β``, ours; :mod:`~gradprom_jax.core.combiners.moment_gate`), keeps it too: the average
+can only close a gate.
 
 τ < 0 is refused for the hard gate: it would add conflicting task gradients (cos ∈ (τ, 0]), breaking
 the guarantee, and open on an undefined cosine (reported as 0), adding a zero or non-finite g_t. The
@@ -43,9 +45,11 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
+from gradprom_jax.core.combiners.moment_gate import init_moment_state, next_moments_and_cosine
 from gradprom_jax.core.combiners.skeleton import check_task_grads
-from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, init_combiner_state,
-                                               next_combiner_state, next_cosine_ema)
+from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, GradPromMomentState,
+                                               init_combiner_state, next_combiner_state,
+                                               next_cosine_ema)
 from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
 
 GateMode = Literal["hard", "soft"]
@@ -123,6 +127,7 @@ def gradprom(
     mode: GateMode | tuple | dict = "hard",
     task_scale: TaskScale | tuple | dict = "none",
     cosine_ema: float | None = None,
+    gradient_ema: float | None = None,
     tasks: TaskSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Gradient promotion: ``g_e + gate(cos(g_e, g_t)) · task_weight · g_t``.
@@ -161,6 +166,15 @@ def gradprom(
       task_scale factor) and gate > 0 only where cos_t > τ ≥ 0. A Python float, as it decides the
       state's structure (to pass it through ``inject_hyperparams``, list it in ``static_args``).
       With several tasks, each task keeps its own average.
+    gradient_ema: β ∈ [0, 1); None or 0 (the paper's rule): off. β > 0 (ours, for the same noisy
+      small batches) averages the *gradients* rather than the cosine, m_e ← β m_e + (1 − β) g_e and
+      m_t ← β m_t + (1 − β) g_t, and also requires cos(m_e, m_t) > τ: gate_t = w(cos_t) ·
+      1[cos(m_e, m_t) > τ]. Like ``cosine_ema`` it only closes gates, so the same per-step guarantee
+      holds. The moments are not bias-corrected: the correction scales both alike and leaves their
+      cosine unchanged. **Memory:** two float32 copies of the enhancer's gradient tree per task in
+      the optimiser state (the optimiser's own first moment averages the combined update, not g_e
+      and g_t apart, so it cannot stand in). Exclusive with ``cosine_ema`` (two averages of the same
+      noise would confound each other's effect). A Python float (it decides the state's structure).
     tasks: None for one task (``task_grads`` one tree), else the number of tasks (``task_grads`` a
       tuple of trees) or their names (a dict by name); implied by any per-task option. Each of
       ``task_weight``, ``threshold``, ``granularity``, ``mode`` and ``task_scale`` is then one value for
@@ -169,7 +183,8 @@ def gradprom(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`CombinerState`, or with
-    ``cosine_ema > 0`` a :class:`GradPromEmaState` holding one (`find_combiner_state` finds it); for
+    ``cosine_ema > 0`` a :class:`GradPromEmaState` holding one, with ``gradient_ema > 0`` a
+    :class:`GradPromMomentState` holding one (`find_combiner_state` finds it); for
     several tasks, a :class:`~gradprom_jax.core.combiners.tasks.MultiTaskState` of one such state per task
     (``find_combiner_metrics`` logs ``cosine/<task>``, ``gate/<task>``, ...).
 
@@ -200,14 +215,19 @@ def gradprom(
           ("mode", mode), ("task_scale", task_scale))))]
   for task_options in options:
     task_options.check()
-  if cosine_ema is not None and (not isinstance(cosine_ema, (int, float))
-                                 or not 0 <= cosine_ema < 1):
-    raise ValueError(f"cosine_ema must be a Python float in [0, 1) (0: off), got {cosine_ema!r}; "
-                     "under inject_hyperparams, list it in static_args.")
-  use_ema = bool(cosine_ema)
+  for name, decay in (("cosine_ema", cosine_ema), ("gradient_ema", gradient_ema)):
+    if decay is not None and (not isinstance(decay, (int, float)) or not 0 <= decay < 1):
+      raise ValueError(f"{name} must be a Python float in [0, 1) (0: off), got {decay!r}; "
+                       "under inject_hyperparams, list it in static_args.")
+  use_ema, use_moments = bool(cosine_ema), bool(gradient_ema)
+  if use_ema and use_moments:
+    raise ValueError(f"cosine_ema={cosine_ema} and gradient_ema={gradient_ema}: choose one moving "
+                     "average to gate on (set the other to 0).")
 
   def init_task(params, task: GateOptions):
     state = init_combiner_state(params, per_leaf=task.granularity == "per_leaf")
+    if use_moments:
+      return init_moment_state(state, params)
     # A buffer of its own (not state.cosine itself): a donated train step refuses a state in
     # which two leaves share one buffer.
     return (GradPromEmaState(state, cosine_ema=jax.tree.map(jnp.zeros_like, state.cosine))
@@ -218,13 +238,18 @@ def gradprom(
 
   def decide(updates, task_grads, state, task: GateOptions):
     """One task's term λ·gate·g_t (a float32 tree like g_e) and its next state."""
-    combiner_state = state.combiner if use_ema else state
+    combiner_state = state.combiner if use_ema or use_moments else state
     cosine = geometry.cosine_similarity(updates, task_grads, task.granularity)
     gate = jax.tree.map(lambda c: gate_weight(c, task.mode, task.threshold), cosine)
     if use_ema:
       smoothed = jax.tree.map(
           lambda m, c: next_cosine_ema(m, c, combiner_state.count, cosine_ema),
           state.cosine_ema, cosine)
+    if use_moments:
+      enhancement_moment, task_moment, smoothed = next_moments_and_cosine(
+          state.enhancement_moment, state.task_moment, updates, task_grads, gradient_ema,
+          task.granularity)
+    if use_ema or use_moments:
       # The average only closes gates (never opens one), so each step keeps its descent guarantee.
       threshold = jnp.asarray(task.threshold, jnp.float32)
       gate = jax.tree.map(lambda g, m: jnp.where(m > threshold, g, 0.0), gate, smoothed)
@@ -239,6 +264,8 @@ def gradprom(
     new_state = next_combiner_state(combiner_state, cosine, gate)
     if use_ema:
       return term, GradPromEmaState(new_state, cosine_ema=smoothed)
+    if use_moments:
+      return term, GradPromMomentState(new_state, enhancement_moment, task_moment, smoothed)
     return term, new_state
 
   def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):

@@ -2,9 +2,9 @@
 
 All fields are arrays (never Python scalars), so the state jits, shards and checkpoints like any optax
 state. With ``granularity="per_leaf"`` the per-decision fields are pytrees with the gradients' structure.
-GradProm gating on a moving average of the cosine wraps this state in a :class:`GradPromEmaState`
-(the :class:`CombinerState` itself never changes, so checkpoints of older runs still restore). A
-combiner built for several tasks keeps one such state per task in a
+GradProm gating on a moving average of the cosine wraps this state in a :class:`GradPromEmaState`,
+gating on moving averages of the gradients in a :class:`GradPromMomentState` (the
+:class:`CombinerState` itself never changes, so checkpoints of older runs still restore). A combiner built for several tasks keeps one such state per task in a
 :class:`~gradprom_jax.core.combiners.tasks.MultiTaskState`; a single task's state is unchanged.
 """
 from __future__ import annotations
@@ -43,6 +43,22 @@ class GradPromEmaState(NamedTuple):
   """
   combiner: CombinerState
   cosine_ema: Any
+
+
+class GradPromMomentState(NamedTuple):
+  """State of :func:`~gradprom_jax.gradprom` with ``gradient_ema > 0``: the shared state, the moments.
+
+  Attributes:
+    combiner: the :class:`CombinerState` every combiner keeps (found by `find_combiner_state`).
+    enhancement_moment: float32 tree like g_e, the (uncorrected) moving average m_e of g_e.
+    task_moment: float32 tree like g_e, the (uncorrected) moving average m_t of g_t.
+    moment_cosine: float32, cos(m_e, m_t) that the last gate used (0 before the first update; a tree
+      for per-leaf decisions). See :mod:`~gradprom_jax.core.combiners.moment_gate`.
+  """
+  combiner: CombinerState
+  enhancement_moment: Any
+  task_moment: Any
+  moment_cosine: Any
 
 
 def next_cosine_ema(cosine_ema: jax.Array, cosine: jax.Array, count: jax.Array,
@@ -129,8 +145,9 @@ def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   """The combiner's scalars to log from a whole optimiser state ({} when it holds no combiner).
 
   `combiner_metrics` of its :class:`CombinerState`, plus ``cosine_ema`` (the bias-corrected moving
-  average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`. For a
-  combiner of several tasks, each task's, suffixed with the task's name (``cosine/masks``, or
+  average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`, or
+  ``moment_cosine`` (the cosine of the gradients' moving averages) for a
+  :class:`GradPromMomentState`. For a combiner of several tasks, each task's, suffixed with the task's name (``cosine/masks``, or
   ``cosine/0`` for tasks given by number).
 
   >>> import jax.numpy as jnp, optax
@@ -151,6 +168,9 @@ def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   ema_state = _first(opt_state, GradPromEmaState)
   if ema_state is not None:
     metrics["cosine_ema"] = _mean_over_leaves(ema_state.cosine_ema)
+  moment_state = _first(opt_state, GradPromMomentState)
+  if moment_state is not None:
+    metrics["moment_cosine"] = _mean_over_leaves(moment_state.moment_cosine)
   return metrics
 
 

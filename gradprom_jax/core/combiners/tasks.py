@@ -24,7 +24,8 @@ class MultiTaskState(NamedTuple):
 
   Attributes:
     tasks: a tuple (tasks given by number) or dict (tasks given by name) of the per-task states, each
-      the state the combiner keeps for a single task (a ``CombinerState``, or a ``GradPromEmaState``).
+      the state the combiner keeps for a single task (a ``CombinerState``, ``GradPromEmaState`` or
+      ``GradPromMomentState``).
   """
   tasks: tuple[Any, ...] | dict[str, Any]
 
