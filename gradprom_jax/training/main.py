@@ -36,6 +36,9 @@ Exit status:
   143  stopped by SIGTERM/SIGINT (cluster preemption): a checkpoint was saved; run the same command
        again to resume. Not 0, so that a scheduler or a retry loop never takes a preempted run for
        a finished one; 143 = 128 + SIGTERM is what a shell reports for a SIGTERM'd process.
+On a multi-host run a failure before training on any host (a workdir it cannot write, its copy of
+the data missing, the workdir lock) stops every host with status 1 or 2 and the same line, which
+names the failed process: "process 1: WorkdirError: ...".
 """
 import contextlib
 from pathlib import Path
@@ -55,6 +58,7 @@ from gradprom_jax.training.checkpointing import CheckpointRestoreError, SourceRu
 from gradprom_jax.training.compilation_cache import enable_compilation_cache
 from gradprom_jax.training.console import hide_library_noise
 from gradprom_jax.training.distributed import initialize_distributed
+from gradprom_jax.training.host_agreement import HostFailureError
 from gradprom_jax.training.run_config import ConfigMismatchError
 from gradprom_jax.training.workdir_lock import WorkdirLockedError
 
@@ -149,6 +153,10 @@ def _expected_failures_as_exit_status():
     _exit(EXIT_USAGE_ERROR, str(e))
   except _RUNTIME_ERRORS as e:
     _exit(EXIT_RUNTIME_ERROR, f"{type(e).__name__}: {e}")
+  except HostFailureError as e:   # every host of a multi-host run prints the same line
+    usage = e.error_type in {error.__name__ for error in _USAGE_ERRORS}
+    _exit(EXIT_USAGE_ERROR if usage else EXIT_RUNTIME_ERROR,
+          f"process {e.process_index}: {e.message if usage else f'{e.error_type}: {e.message}'}")
 
 
 def main(argv):
