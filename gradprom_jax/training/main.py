@@ -14,7 +14,8 @@ samples.png and the test record of metrics.jsonl).
 
 Compiled programs are kept in JAX's persistent compilation cache, so a second run of a config skips
 the compile: `~/.cache/gradprom_jax/jax` by default, `GRADPROM_COMPILATION_CACHE=DIR` to move it,
-`GRADPROM_COMPILATION_CACHE=off` to turn it off (see `gradprom_jax/training/compilation_cache.py`).
+`GRADPROM_COMPILATION_CACHE=off` to turn it off; a multi-host run needs `GRADPROM_COMPILATION_CACHE=DIR`
+on a shared filesystem, or runs without it (see `gradprom_jax/training/compilation_cache.py`).
 The console shows progress and results; the libraries' INFO lines are hidden (`--verbosity=1`
 shows everything).
 
@@ -54,6 +55,7 @@ from gradprom_jax.configuration.config_validation import (ConfigError, unknown_k
                                                           validate_config)
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.training import train
+from gradprom_jax.training.accelerator_check import warn_if_accelerators_unused
 from gradprom_jax.training.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
 from gradprom_jax.training.compilation_cache import enable_compilation_cache
 from gradprom_jax.training.console import hide_library_noise
@@ -172,8 +174,9 @@ def main(argv):
     if finished is not None:
       print(f"already finished, results in {finished} (--reevaluate scores it again)", flush=True)
       return
-    enable_compilation_cache()
     initialize_distributed(config.distributed)
+    warn_if_accelerators_unused()
+    enable_compilation_cache()   # after initialising: a multi-host run needs a shared directory
     validate_config(config, num_devices=jax.device_count())
     logging.set_verbosity(max(requested_verbosity, logging.INFO))
     hide_library_noise()
