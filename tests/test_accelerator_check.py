@@ -1,4 +1,5 @@
-"""Tests for gradprom_jax.training.accelerator_check: one warning line for CPU JAX on a GPU/TPU node."""
+"""Tests for gradprom_jax.training.accelerator_check: one warning line for CPU JAX on a GPU/TPU
+node."""
 
 import pytest
 
