@@ -15,7 +15,8 @@ samples.png and the test record of metrics.jsonl).
 Compiled programs are kept in JAX's persistent compilation cache, so a second run of a config skips
 the compile: `~/.cache/gradprom_jax/jax` by default, `GRADPROM_COMPILATION_CACHE=DIR` to move it,
 `GRADPROM_COMPILATION_CACHE=off` to turn it off; a multi-host run needs
-`GRADPROM_COMPILATION_CACHE=DIR` on a shared filesystem, or runs without it (see `gradprom_jax/training/compilation_cache.py`).
+`GRADPROM_COMPILATION_CACHE=DIR` on a shared filesystem, or runs without it (see
+`gradprom_jax/training/compilation_cache.py`).
 The console shows progress and results; the libraries' INFO lines are hidden (`--verbosity=1`
 shows everything).
 
