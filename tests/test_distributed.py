@@ -63,18 +63,55 @@ def test_two_processes_on_localhost_sum_across_hosts():
     assert result.split()[1:] == ["2", "4", "6.0", "[0,", "1]"]
 
 
-def test_auto_detection(monkeypatch):
-  for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+_LAUNCH_VARIABLES = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
+                     "SLURM_PROCID", "SLURM_LOCALID", "OMPI_COMM_WORLD_SIZE",
+                     "TPU_WORKER_HOSTNAMES", "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX")
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+  for name in _LAUNCH_VARIABLES:
     monkeypatch.delenv(name, raising=False)
+  return monkeypatch
+
+
+def test_auto_detection(no_launcher):
+  monkeypatch = no_launcher
   assert distributed.detect_cluster() is None
-  monkeypatch.setenv("SLURM_JOB_ID", "123")
-  monkeypatch.setenv("SLURM_NTASKS", "1")
-  assert distributed.detect_cluster() is None  # A one-task SLURM job is a single process.
-  monkeypatch.setenv("SLURM_NTASKS", "4")
-  assert distributed.detect_cluster() == "slurm"
-  monkeypatch.delenv("SLURM_JOB_ID")
   monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1v-0,t1v-1")
   assert distributed.detect_cluster() == "tpu"
+
+
+def _srun_step(monkeypatch, tasks: int) -> None:
+  for name, value in (("SLURM_JOB_ID", "123"), ("SLURM_NTASKS", str(tasks)),
+                      ("SLURM_STEP_NUM_TASKS", str(tasks)), ("SLURM_STEP_NODELIST", "n[1-2]"),
+                      ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0")):
+    monkeypatch.setenv(name, value)
+
+
+def test_srun_step_of_several_tasks_is_a_cluster(no_launcher):
+  _srun_step(no_launcher, tasks=4)
+  assert distributed.detect_cluster() == "slurm"
+  _srun_step(no_launcher, tasks=1)
+  assert distributed.detect_cluster() is None  # A one-task step is a single process.
+
+
+def test_sbatch_script_without_srun_is_one_process_with_a_warning(no_launcher, caplog):
+  # What the batch script's shell of `sbatch --ntasks=4` sees: the job's task count, no step.
+  no_launcher.setenv("SLURM_JOB_ID", "123")
+  no_launcher.setenv("SLURM_NTASKS", "4")
+  with caplog.at_level("WARNING"):
+    assert distributed.detect_cluster() is None
+  assert [r.getMessage() for r in caplog.records] == [
+      "SLURM job of 4 tasks, but this process was not started by srun: running as one process "
+      "(launch it with srun to use every task)."]
+
+
+def test_indexed_kubernetes_job_is_a_cluster(no_launcher):
+  no_launcher.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+  assert distributed.detect_cluster() is None  # A plain pod is one process.
+  no_launcher.setenv("JOB_COMPLETION_INDEX", "1")
+  assert distributed.detect_cluster() == "k8s"
 
 
 def test_auto_without_cluster_stays_single_process(monkeypatch):

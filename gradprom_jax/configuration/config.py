@@ -61,8 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Gradient accumulation: each step averages g_e, g_t and ∇φ over k micro-batches of
   # batch_size / k, then updates once (the same update, 1/k of the activation memory).
   config.accumulate_steps = 1
-  # Multi-host runs agree on a SIGTERM stop (one blocking all-gather) every this many steps and at
-  # log and checkpoint steps; a single-process run checks its own flag every step, for free.
+  # Multi-host runs without JAX's preemption service agree on a SIGTERM stop (one blocking
+  # all-gather) every this many steps and at log and checkpoint steps; with it (jax.distributed's
+  # default) and in a single-process run the stop is checked every step, for free.
   config.preemption_check_every = 10
   # Test examples drawn in samples.png.
   config.num_samples = 6

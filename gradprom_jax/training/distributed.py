@@ -3,10 +3,13 @@
 Call `initialize_distributed(config.distributed)` first thing in `main`, before anything touches
 a device. Modes:
 
-* ``"auto"`` (default): initialise only when a multi-process launch is detected: SLURM with more
-  than one task (``srun``), Open MPI with more than one rank, or a multi-host Cloud TPU slice. JAX
-  then reads the coordinator, process count and id from that environment. A plain single-process
-  run does nothing, so laptops and single-GPU jobs need no flags.
+* ``"auto"`` (default): initialise only when a multi-process launch is detected: an ``srun`` step
+  of more than one task, Open MPI with more than one rank, an indexed Kubernetes Job (or a JobSet,
+  whose Jobs are indexed), or a multi-host Cloud TPU slice. JAX then reads the coordinator,
+  process count and id from that environment (on Kubernetes it needs ``pip install jax[k8s]``).
+  A plain single-process run does nothing, so laptops and single-GPU jobs need no flags; so does
+  an sbatch script that runs ``python`` without ``srun`` (the job's ``SLURM_NTASKS`` counts tasks
+  that were never started: waiting for them would hang), with one warning line.
 * ``"explicit"``: use ``coordinator_address`` ("host:port" of process 0), ``num_processes``,
   ``process_id`` and optionally ``local_device_ids`` and ``initialization_timeout`` (seconds to
   wait for all processes; JAX's default is 300).
@@ -39,19 +42,36 @@ def _int_env(name: str) -> int:
     return 0
 
 
-def detect_cluster() -> str | None:
-  """The multi-process launcher found in the environment ("slurm", "ompi", "tpu"), or None.
+# What JAX's own SlurmCluster reads; all but SLURM_JOB_ID are set by srun for the tasks of a step,
+# not in an sbatch script's own shell.
+_SLURM_STEP_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
 
-  >>> detect_cluster() in (None, "slurm", "ompi", "tpu")
+
+def detect_cluster() -> str | None:
+  """The multi-process launcher found in the environment ("slurm", "ompi", "k8s", "tpu"), or None.
+
+  SLURM counts the tasks of the ``srun`` step this process belongs to, not the job's: a batch
+  script's ``python`` is one process whatever ``--ntasks`` the job asked for.
+
+  >>> detect_cluster() in (None, "slurm", "ompi", "k8s", "tpu")
   True
   """
-  if "SLURM_JOB_ID" in os.environ and _int_env("SLURM_NTASKS") > 1:
-    return "slurm"
+  if all(name in os.environ for name in _SLURM_STEP_VARIABLES):
+    if _int_env("SLURM_STEP_NUM_TASKS") > 1:
+      return "slurm"
+  elif "SLURM_JOB_ID" in os.environ and _int_env("SLURM_NTASKS") > 1:
+    logging.warning("SLURM job of %s tasks, but this process was not started by srun: running as "
+                    "one process (launch it with srun to use every task).",
+                    os.environ["SLURM_NTASKS"])
   if _int_env("OMPI_COMM_WORLD_SIZE") > 1:
     return "ompi"
   # Set on every worker VM of a Cloud TPU slice; more than one name means more than one host.
   if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
     return "tpu"
+  # An indexed Job's pods (each Job of a JobSet) carry their index; JAX reads the count from the
+  # Job's spec through the Kubernetes API.
+  if "KUBERNETES_SERVICE_HOST" in os.environ and "JOB_COMPLETION_INDEX" in os.environ:
+    return "k8s"
   return None
 
 

@@ -14,7 +14,9 @@ samples.png and the test record of metrics.jsonl).
 
 Compiled programs are kept in JAX's persistent compilation cache, so a second run of a config skips
 the compile: `~/.cache/gradprom_jax/jax` by default, `GRADPROM_COMPILATION_CACHE=DIR` to move it,
-`GRADPROM_COMPILATION_CACHE=off` to turn it off (see `gradprom_jax/training/compilation_cache.py`).
+`GRADPROM_COMPILATION_CACHE=off` to turn it off; a multi-host run needs
+`GRADPROM_COMPILATION_CACHE=DIR` on a shared filesystem, or runs without it (see
+`gradprom_jax/training/compilation_cache.py`).
 The console shows progress and results; the libraries' INFO lines are hidden (`--verbosity=1`
 shows everything).
 
@@ -36,6 +38,9 @@ Exit status:
   143  stopped by SIGTERM/SIGINT (cluster preemption): a checkpoint was saved; run the same command
        again to resume. Not 0, so that a scheduler or a retry loop never takes a preempted run for
        a finished one; 143 = 128 + SIGTERM is what a shell reports for a SIGTERM'd process.
+On a multi-host run a failure before training on any host (a workdir it cannot write, its copy of
+the data missing, the workdir lock) stops every host with status 1 or 2 and the same line, which
+names the failed process: "process 1: WorkdirError: ...".
 """
 import contextlib
 from pathlib import Path
@@ -51,10 +56,12 @@ from gradprom_jax.configuration.config_validation import (ConfigError, unknown_k
                                                           validate_config)
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.training import train
+from gradprom_jax.training.accelerator_check import warn_if_accelerators_unused
 from gradprom_jax.training.checkpointing import CheckpointRestoreError, SourceRunError, WorkdirError
 from gradprom_jax.training.compilation_cache import enable_compilation_cache
 from gradprom_jax.training.console import hide_library_noise
 from gradprom_jax.training.distributed import initialize_distributed
+from gradprom_jax.training.host_agreement import HostFailureError
 from gradprom_jax.training.run_config import ConfigMismatchError
 from gradprom_jax.training.workdir_lock import WorkdirLockedError
 
@@ -149,6 +156,10 @@ def _expected_failures_as_exit_status():
     _exit(EXIT_USAGE_ERROR, str(e))
   except _RUNTIME_ERRORS as e:
     _exit(EXIT_RUNTIME_ERROR, f"{type(e).__name__}: {e}")
+  except HostFailureError as e:   # every host of a multi-host run prints the same line
+    usage = e.error_type in {error.__name__ for error in _USAGE_ERRORS}
+    _exit(EXIT_USAGE_ERROR if usage else EXIT_RUNTIME_ERROR,
+          f"process {e.process_index}: {e.message if usage else f'{e.error_type}: {e.message}'}")
 
 
 def main(argv):
@@ -164,8 +175,9 @@ def main(argv):
     if finished is not None:
       print(f"already finished, results in {finished} (--reevaluate scores it again)", flush=True)
       return
-    enable_compilation_cache()
     initialize_distributed(config.distributed)
+    warn_if_accelerators_unused()
+    enable_compilation_cache()   # after initialising: a multi-host run needs a shared directory
     validate_config(config, num_devices=jax.device_count())
     logging.set_verbosity(max(requested_verbosity, logging.INFO))
     hide_library_noise()

@@ -6,13 +6,14 @@ the loop, so the handler only sets a flag; the loop polls it after each step, sa
 `force=True`, waits for the write and returns. A second SIGINT (Ctrl-C twice) aborts at once.
 
 Polling never blocks a single-process run: it reads a Python flag, so the host keeps dispatching
-steps ahead of the device. A multi-host run must stop every host at the same step, which takes a
-blocking all-gather; it is done only every ``check_every`` steps and at steps where the loop
-already waits for the device (logging, checkpointing), so a stop comes at most ``check_every``
-steps late (SLURM's default grace of 30 s covers that for any step shorter than a few seconds).
-JAX's own `multihost_utils.reached_preemption_sync_point` does the same agreement without a
-per-step collective, but only under `jax.distributed` with its preemption service, and it reacts to
-the SIGTERM JAX itself receives; this guard works with or without it.
+steps ahead of the device. A multi-host run must stop every host at the same step. Under
+`jax.distributed` (with its preemption service, on by default) JAX installs its own SIGTERM handler,
+which tells the coordination service; `multihost_utils.reached_preemption_sync_point(step)` then
+returns True on every host at the same step. That check reads a local flag (no device work, no
+collective), so it runs at every step, and this guard installs no handler that would replace
+JAX's. Without the service it falls back to the signal flag and a blocking all-gather of it, done
+only every ``check_every`` steps and at steps where the loop already waits for the device
+(logging, checkpointing).
 
 Typical use in the loop::
 
@@ -41,7 +42,8 @@ class PreemptionGuard:
   """Context manager that turns SIGTERM/SIGINT into a flag polled with `should_stop()`.
 
   Handlers are installed on entry (main thread only: Python delivers signals there) and the
-  previous handlers are restored on exit.
+  previous handlers are restored on exit; on a multi-host run with JAX's preemption service none
+  are (JAX's SIGTERM handler must stay: it is what tells the other hosts).
 
   >>> import os, signal
   >>> with PreemptionGuard() as guard:
@@ -61,11 +63,16 @@ class PreemptionGuard:
     self._stop = threading.Event()
     self._previous: dict[signal.Signals, object] = {}
     self.signal_name: str | None = None
+    self._jax_sync_point = False
 
   def __enter__(self) -> PreemptionGuard:
     if threading.current_thread() is not threading.main_thread():
       raise RuntimeError("PreemptionGuard must be entered in the main thread "
                          "(Python only delivers signals there)")
+    self._jax_sync_point = jax.process_count() > 1 and jax_preemption_service_running()
+    if self._jax_sync_point:
+      logging.info("Preemption: JAX's sync point (SIGTERM on any host stops every host).")
+      return self
     for sig in self._signals:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -97,16 +104,33 @@ class PreemptionGuard:
   def should_stop_all_hosts(self, step: int | None = None, *, sync: bool = False) -> bool:
     """Whether any process received a stop signal; all processes must call it at the same steps.
 
-    On a cluster each host gets SIGTERM at a slightly different moment; agreeing through a tiny
-    all-gather keeps every host stopping (and joining the collective checkpoint save) at the
-    same step. The all-gather blocks until every host has dispatched this far, so it runs only when
-    ``step`` is a multiple of ``check_every``, when ``sync`` (a step where the loop waits for the
-    device anyway) or when no ``step`` is given; otherwise this returns False. With a single
-    process this is just `should_stop()`, at every step: no host synchronisation at all.
+    On a cluster each host gets SIGTERM at a slightly different moment; every host must stop (and
+    join the collective checkpoint save) at the same step. Under JAX's preemption service this is
+    `reached_preemption_sync_point(step)`, which must be called at every step (and ``step`` given).
+    Without it, a tiny all-gather of the flags, which blocks until every host has dispatched this
+    far, so it runs only when ``step`` is a multiple of ``check_every``, when ``sync`` (a step
+    where the loop waits for the device anyway) or when no ``step`` is given; otherwise this
+    returns False. With a single process this is just `should_stop()`, at every step: no host
+    synchronisation at all.
     """
     if jax.process_count() == 1:
       return self.should_stop()
+    if self._jax_sync_point and step is not None:
+      if not multihost_utils.reached_preemption_sync_point(step):
+        return False
+      self.signal_name = self.signal_name or "SIGTERM"
+      self._stop.set()
+      return True
     if not (sync or step is None or step % self.check_every == 0):
       return False
     flags = multihost_utils.process_allgather(np.int32(self.should_stop()))
     return bool(np.any(flags))
+
+
+def jax_preemption_service_running() -> bool:
+  """Whether `jax.distributed` runs with its preemption service (JAX then handles SIGTERM).
+
+  >>> jax_preemption_service_running()   # a single process, never initialised
+  False
+  """
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)

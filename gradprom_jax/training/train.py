@@ -40,6 +40,7 @@ from gradprom_jax.training.checkpointing import (Checkpointer, ensure_writable_d
                                                  has_checkpoint)
 from gradprom_jax.training.distributed import initialize_distributed
 from gradprom_jax.training.gate_reliability import make_gate_probe, probe_is_due
+from gradprom_jax.training.host_agreement import fail_together
 from gradprom_jax.training.metric_logging import MetricLogger
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases, phase_at, run_length
@@ -235,25 +236,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
-  check_stored_config(workdir, config, overwrite=config.overwrite)
-  finished = finished_results_path(workdir, config)
-  if finished is not None and not reevaluate:
-    logging.info("Already finished, results in %s.", finished)
-    return json.loads(finished.read_text())
-  dataset = data_lib.load_dataset(config.data)
-  check_dataset_has_targets(tasks, dataset)
-  validate_config_for_dataset(config, dataset.image_shape,
-                              recognizer_class_names(config, dataset, tasks), tasks=tasks)
-  # Other runs' models the config names are read before the workdir is touched, so a missing or
-  # mismatched one leaves nothing behind. Warm starts are for a fresh start only.
-  system = system_for_dataset(spec.run.model, tasks, dataset)
-  fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
-  init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
-                                             sharding=parallel.replicated) if fresh_start else {})
-  judge = pretrained.load_judge(config, system, dataset.image_shape, sharding=parallel.replicated)
-  workdir = ensure_writable_directory(workdir)
-  lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
+  lock = None
   try:
+    # The checks below may fail on one host only (its disk, its data, the lock process 0 takes):
+    # every host then raises the same error instead of the others waiting in a collective.
+    with fail_together():
+      check_stored_config(workdir, config, overwrite=config.overwrite)
+      finished = finished_results_path(workdir, config)
+      if finished is not None and not reevaluate:
+        logging.info("Already finished, results in %s.", finished)
+        return json.loads(finished.read_text())
+      dataset = data_lib.load_dataset(config.data)
+      check_dataset_has_targets(tasks, dataset)
+      validate_config_for_dataset(config, dataset.image_shape,
+                                  recognizer_class_names(config, dataset, tasks), tasks=tasks)
+      # Other runs' models the config names are read before the workdir is touched, so a missing
+      # or mismatched one leaves nothing behind. Warm starts are for a fresh start only.
+      system = system_for_dataset(spec.run.model, tasks, dataset)
+      fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
+      init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
+                                                 sharding=parallel.replicated)
+                     if fresh_start else {})
+      judge = pretrained.load_judge(config, system, dataset.image_shape,
+                                    sharding=parallel.replicated)
+      workdir = ensure_writable_directory(workdir)
+      lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
     return _train_and_evaluate_locked(config, workdir, parallel, dataset, system, is_main,
                                       spec=spec, init_params=init_params, judge=judge)
   finally:

@@ -7,7 +7,8 @@ an out-of-memory kill or a preempted node resumes at once, with no stale lock to
 :mod:`gradprom_jax.data.file_lock` for the filesystems (NFS, Lustre) on which ``flock`` is weaker.
 
 Only process 0 of a multi-host run takes it: the other hosts write nothing of their own to the
-workdir, and on a shared filesystem they would otherwise refuse each other.
+workdir, and on a shared filesystem they would otherwise refuse each other. Its refusal stops
+every host: `train_and_evaluate` takes it inside `host_agreement.fail_together`.
 """
 from __future__ import annotations
 
