@@ -43,7 +43,9 @@ def accumulate_gradients(grad_fn: Callable[[Any], Any], batch: Any, num_micro_ba
   ``grad_fn`` may return any pytree of float arrays (gradients, losses, ``None`` for absent terms).
   A ``lax.scan`` runs one micro-batch at a time, so only one micro-batch's activations are alive:
   for losses that are means over examples, the result equals ``grad_fn(batch)`` up to float
-  rounding, with 1/k of the activation memory.
+  rounding, with 1/k of the activation memory. A class-weighted loss (Σ w·ℓ / Σ w) equals it only
+  when each micro-batch divides by 1/k of the whole batch's Σ w (its ``normalizer``), as the train
+  step does.
 
   >>> import jax, jax.numpy as jnp
   >>> loss = lambda w, x: jnp.mean((x * w - 1.0) ** 2)
