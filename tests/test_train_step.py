@@ -290,7 +290,7 @@ def test_class_weighted_update_is_the_global_batchs_in_every_parallel_mode(recog
                                  (state.enhancer_params, state.recognizer_params))
   scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(moved(expected)))
   assert scale > 0
-  for mode, accumulate_steps in ((None, 4), ("mesh", 1), ("pmap", 1), ("pmap", 2)):
+  for mode, accumulate_steps in ((None, 4), ("mesh", 1), ("pmap", 1)):   # both: the slow e2e test
     got, metrics = run(mode, accumulate_steps)
     where = f"{mode or 'one device'}, accumulate_steps={accumulate_steps}"
     for key in ("task_loss", "task_grad_norm", "cosine"):
