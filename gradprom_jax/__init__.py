@@ -6,11 +6,12 @@ rest lives in subpackages named by role: ``core`` (the paper's maths), ``models`
 """
 from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
                                          cosine_similarity, enhance_only, find_combiner_state,
-                                         get_combiner, gradprom, joint, pcgrad)
+                                         get_combiner, gradprom, joint, multi_steps, pcgrad)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COMBINERS", "CombinerState", "GradPromState", "combiner_metrics", "cosine_similarity",
-    "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "joint", "pcgrad",
+    "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "joint", "multi_steps",
+    "pcgrad",
 ]

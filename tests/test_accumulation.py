@@ -1,6 +1,6 @@
 """Gradient accumulation: k micro-batches make the update of one k times larger batch (GroupNorm
-models have no batch statistics, so up to float32 rounding), and a combiner inside optax.MultiSteps
-is refused."""
+models have no batch statistics, so up to float32 rounding), a combiner inside optax.MultiSteps
+is refused, and gradprom_jax.multi_steps averages task_grads as the train step does."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +10,9 @@ import pytest
 from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
 from gradprom_jax.configuration.run_spec import system_from_config
-from gradprom_jax.core.combiners import find_combiner_state, get_combiner
+from gradprom_jax import multi_steps
+from gradprom_jax.core.combiners import find_combiner_state, get_combiner, gradprom
+from gradprom_jax.training.gradient_accumulation import accumulate_gradients
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step
 from gradprom_jax.training.training_spec import phases_from_config
@@ -113,3 +115,56 @@ def test_batch_must_split_into_micro_batches_on_every_device():
   config.accumulate_steps = 0
   with pytest.raises(ConfigError, match="accumulate_steps=0"):
     validate_config(config, num_devices=1)
+
+
+def test_multi_steps_gates_on_the_mean_task_gradient():
+  # The last micro-batch's g_t (1, 1) agrees with g_e; the mean g_t (-1, 1) does not.
+  tx = multi_steps(optax.chain(gradprom(), optax.sgd(1.0)), every_k_schedule=2)
+  params = jnp.zeros(2)
+  state = tx.init(params)
+  g_e = jnp.array([1.0, 0.0])
+  update, state = tx.update(g_e, state, params, task_grads=jnp.array([-3.0, 1.0]))
+  np.testing.assert_array_equal(update, [0.0, 0.0])
+  update, state = tx.update(g_e, state, params, task_grads=jnp.array([1.0, 1.0]))
+  np.testing.assert_array_equal(update, [-1.0, 0.0])
+  assert float(find_combiner_state(state).gate) == 0.0
+
+
+@pytest.mark.parametrize("combiner", ["gradprom", "joint", "pcgrad"])
+@pytest.mark.parametrize("jit", [False, True])
+def test_combiner_inside_optax_multisteps_refuses_and_names_the_wrapper(combiner, jit):
+  tx = optax.MultiSteps(optax.chain(get_combiner(combiner), optax.sgd(1.0)), every_k_schedule=2)
+  params = jnp.zeros(2)
+  update = jax.jit(tx.update) if jit else tx.update
+  with pytest.raises(ValueError, match=r"optax.MultiSteps.*gradprom_jax.multi_steps"):
+    update(jnp.ones(2), tx.init(params), params, task_grads=jnp.ones(2))
+
+
+def _micro_batch_gradients(tasks):
+  rng = np.random.default_rng(1)
+  tree = lambda: {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+                  "b": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}
+  return [(tree(), tree() if tasks is None else {name: tree() for name in tasks})
+          for _ in range(4)]
+
+
+@pytest.mark.parametrize("tasks", [None, ("diagnosis", "masks")])
+def test_multi_steps_is_the_train_steps_accumulation(tasks):
+  # The train step averages g_e and g_t over its micro-batches (accumulate_gradients) and updates
+  # once; multi_steps fed the same micro-batches one call each emits that update, twice running.
+  tx = optax.chain(gradprom(granularity="per_leaf", tasks=tasks), optax.adam(0.1))
+  params = {"w": jnp.ones((3, 2)), "b": jnp.zeros((2,))}
+  wrapped = multi_steps(tx, every_k_schedule=4, tasks=tasks)
+  state, wrapped_state = tx.init(params), wrapped.init(params)
+  for cycle in range(2):
+    micro = _micro_batch_gradients(tasks)
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *micro)   # micro-batch i holds entry i
+    mean_g_e, mean_g_t = accumulate_gradients(lambda m: jax.tree.map(lambda x: x[0], m), stacked, 4)
+    expected, state = tx.update(mean_g_e, state, params, task_grads=mean_g_t)
+    for g_e, g_t in micro:
+      update, wrapped_state = wrapped.update(g_e, wrapped_state, params, task_grads=g_t)
+    for a, b in zip(jax.tree.leaves(update), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"cycle {cycle}")
+    inner = wrapped_state.inner_opt_state
+    for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(state)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"cycle {cycle}")

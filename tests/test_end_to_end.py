@@ -165,3 +165,20 @@ def test_main_trains_two_tasks_on_one_enhancer_and_writes_per_task_metrics(tmp_p
   assert (output / "masks" / "a.png").exists()
   header = (output / "predictions.csv").read_text().splitlines()[0]
   assert header.startswith("image,predicted/classification,p_common_nevus/classification")
+
+
+@pytest.mark.slow
+def test_class_weighted_run_on_four_devices_in_micro_batches_equals_one_device(tmp_path, data_dir):
+  """Σ w·ℓ / Σ w is the global batch's, whatever the devices (pmap) and micro-batches."""
+  overrides = ["--config.num_train_steps=4", "--config.eval_every=100", "--config.batch_size=8",
+               "--config.task.class_weights=balanced"]
+  run_main("configs/default.py:classification,smoke", tmp_path / "single", data_dir, *overrides,
+           devices=1)
+  run_main("configs/default.py:classification,smoke", tmp_path / "split", data_dir, *overrides,
+           "--config.parallel=pmap", "--config.accumulate_steps=2", devices=4)
+  single, split = final_params(tmp_path / "single"), final_params(tmp_path / "split")
+  for a, b in zip(*(jax.tree.leaves(p) for p in (single, split))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  single_results = json.loads((tmp_path / "single" / "results.json").read_text())
+  split_results = json.loads((tmp_path / "split" / "results.json").read_text())
+  assert split_results["psnr"] == pytest.approx(single_results["psnr"], rel=1e-5)

@@ -2,10 +2,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.run_spec import system_from_config
+from gradprom_jax.core.combiners import gradprom
 from gradprom_jax.training.parallel import DataParallel
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
@@ -235,3 +237,67 @@ def test_moving_average_state_survives_the_donated_step(option, logged):
   for seed in range(2):
     state, metrics = step(state, make_batch(seed))
   assert int(state.step) == 2 and -1 <= float(metrics[logged]) <= 1
+
+
+def _sgd(learning_rate):
+  # Plain SGD: the update is proportional to the gradient, so a wrongly normalised loss shows.
+  return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+
+
+def _class_imbalanced_batch(recognition):
+  """Labels whose mix differs between the batch's quarters, so every shard has its own Σ w."""
+  batch = make_batch(0, recognition=recognition)
+  if recognition == "segmentation":   # foreground fractions from ~90 % down to ~10 %
+    thresholds = np.linspace(0.1, 0.9, len(batch["image"]))[:, None, None]
+    batch["mask"] = (batch["image"][..., 0] > thresholds).astype(np.int32)
+  else:
+    batch["label"] = np.array([0, 0, 0, 1, 2, 2, 1, 0], np.int32)
+  return batch
+
+
+@pytest.mark.parametrize("recognition, class_weights", [
+    ("classification", (0.2, 1.0, 3.0)),
+    pytest.param("segmentation", (1.0, 4.0), marks=pytest.mark.slow)])
+def test_class_weighted_update_is_the_global_batchs_in_every_parallel_mode(recognition,
+                                                                           class_weights):
+  # Σ w·ℓ / Σ w over the whole batch, whether it runs on 1 or 4 devices (mesh or pmap) or as 4
+  # micro-batches: a per-part ratio averaged over the parts would differ.
+  if jax.device_count() < 4:
+    pytest.skip("needs 4 devices")
+  config = tiny_config("gradprom", recognition)
+  system = system_from_config(config, channels=IMAGE[-1], num_classes=len(class_weights),
+                              class_weights=class_weights)
+  phase = phases_from_config(config)[-1]
+  enhancer_tx, recognizer_tx = optax.chain(gradprom(), _sgd(0.5)), _sgd(0.5)
+  enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
+  state = create_train_state(seed=0, enhancer_params=enhancer_params,
+                             recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
+                             recognizer_tx=recognizer_tx)
+  batch = _class_imbalanced_batch(recognition)
+
+  def run(mode, accumulate_steps):
+    parallel = DataParallel(mode) if mode else None
+    step_fn = make_train_step(system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
+                              task_weight=1.0, accumulate_steps=accumulate_steps,
+                              axis_name=parallel and parallel.axis_name)
+    s = jax.tree.map(jnp.copy, state)   # steps donate their input state
+    if parallel is None:
+      new, metrics = jax.jit(step_fn)(jax.device_put(s, jax.devices()[0]), batch)
+      return new, metrics
+    new, metrics = parallel.compile_step(step_fn)(parallel.put_state(s), parallel.put_batch(batch))
+    return parallel.global_state(new), parallel.metrics_to_host(metrics)
+
+  expected, expected_metrics = run(None, 1)
+  moved = lambda s: jax.tree.map(lambda new, old: np.asarray(new) - np.asarray(old),
+                                 (s.enhancer_params, s.recognizer_params),
+                                 (state.enhancer_params, state.recognizer_params))
+  scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(moved(expected)))
+  assert scale > 0
+  for mode, accumulate_steps in ((None, 4), ("mesh", 1), ("pmap", 1)):   # both: the slow e2e test
+    got, metrics = run(mode, accumulate_steps)
+    where = f"{mode or 'one device'}, accumulate_steps={accumulate_steps}"
+    for key in ("task_loss", "task_grad_norm", "cosine"):
+      np.testing.assert_allclose(float(metrics[key]), float(expected_metrics[key]), rtol=1e-5,
+                                 atol=1e-6, err_msg=f"{key}: {where}")
+    for a, b in zip(jax.tree.leaves(moved(got)), jax.tree.leaves(moved(expected))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=where)

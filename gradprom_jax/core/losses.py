@@ -1,6 +1,9 @@
 """Losses of the enhancer (L_IP) and of the recogniser (L_VR).
 
 Each returns a scalar float32 mean over the batch, jit-able and differentiable.
+Every term is a mean of per-example values (soft Dice is per image, not over the batch), so the
+mean of a batch's equal parts' losses is the batch's loss; a class-weighted loss is the exception
+(Σ w·ℓ / Σ w is a ratio of batch sums) and takes its parts' shares of Σ w as ``normalizer``.
 Images are float32 NHWC in [0, 1]; labels int32 (N,); masks int32 (N, H, W).
 """
 
@@ -97,22 +100,38 @@ def balanced_class_weights(class_counts) -> tuple[float, ...]:
   return tuple(round(float(w), 6) for w in inverse / inverse.mean())
 
 
-def _weighted_mean(values: jax.Array, labels: jax.Array,
-                   class_weights: jax.Array | None) -> jax.Array:
+def class_weight_sum(labels: jax.Array, class_weights: jax.Array | None) -> jax.Array | None:
+  """Σ_i w[y_i] over every element of ``labels`` (None without class weights).
+
+  A weighted loss's default normaliser; it depends on the labels only, so a caller that splits a
+  batch (over devices or micro-batches) can compute the whole batch's sum before differentiating.
+
+  >>> class_weight_sum(jnp.array([0, 1, 1]), jnp.array([0.5, 2.0]))
+  Array(4.5, dtype=float32)
+  """
+  if class_weights is None:
+    return None
+  return jnp.sum(jnp.asarray(class_weights, jnp.float32)[labels])
+
+
+def _weighted_mean(values: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
+                   normalizer: jax.Array | None = None) -> jax.Array:
   """Mean of `values`, weighted by the weight of each element's true class.
 
-  Normalised by the summed weights (as PyTorch's weighted cross-entropy), so
-  the loss scale does not change with the weights' overall magnitude.
+  Normalised by the summed weights (as PyTorch's weighted cross-entropy), so the loss scale does
+  not change with the weights' overall magnitude; ``normalizer`` replaces this batch's own Σ w.
   """
   if class_weights is None:
     return jnp.mean(values)
-  weights = jnp.asarray(class_weights, jnp.float32)[labels]
-  return jnp.sum(weights * values) / jnp.sum(weights)
+  if normalizer is None:
+    normalizer = class_weight_sum(labels, class_weights)
+  return jnp.sum(jnp.asarray(class_weights, jnp.float32)[labels] * values) / normalizer
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array,
                         class_weights: jax.Array | None = None,
-                        label_smoothing: float = 0.0) -> jax.Array:
+                        label_smoothing: float = 0.0,
+                        normalizer: jax.Array | None = None) -> jax.Array:
   """Softmax cross-entropy of logits (N, K) against int labels (N,).
 
   Args:
@@ -122,6 +141,9 @@ def classification_loss(logits: jax.Array, labels: jax.Array,
       sum_i w[y_i] ce_i / sum_i w[y_i] (weights follow the true class).
     label_smoothing: alpha of `optax.smooth_labels`: targets become
       (1 - alpha) one_hot + alpha / K.
+    normalizer: the Σ w that divides Σ w·ℓ; None: this batch's own. A batch that is one part of
+      a larger one (a device's shard, a micro-batch) passes its share of the whole batch's Σ w
+      (that Σ w / number of parts), so that the mean of the parts' losses is the whole batch's.
 
   >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
   >>> round(float(classification_loss(logits, jnp.array([0, 0]))), 4)
@@ -132,7 +154,7 @@ def classification_loss(logits: jax.Array, labels: jax.Array,
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   losses = optax.softmax_cross_entropy(logits, targets)
-  return _weighted_mean(losses, labels, class_weights)
+  return _weighted_mean(losses, labels, class_weights, normalizer)
 
 
 def soft_dice_loss(probabilities: jax.Array, masks: jax.Array,
@@ -157,7 +179,8 @@ def soft_dice_loss(probabilities: jax.Array, masks: jax.Array,
 
 def segmentation_loss(logits: jax.Array, masks: jax.Array,
                       dice_weight: float = 1.0,
-                      class_weights: jax.Array | None = None) -> jax.Array:
+                      class_weights: jax.Array | None = None,
+                      normalizer: jax.Array | None = None) -> jax.Array:
   """Cross-entropy plus `dice_weight` * soft Dice loss of the foreground.
 
   With K >= 2 channels: softmax cross-entropy over the K classes and soft
@@ -173,6 +196,10 @@ def segmentation_loss(logits: jax.Array, masks: jax.Array,
     class_weights: optional (K,) per-class weights of the cross-entropy
       (for one channel: weights of background and foreground pixels, (2,)),
       normalised as in `classification_loss`.
+    normalizer: the Σ w (over pixels) that divides Σ w·ℓ of the
+      cross-entropy; None: this batch's own. A batch that is one part of
+      a larger one (a device's shard, a micro-batch) passes its share of the whole batch's Σ w
+      (that Σ w / number of parts), so that the mean of the parts' losses is the whole batch's.
 
   >>> masks = jnp.zeros((1, 8, 8), jnp.int32).at[:, 2:6, 2:6].set(1)
   >>> confident = 20.0 * jax.nn.one_hot(masks, 2) - 10.0
@@ -190,7 +217,7 @@ def segmentation_loss(logits: jax.Array, masks: jax.Array,
     foreground_probs = jax.nn.softmax(logits)[..., 1:]
     foreground_masks = jax.nn.one_hot(masks, logits.shape[-1],
                                       dtype=logits.dtype)[..., 1:]
-  loss = _weighted_mean(losses, masks, class_weights)
+  loss = _weighted_mean(losses, masks, class_weights, normalizer)
   if dice_weight:
     loss = loss + dice_weight * soft_dice_loss(foreground_probs, foreground_masks)
   return loss

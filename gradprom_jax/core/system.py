@@ -66,13 +66,19 @@ class RecognitionHead:
   def recognize(self, params: Any, images: jax.Array, *, train: bool) -> jax.Array:
     return self.module.apply({"params": params}, images, train=train).astype(jnp.float32)
 
-  def loss(self, logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+  def loss(self, logits: jax.Array, batch: dict[str, jax.Array],
+           normalizer: jax.Array | None = None) -> jax.Array:
+    """The task loss; ``normalizer``: the Σ w of a class-weighted loss (see ``losses``)."""
     weights = None if self.class_weights is None else jnp.asarray(self.class_weights, jnp.float32)
     if self.recognition == "segmentation":
       return losses.segmentation_loss(logits, batch["mask"], dice_weight=self.dice_weight,
-                                      class_weights=weights)
+                                      class_weights=weights, normalizer=normalizer)
     return losses.classification_loss(logits, batch["label"], class_weights=weights,
-                                      label_smoothing=self.label_smoothing)
+                                      label_smoothing=self.label_smoothing, normalizer=normalizer)
+
+  def class_weight_sum(self, batch: dict[str, jax.Array]) -> jax.Array | None:
+    """Σ w over ``batch``'s labels (pixels for segmentation); None without class weights."""
+    return losses.class_weight_sum(batch[self.target_key], self.class_weights)
 
   def probabilities(self, logits: jax.Array) -> jax.Array:
     """Class probabilities (per pixel for segmentation); a 1-channel output is a sigmoid."""
@@ -166,6 +172,10 @@ class TaskDrivenSystem:
 
   def probabilities(self, logits: jax.Array) -> jax.Array:
     return self.heads[0].probabilities(logits)
+
+  def class_weight_sums(self, batch: dict[str, jax.Array]) -> Any:
+    """Every task's :meth:`RecognitionHead.class_weight_sum` on ``batch`` (per-task layout)."""
+    return self.join([head.class_weight_sum(batch) for head in self.heads])
 
   # ---- The enhancer and its degradation.
   def degrade(self, key: jax.Array, high_quality: jax.Array, example_ids: jax.Array) -> jax.Array:

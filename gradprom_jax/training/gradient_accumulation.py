@@ -1,11 +1,13 @@
 """Gradient accumulation that GradProm can trust: average g_e AND g_t over micro-batches, then combine once.
 
-``optax.MultiSteps(gradprom(...))`` is silently wrong: MultiSteps accumulates ``updates`` (g_e) but
-hands the combiner the *last* micro-batch's ``task_grads``, so the cosine and the added term come
-from one micro-batch while g_e comes from all of them. A combiner cannot see that it is wrapped, so
-instead the train step accumulates every gradient itself with :func:`accumulate_gradients` and
-calls the optimiser once per accumulated step, and :func:`check_not_wrapped_in_multisteps` refuses
-an optimiser state where a combiner sits inside MultiSteps.
+``optax.MultiSteps(gradprom(...))`` would be silently wrong: MultiSteps accumulates ``updates`` (g_e)
+but hands the combiner the *last* micro-batch's ``task_grads``, so the cosine and the added term
+would come from one micro-batch while g_e comes from all of them (the combiners refuse to run inside
+it). The train step accumulates every gradient itself with :func:`accumulate_gradients` and calls
+the optimiser once per accumulated step: the update ``gradprom_jax.multi_steps`` (which averages
+``task_grads`` too) emits from the same micro-batches. :func:`check_not_wrapped_in_multisteps`
+refuses an optimiser state where a combiner sits inside either wrapper, so there is one way to
+accumulate in the train step.
 """
 from __future__ import annotations
 
@@ -43,7 +45,9 @@ def accumulate_gradients(grad_fn: Callable[[Any], Any], batch: Any, num_micro_ba
   ``grad_fn`` may return any pytree of float arrays (gradients, losses, ``None`` for absent terms).
   A ``lax.scan`` runs one micro-batch at a time, so only one micro-batch's activations are alive:
   for losses that are means over examples, the result equals ``grad_fn(batch)`` up to float
-  rounding, with 1/k of the activation memory.
+  rounding, with 1/k of the activation memory. A class-weighted loss (Σ w·ℓ / Σ w) equals it only
+  when each micro-batch divides by 1/k of the whole batch's Σ w (its ``normalizer``), as the train
+  step does.
 
   >>> import jax, jax.numpy as jnp
   >>> loss = lambda w, x: jnp.mean((x * w - 1.0) ** 2)
@@ -77,7 +81,7 @@ def check_not_wrapped_in_multisteps(opt_state: Any) -> None:
   >>> check_not_wrapped_in_multisteps(wrapped.init(params))
   Traceback (most recent call last):
   ...
-  ValueError: a gradient combiner (gradprom, joint, ...) is wrapped in optax.MultiSteps, which accumulates g_e but passes only the last micro-batch's task_grads; set config accumulate_steps (or use gradprom_jax.training.gradient_accumulation.accumulate_gradients on g_e and g_t) instead
+  ValueError: a gradient combiner (gradprom, joint, ...) is wrapped in optax.MultiSteps (or gradprom_jax.multi_steps); the train step accumulates g_e and g_t itself: set config accumulate_steps instead (the same update)
   """
   is_multisteps = lambda x: isinstance(x, optax.MultiStepsState)
   is_combiner = lambda x: isinstance(x, CombinerState)
@@ -85,7 +89,6 @@ def check_not_wrapped_in_multisteps(opt_state: Any) -> None:
     if is_multisteps(state) and any(
         is_combiner(s) for s in jax.tree.leaves(state.inner_opt_state, is_leaf=is_combiner)):
       raise ValueError(
-          "a gradient combiner (gradprom, joint, ...) is wrapped in optax.MultiSteps, which "
-          "accumulates g_e but passes only the last micro-batch's task_grads; set config "
-          "accumulate_steps (or use gradprom_jax.training.gradient_accumulation.accumulate_gradients on "
-          "g_e and g_t) instead")
+          "a gradient combiner (gradprom, joint, ...) is wrapped in optax.MultiSteps (or "
+          "gradprom_jax.multi_steps); the train step accumulates g_e and g_t itself: set config "
+          "accumulate_steps instead (the same update)")

@@ -13,6 +13,8 @@ gates each g_t,k against g_e on its own. Joint training pulls back one summed co
 
 With ``accumulate_steps = k`` the gradients (g_e, g_t and the recognisers') are averaged over k
 micro-batches before the updates, so GradProm's cosine is taken on the accumulated gradients.
+Every mode (1 device, ``pmap`` or a mesh over several, k micro-batches) computes the gradients of
+the one global batch: a class-weighted loss's Σ w is the global batch's (see ``train_step``).
 
 The data-parallel wrapper is applied outside (:mod:`gradprom_jax.training.parallel`): under ``jax.pmap`` the
 step is given ``axis_name`` and averages every gradient across devices *before* the combiner, so all
@@ -39,16 +41,20 @@ Batch = dict[str, jax.Array]
 
 
 def task_losses_and_gradients(system: TaskDrivenSystem, recognizer_params: Any,
-                              images: jax.Array, batch: Batch, *, image_gradients: bool = True
-                              ) -> tuple[Any, Any, Any]:
+                              images: jax.Array, batch: Batch, *, image_gradients: bool = True,
+                              normalizers: Any = None) -> tuple[Any, Any, Any]:
   """Every task's loss on ``images``, its recogniser's gradient and (``image_gradients``) the
   loss's gradient with respect to ``images``, in the system's per-task layout (one value for a
   single task, dicts by task name for several). Without ``image_gradients`` the third is None.
+  ``normalizers`` (that layout; None: each loss's own) divide the class-weighted losses' Σ w·ℓ.
   """
   outputs = []
-  for head, phi in zip(system.heads, system.split(recognizer_params)):
-    def loss(phi, y, head=head):
-      return head.loss(head.recognize(phi, y, train=True), batch)
+  if normalizers is None:
+    normalizers = system.join([None] * len(system.heads))
+  for head, phi, normalizer in zip(system.heads, system.split(recognizer_params),
+                                   system.split(normalizers)):
+    def loss(phi, y, head=head, normalizer=normalizer):
+      return head.loss(head.recognize(phi, y, train=True), batch, normalizer)
     if image_gradients:
       value, (phi_grads, image_grads) = jax.value_and_grad(loss, argnums=(0, 1))(phi, images)
     else:
@@ -60,13 +66,14 @@ def task_losses_and_gradients(system: TaskDrivenSystem, recognizer_params: Any,
 
 
 def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, recognizer_params: Any,
-                             low_quality: jax.Array, batch: Batch) -> dict[str, Any]:
+                             low_quality: jax.Array, batch: Batch, normalizers: Any = None
+                             ) -> dict[str, Any]:
   """g_e = ∇θ L_enh and g_t,k = ∇θ L_k (every task k) from one enhancer forward pass.
 
   Every cotangent at the enhanced image is pulled back through the same ``jax.vjp`` closure, so
   the enhancer's activations are computed once. The pull-backs run one after the other: vmapping
   them over the stacked cotangents was as fast or slower on CPU (XLA batches the weight-gradient
-  convolutions poorly; see BENCHMARKS.md).
+  convolutions poorly; see BENCHMARKS.md). ``normalizers``: as in :func:`task_losses_and_gradients`.
 
   Returns:
     A dict with ``enhancement_loss``, ``task_loss``, ``enhanced``, ``enhancement_grads`` (g_e),
@@ -77,7 +84,7 @@ def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, rec
   enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
       enhanced, batch["image"])
   task_loss, recognizer_grads, d_task = task_losses_and_gradients(
-      system, recognizer_params, enhanced, batch)
+      system, recognizer_params, enhanced, batch, normalizers=normalizers)
   enhancement_grads = pullback(d_enhancement)[0]
   task_grads = system.join([pullback(d)[0] for d in system.split(d_task)])
   return {
@@ -141,7 +148,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
   def mean_over_devices(tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
-  def gradients(state: TrainState, batch: Batch, example_ids: jax.Array):
+  def gradients(state: TrainState, batch: Batch, example_ids: jax.Array, normalizers: Any):
     """g_e, g_t, the recognisers' gradient terms and the losses on one (micro-)batch."""
     high_quality = batch["image"]
     key = jax.random.fold_in(state.key, state.step)
@@ -152,7 +159,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
       low_quality = system.degrade(key, high_quality, example_ids)
       if phase.enhancer_gradient == "separate":
         out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
-                                       low_quality, batch)
+                                       low_quality, batch, normalizers)
         enhancement_grads, task_grads = out["enhancement_grads"], out["task_grads"]
         recognizer_grads_on_enhanced = out["recognizer_grads"]
         metrics.update(enhancement_loss=out["enhancement_loss"],
@@ -163,7 +170,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
         enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
             enhanced, high_quality)
         task_loss, recognizer_grads_on_enhanced, d_task = task_losses_and_gradients(
-            system, state.recognizer_params, enhanced, batch)
+            system, state.recognizer_params, enhanced, batch, normalizers=normalizers)
         # By linearity of the pull-back, one backward pass gives g_e + Σ_k λ_k g_t,k.
         cotangent = (summed_cotangent(system, d_enhancement, d_task, task_weight)
                      if phase.enhancer_gradient == "summed" else d_enhancement)
@@ -173,13 +180,15 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
       else:   # frozen enhancer: the recognisers learn on its (evaluation-mode) outputs
         enhanced = system.enhance(state.enhancer_params, low_quality, train=False)
         task_loss, recognizer_grads_on_enhanced, _ = task_losses_and_gradients(
-            system, state.recognizer_params, enhanced, batch, image_gradients=False)
+            system, state.recognizer_params, enhanced, batch, image_gradients=False,
+            normalizers=normalizers)
         metrics.update(task_metrics(system, "task_loss", task_loss))
       if phase.recognizer_input in ("enhanced", "both"):
         recognizer_terms.append(recognizer_grads_on_enhanced)
     if phase.recognizer_input in ("high_quality", "both") and phase.update_recognizer:
       task_loss, grads, _ = task_losses_and_gradients(
-          system, state.recognizer_params, high_quality, batch, image_gradients=False)
+          system, state.recognizer_params, high_quality, batch, image_gradients=False,
+          normalizers=normalizers)
       metrics.update(task_metrics(system, "task_loss_high_quality", task_loss))
       recognizer_terms.append(grads)
     return enhancement_grads, task_grads, recognizer_terms, metrics
@@ -190,10 +199,15 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
     num_local = batch["image"].shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * num_local
     example_ids = offset + jnp.arange(num_local)
+    # A class-weighted loss is Σ w·ℓ / Σ w over the global batch, not a mean of per-part ratios:
+    # each part (device, micro-batch) divides its Σ w·ℓ by its share of the global Σ w, so that
+    # the parts' mean below is the global batch's loss. Σ w depends on the labels only.
+    normalizers = jax.tree.map(lambda total: total / accumulate_steps,
+                               mean_over_devices(system.class_weight_sums(batch)))
     # Micro-batches are summed before anything decides: the combiner sees the accumulated g_e and
     # g_t, exactly as with one k times larger batch.
     enhancement_grads, task_grads, recognizer_terms, metrics = accumulate_gradients(
-        lambda micro: gradients(state, *micro), (batch, example_ids), accumulate_steps)
+        lambda micro: gradients(state, *micro, normalizers), (batch, example_ids), accumulate_steps)
 
     # Under pmap, average before any decision: every device must gate on the same global cosine.
     enhancement_grads, task_grads, recognizer_terms, metrics = mean_over_devices(

@@ -1,4 +1,5 @@
 """Gradient combiners: how the enhancer's update is made from g_e and the task gradient g_t."""
+from gradprom_jax.core.combiners.accumulation import multi_steps
 from gradprom_jax.core.combiners.baselines import enhance_only, joint, pcgrad, random_gate
 from gradprom_jax.core.combiners.gradient_geometry import cosine_similarity
 from gradprom_jax.core.combiners.gradprom import GradPromState, gate_weight, gradprom
@@ -13,5 +14,5 @@ __all__ = [
     "combiner_metrics",
     "cosine_similarity", "enhance_only", "find_combiner_metrics", "find_combiner_state",
     "gate_weight", "get_combiner", "gradprom", "init_combiner_state", "joint", "MultiTaskState",
-    "pcgrad", "random_gate",
+    "multi_steps", "pcgrad", "random_gate",
 ]

@@ -4,7 +4,9 @@ Every combiner decides by the geometry of two gradients ``g_e`` (enhancement) an
 decision must not depend on the gradients' dtype or magnitude: bfloat16 gradients are upcast to float32,
 and each tree is divided by its largest absolute entry before squaring, so gradients of 1e-30 (whose
 squares underflow float32) still give the right cosine. A block whose cosine is undefined (a zero or
-non-finite gradient) reports a cosine of 0.
+non-finite gradient) reports a cosine of 0. Every inner product runs at ``Precision.HIGHEST``: at the
+default precision a TPU multiplies in bfloat16 passes and a recent GPU in TF32, so near cos = 0 the
+gate's sign could differ between backends.
 
 A *block* is the unit a decision is made on: the whole tree (``granularity="global"``, one cosine, as in
 Du et al. 2018) or each array on its own (``granularity="per_leaf"``, one cosine per parameter array).
@@ -24,6 +26,11 @@ def check_granularity(granularity: str) -> None:
   if granularity not in GRANULARITIES:
     raise ValueError(
         f"Unknown granularity {granularity!r}; expected one of {GRANULARITIES}.")
+
+
+def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
+  """⟨x, y⟩ in full float32 on every backend (flattened, as ``jnp.vdot``)."""
+  return jnp.vdot(x, y, precision=jax.lax.Precision.HIGHEST)
 
 
 def _max_abs(leaves: list[jax.Array]) -> jax.Array:
@@ -46,9 +53,9 @@ def _rescaled(leaves: list[jax.Array]) -> list[jax.Array]:
 
 def _cosine_of_leaves(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
   a, b = _rescaled(a), _rescaled(b)
-  dot = sum((jnp.vdot(x, y) for x, y in zip(a, b)), jnp.zeros([], jnp.float32))
-  norm_a = jnp.sqrt(sum((jnp.vdot(x, x) for x in a), jnp.zeros([], jnp.float32)))
-  norm_b = jnp.sqrt(sum((jnp.vdot(y, y) for y in b), jnp.zeros([], jnp.float32)))
+  dot = sum((_dot(x, y) for x, y in zip(a, b)), jnp.zeros([], jnp.float32))
+  norm_a = jnp.sqrt(sum((_dot(x, x) for x in a), jnp.zeros([], jnp.float32)))
+  norm_b = jnp.sqrt(sum((_dot(y, y) for y in b), jnp.zeros([], jnp.float32)))
   denominator = norm_a * norm_b
   defined = (denominator > 0) & jnp.isfinite(dot) & jnp.isfinite(denominator)
   cosine = dot / jnp.where(defined, denominator, 1.0)
@@ -85,7 +92,7 @@ def cosine_similarity(a: Any, b: Any, granularity: Granularity = "global") -> An
 def _norm_of_leaves(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   """(s, ‖x/s‖) with s = max|x|: the norm ``s * ‖x/s‖`` without squares that under- or overflow."""
   scale, rescaled = _scale_and_rescaled(leaves)
-  return scale, jnp.sqrt(sum((jnp.vdot(x, x) for x in rescaled), jnp.zeros([], jnp.float32)))
+  return scale, jnp.sqrt(sum((_dot(x, x) for x in rescaled), jnp.zeros([], jnp.float32)))
 
 
 def _norm_ratio_of_leaves(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
@@ -122,8 +129,8 @@ def squared_norm_ratio_projection(a: list[jax.Array], b: list[jax.Array]) -> jax
   scale = _max_abs(b)
   safe_scale = jnp.where(scale > 0, scale, 1.0)
   b_hat = [y.astype(jnp.float32) / safe_scale for y in b]
-  dot = sum((jnp.vdot(x.astype(jnp.float32), y) for x, y in zip(a, b_hat)), jnp.zeros([], jnp.float32))
-  norm_sq = sum((jnp.vdot(y, y) for y in b_hat), jnp.zeros([], jnp.float32))
+  dot = sum((_dot(x.astype(jnp.float32), y) for x, y in zip(a, b_hat)), jnp.zeros([], jnp.float32))
+  norm_sq = sum((_dot(y, y) for y in b_hat), jnp.zeros([], jnp.float32))
   defined = (norm_sq > 0) & jnp.isfinite(dot)
   return jnp.where(defined, dot / jnp.where(defined, norm_sq * safe_scale, 1.0), 0.0)
 

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
+from gradprom_jax.core.combiners.accumulation import check_not_in_optax_multisteps
 from gradprom_jax.core.combiners.moment_gate import init_moment_state, next_moments_and_cosine
 from gradprom_jax.core.combiners.skeleton import check_task_grads
 from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, GradPromMomentState,
@@ -138,11 +139,12 @@ def gradprom(
   never produces NaN: an undefined cosine counts as 0, so the gate stays closed and g_e passes unchanged.
 
   Put ``gradprom()`` first in an ``optax.chain`` (it must see the raw g_e and g_t, before clipping or
-  Adam rescale one and not the other), and never wrap it, or a chain holding it, in
-  ``optax.MultiSteps``: MultiSteps accumulates g_e but passes the last micro-batch's ``task_grads``,
-  so the gate would compare gradients of different batches. To accumulate, average both over the
-  micro-batches first (:func:`gradprom_jax.training.gradient_accumulation.accumulate_gradients`, config
-  ``accumulate_steps``) and call ``update`` once; the train step refuses a combiner in MultiSteps.
+  Adam rescale one and not the other). To accumulate gradients over micro-batches, wrap the chain in
+  :func:`~gradprom_jax.core.combiners.accumulation.multi_steps` (``gradprom_jax.multi_steps``), which
+  averages ``task_grads`` as well as g_e, or in the train step set config ``accumulate_steps``
+  (the same update). ``optax.MultiSteps`` averages g_e but passes each call's own ``task_grads``, so
+  the gate would compare the mean g_e with the last micro-batch's g_t: ``update`` refuses to run
+  inside it (it sees ``optax.MultiSteps.update`` among its callers, eagerly or while tracing).
 
   Args:
     task_weight: λ, multiplying g_t (≥ 0; may be injected with ``optax.inject_hyperparams``).
@@ -270,6 +272,7 @@ def gradprom(
 
   def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
     del params, extra_args
+    check_not_in_optax_multisteps("gradprom")
     check_task_grads(updates, task_grads, "gradprom", resolved)
     terms, new_states = zip(*(
         decide(updates, g_t, task_state, task) for g_t, task_state, task in zip(

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
+from gradprom_jax.core.combiners.accumulation import check_not_in_optax_multisteps
 from gradprom_jax.core.combiners.state import init_combiner_state, next_combiner_state
 from gradprom_jax.core.combiners.tasks import SINGLE_TASK, Tasks, check_task_grads_form
 
@@ -74,6 +75,7 @@ def make_combiner(name: str, rule: CombineRule, needs_task_grads: bool = True,
 
   def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
     del params, extra_args
+    check_not_in_optax_multisteps(name)
     if needs_task_grads or task_grads is not None:
       check_task_grads(updates, task_grads, name, tasks)
     per_task_grads = (None,) * len(tasks.names) if task_grads is None else tasks.split(task_grads)
