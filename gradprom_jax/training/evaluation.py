@@ -8,7 +8,8 @@ recogniser from another run, ``judge.workdir``) the same three images are scored
 same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement`` and
 ``judge_high_quality``. Per-example values are computed on device, gathered from every device and
 host, and accumulated on the host over the whole split (Dice/IoU from summed counts, AUC from all
-scores), so results do not depend on the batch size or the number of devices.
+scores), so results do not depend on the batch size or the number of devices. Each example is
+degraded with the id the loader gave it.
 
 With several tasks every recogniser scores the same three images, and each task metric's key is
 suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/classification``,
@@ -27,6 +28,7 @@ from jax.experimental import multihost_utils
 from gradprom_jax.core import metrics as metrics_lib
 from gradprom_jax.core.image_dtype import with_float_images
 from gradprom_jax.core.system import RecognitionHead, TaskDrivenSystem
+from gradprom_jax.training.example_ids import example_ids as batch_example_ids
 
 REFERENCES = ("enhanced", "no_enhancement", "hq_input")
 # The judge's scores of the same three images, in the same order.
@@ -57,15 +59,16 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
   """``(enhancer_params, recognizer_params, batch, first_id, judge_params=None) -> per-example
   outputs``.
 
-  Example ``i`` of the batch is degraded with the key of global example ``first_id + i``. With a
-  ``judge`` system (only its recognisers are used, one per task of this system), ``judge_params``
-  are its recognisers' params and the outputs also hold :data:`JUDGE_REFERENCES`.
+  Each example is degraded with the key of its ``"example_id"`` (a batch without ids: example ``i``
+  with that of ``first_id + i``). With a ``judge`` system (only its recognisers are used, one per
+  task of this system), ``judge_params`` are its recognisers' params and the outputs also hold
+  :data:`JUDGE_REFERENCES`.
   """
   def eval_step(enhancer_params, recognizer_params, batch, first_id, judge_params=None):
     batch = with_float_images(batch)
     high_quality = batch["image"]
-    example_ids = first_id + jnp.arange(high_quality.shape[0])
-    low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality, example_ids)
+    low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality,
+                                 batch_example_ids(batch, first_id))
     enhanced = system.enhance(enhancer_params, low_quality, train=False)
     interpolated = system.interpolate(low_quality)
     outputs = {
@@ -87,11 +90,12 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
 
 def make_predict_step(system: TaskDrivenSystem) -> Callable:
   """``(enhancer_params, recognizer_params, batch, first_id) -> images and predictions``, for
-  sample grids; ``probabilities`` in the system's per-task layout (a dict by task for several)."""
+  sample grids (ids as in :func:`make_eval_step`); ``probabilities`` in the system's per-task
+  layout (a dict by task for several)."""
   def predict_step(enhancer_params, recognizer_params, batch, first_id):
     batch = with_float_images(batch)
-    example_ids = first_id + jnp.arange(batch["image"].shape[0])
-    low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"], example_ids)
+    low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"],
+                                 batch_example_ids(batch, first_id))
     enhanced = system.enhance(enhancer_params, low_quality, train=False)
     probabilities = system.join([
         head.probabilities(head.recognize(params, enhanced, train=False))
