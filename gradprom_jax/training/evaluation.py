@@ -7,9 +7,10 @@ an upper bound when that recogniser was trained on enhanced images). With a judg
 recogniser from another run, ``judge.workdir``) the same three images are scored by it too, in the
 same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement`` and
 ``judge_high_quality``. Per-example values are computed on device, gathered from every device and
-host, and accumulated on the host over the whole split (Dice/IoU from summed counts, AUC from all
-scores), so results do not depend on the batch size or the number of devices. Each example is
-degraded with the id the loader gave it.
+host in one transfer per batch (with the labels and the padding flags), and accumulated on the host
+over the whole split (Dice/IoU from summed counts, AUC from all scores), so results do not depend on
+the batch size or the number of devices. Each example is degraded with the id the loader gave it
+(:mod:`gradprom_jax.training.example_ids`).
 
 With several tasks every recogniser scores the same three images, and each task metric's key is
 suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/classification``,
@@ -170,17 +171,17 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
 
   ``put_batch`` places this host's slice as a global array; ``eval_step`` is the compiled
   :func:`make_eval_step` (made with the judge's system when ``judge_params`` are given).
-  Padding examples (``valid == False``) are ignored.
+  Padding examples (``valid == False``) are ignored. Each batch's outputs, labels and padding flags
+  come back to the host together, in one gather.
   """
   accumulator = PipelineMetrics(system.heads, judged=judge_params is not None,
                                 multi_task=system.multi_task)
   for index, local_batch in enumerate(batches):
-    valid = local_batch.pop("valid")
     batch = put_batch(local_batch)
-    outputs = to_host(eval_step(state.enhancer_params, state.recognizer_params, batch,
-                                index * global_batch_size, judge_params))
-    labels = to_host(batch["label"]) if "label" in batch else None
-    accumulator.update(outputs, labels, to_host(put_batch({"valid": valid})["valid"]))
+    outputs = eval_step(state.enhancer_params, state.recognizer_params, batch,
+                        index * global_batch_size, judge_params)
+    outputs, labels, valid = to_host((outputs, batch.get("label"), batch["valid"]))
+    accumulator.update(outputs, labels, valid)
   for head in system.heads:
     if head.recognition == "classification":
       warn_if_single_class_predicted(accumulator.task["enhanced", head.name])
