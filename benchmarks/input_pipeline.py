@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/input_pipeline.py [--batch 32] [--steps 50] [--workers 0]
     .venv/bin/python benchmarks/input_pipeline.py --full_size 512 --workers_list 0,2 --step_ms 250
+    .venv/bin/python benchmarks/input_pipeline.py --memory --batch 32
 
 Builds into a temporary TFDS dir (the synthetic build time is reported too) and ends with one JSON line.
 
@@ -12,9 +13,14 @@ here): ``pipeline_over_step`` > 1 means the host keeps up. ``images_per_cpu_seco
 CPU time of all the process's threads) is what one core decodes and augments, for sizing
 ``data.num_workers``; ``--step_flops`` adds the TFLOP of the default step at that size and the
 TFLOP/s the assumed step time stands for.
+
+``--memory``: the host memory the train loader holds (growth of the process's resident set) after
+``--steps`` batches and ``--wait_s`` seconds of reading ahead, at ISIC's patch size (96×128 crops of
+192×256 synthetic images), in this process (0 workers).
 """
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +83,28 @@ def full_size(args) -> None:
   print(json.dumps(results))
 
 
+def resident_bytes() -> int:
+  """This process's resident set size (Linux)."""
+  return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def loader_memory(args) -> None:
+  """MiB the train loader holds after `--steps` batches and `--wait_s` s of reading ahead."""
+  with tempfile.TemporaryDirectory() as data_dir:
+    config = default_data_config()
+    config.data_dir, config.num_train, config.num_validation, config.num_test = data_dir, 64, 2, 2
+    dataset = load_dataset(config)
+    before = resident_bytes()
+    iterator = iter(make_train_loader(dataset, global_batch_size=args.batch, seed=0,
+                                      patch_size=(96, 128), num_workers=args.workers))
+    batch = [next(iterator) for _ in range(args.steps)][-1]
+    time.sleep(args.wait_s)
+    held = (resident_bytes() - before) / 2**20
+    print(json.dumps({"batch": args.batch, "steps": args.steps, "wait_s": args.wait_s,
+                      "loader_mib": round(held, 1), "mask_dtype": str(batch["mask"].dtype),
+                      "batch_mib": round(sum(v.nbytes for v in batch.values()) / 2**20, 2)}))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=32)
@@ -90,7 +118,14 @@ def main():
                       help="--full_size: also count the default GradProm step's FLOPs at this size "
                            "(XLA's cost analysis of the lowered step, seconds) and the rate the "
                            "assumed step time implies.")
+  parser.add_argument("--memory", action="store_true",
+                      help="Host memory the train loader holds (RSS growth) at ISIC patch size.")
+  parser.add_argument("--wait_s", type=float, default=10.0,
+                      help="--memory: seconds the loader reads ahead before the measurement.")
   args = parser.parse_args()
+  if args.memory:
+    loader_memory(args)
+    return
   if args.full_size:
     full_size(args)
     return

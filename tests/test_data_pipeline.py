@@ -1,8 +1,13 @@
 """grain loaders: batch shapes, determinism, resumable state, per-host shards, padded evaluation."""
+import dataclasses
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from gradprom_jax.data import default_data_config, load_dataset, make_eval_loader, make_train_loader
+from gradprom_jax.data.pipeline import DEFAULT_READ_BUFFER, to_arrays
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +26,53 @@ def test_train_batches_follow_the_conventions(dataset):
   batch = next(iter(make_train_loader(dataset, global_batch_size=4, seed=0, patch_size=(16, 24))))
   # uint8 up to the device; the compiled programs make it float32 in [0, 1] (test_image_dtype.py).
   assert batch["image"].shape == (4, 16, 24, 3) and batch["image"].dtype == np.uint8
-  assert batch["mask"].shape == (4, 16, 24) and batch["mask"].dtype == np.int32
+  # Masks too (class ids, 4x fewer bytes than int32); the compiled programs make them int32.
+  assert batch["mask"].shape == (4, 16, 24) and batch["mask"].dtype == np.uint8
   assert set(np.unique(batch["mask"])) <= {0, 1}
   assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
+  eval_batch = next(iter(make_eval_loader(dataset, "validation", global_batch_size=4)))
+  assert eval_batch["mask"].dtype == np.uint8
+
+
+def test_masks_with_class_ids_beyond_uint8_are_refused():
+  image = np.zeros((2, 2, 3), np.uint8)
+  assert to_arrays({"image": image, "mask": np.full((2, 2, 1), 255, np.int32)})["mask"].max() == 255
+  with pytest.raises(ValueError, match=r"mask class ids must lie in \[0, 255\].*\[0, 300\]"):
+    to_arrays({"image": image, "mask": np.array([[[0], [300]], [[1], [2]]], np.int32)})
+  with pytest.raises(ValueError, match=r"\[0, 255\]"):
+    to_arrays({"image": image, "mask": np.full((2, 2, 1), -1, np.int64)})
+
+
+class _CountingSource:
+  """A split that counts how many examples were read from it."""
+
+  def __init__(self, source):
+    self.source, self.reads, self.lock = source, 0, threading.Lock()
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    with self.lock:
+      self.reads += 1
+    return self.source[index]
+
+
+@pytest.mark.parametrize("read_buffer", [None, 1, 3])
+def test_the_train_loader_reads_only_its_buffer_ahead(dataset, read_buffer):
+  """grain's own default reads 500 batches ahead (gigabytes at ISIC size); the loader keeps a few."""
+  counting = _CountingSource(dataset.sources["train"])
+  counted = dataclasses.replace(dataset, sources={**dataset.sources, "train": counting})
+  options = {} if read_buffer is None else {"read_buffer": read_buffer}
+  iterator = iter(make_train_loader(counted, global_batch_size=4, seed=0, **options))
+  next(iterator)
+  time.sleep(0.5)   # the reading threads fill the buffer in the background
+  buffered = read_buffer or DEFAULT_READ_BUFFER
+  assert DEFAULT_READ_BUFFER <= 8
+  # The batch consumed, the buffer and at most one more batch being assembled.
+  assert 4 * (1 + buffered) <= counting.reads <= 4 * (2 + buffered)
+  with pytest.raises(ValueError, match="read_buffer must be at least 1"):
+    make_train_loader(dataset, global_batch_size=4, seed=0, read_buffer=0)
 
 
 def test_train_stream_is_deterministic_and_seed_dependent(dataset):

@@ -53,3 +53,17 @@ def test_train_and_eval_steps_give_identical_results_on_uint8_and_float_batches(
              for batch in (uint8_batch, float_batch)]
   _assert_trees_identical(*outputs)
   assert np.all(np.isfinite(outputs[0]["enhanced"]["psnr"]))
+
+
+def test_uint8_masks_give_the_results_of_int32_masks():
+  """The loader sends masks as uint8; the compiled programs see the int32 class ids of before."""
+  config = tiny_config()
+  system, phases, enhancer_tx, recognizer_tx, state = setup(config)
+  step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                 recognizer_tx=recognizer_tx, task_weight=config.task_weight))
+  eval_step = jax.jit(evaluation.make_eval_step(system))
+  batch, _ = _batches(seed=1)
+  uint8_masks = {**batch, "mask": batch["mask"].astype(np.uint8)}
+  _assert_trees_identical(step(state, uint8_masks), step(state, batch))
+  _assert_trees_identical(
+      *[eval_step(state.enhancer_params, state.recognizer_params, b, 0) for b in (uint8_masks, batch)])

@@ -142,6 +142,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   for key in ("prefetch", "num_workers"):
     if not isinstance(config.data[key], int) or config.data[key] < 0:
       raise ConfigError(f"data.{key}={config.data[key]!r} must be a non-negative integer.")
+  if not isinstance(config.data.read_buffer, int) or config.data.read_buffer < 1:
+    raise ConfigError(f"data.read_buffer={config.data.read_buffer!r} must be a positive integer.")
   if config.batch_size % num_devices:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the number of devices "
                       f"({num_devices}).")

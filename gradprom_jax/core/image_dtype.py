@@ -40,9 +40,15 @@ def to_unit_float(images: Any) -> Any:
 
 
 def with_float_images(batch: Mapping[str, Any]) -> dict[str, Any]:
-  """``batch`` with its ``"image"`` made float by :func:`to_unit_float`; other entries unchanged.
+  """``batch`` with its ``"image"`` made float by :func:`to_unit_float` and its uint8 ``"mask"``
+  (class ids) made int32, the losses' and metrics' label dtype; other entries unchanged.
 
-  >>> with_float_images({"image": np.full((1, 2, 2, 3), 255, np.uint8), "label": 1})["image"].max()
-  np.float32(1.0)
+  >>> out = with_float_images({"image": np.full((1, 2, 2, 3), 255, np.uint8),
+  ...                          "mask": np.ones((1, 2, 2), np.uint8), "label": 1})
+  >>> out["image"].max(), out["mask"].dtype
+  (np.float32(1.0), dtype('int32'))
   """
-  return {**batch, "image": to_unit_float(batch["image"])}
+  out = {**batch, "image": to_unit_float(batch["image"])}
+  if "mask" in out and out["mask"].dtype == np.uint8:   # masks travel as uint8 (4x fewer bytes)
+    out["mask"] = out["mask"].astype(np.int32)
+  return out

@@ -7,9 +7,10 @@ grain pipelines that feed every device of every host.
 """
 from gradprom_jax.data.config import default_data_config
 from gradprom_jax.data.examples import BadInputError
-from gradprom_jax.data.pipeline import make_eval_loader, make_train_loader
+from gradprom_jax.data.pipeline import EXAMPLE_ID, make_eval_loader, make_train_loader
 from gradprom_jax.data.records_builder import ManualDownloadError
 from gradprom_jax.data.registry import DATASET_NAMES, Dataset, load_dataset
 
-__all__ = ["BadInputError", "DATASET_NAMES", "Dataset", "ManualDownloadError", "default_data_config",
+__all__ = ["BadInputError", "DATASET_NAMES", "Dataset", "EXAMPLE_ID", "ManualDownloadError",
+           "default_data_config",
            "load_dataset", "make_eval_loader", "make_train_loader"]

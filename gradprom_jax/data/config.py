@@ -36,6 +36,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.prefetch = 2
   # grain worker processes decoding and augmenting training batches (0: in the training process).
   config.num_workers = 0
+  # Training batches grain reads ahead, per process (per worker with num_workers): what the loader
+  # holds in host memory (grain's own default, 500, is gigabytes at ISIC size). At least 1.
+  config.read_buffer = 4
   # Seed and (train, validation, test) fractions of the deterministic stratified split, used for the
   # splits a source does not ship (PH2 and Kvasir ship none; chest X-ray and MedMNIST ship all three).
   config.split_seed = 0

@@ -6,6 +6,11 @@ shuffled order of the whole source, global batch k is the examples at stream pos
 of it (B = G / process_count). Every random choice (order, flips, crops) is derived from the seed and
 the global stream position, so one process with 4 devices and 2 processes with 2 devices each see
 the same batches, and the iterator state (`get_state` / `set_state`) resumes exactly where it left off.
+
+Every example carries its id (:data:`EXAMPLE_ID`, int32), the integer its degradation noise is keyed
+by: in training its position in its global batch (the step already keys the batch), in evaluation
+its record index in the split. It travels with the example, so it stays the same whichever row of
+which device the example lands on, for any number of hosts and devices and any device order.
 """
 import sys
 from typing import Any, Sequence
@@ -16,6 +21,13 @@ import numpy as np
 from absl import flags
 
 from gradprom_jax.data.registry import Dataset
+
+# The per-example id field of every batch (see the module docstring).
+EXAMPLE_ID = "example_id"
+# Training batches grain reads ahead of the one being consumed, per process (its default is 500).
+DEFAULT_READ_BUFFER = 4
+# grain's default number of reading threads; never more than the buffer can keep busy.
+_MAX_READ_THREADS = 16
 
 
 def _process_layout(global_batch_size: int, process_index: int | None, process_count: int | None):
@@ -30,21 +42,29 @@ def _process_layout(global_batch_size: int, process_index: int | None, process_c
 
 
 def to_arrays(example: dict[str, Any]) -> dict[str, np.ndarray]:
-  """A decoded TFDS example -> the shared conventions: uint8 image, int32 mask (H, W) and label.
+  """A decoded TFDS example -> the shared conventions: uint8 image, uint8 mask (H, W), int32 label.
 
-  Images stay uint8 until the device (4× fewer bytes on the host); the compiled programs make them
-  float32 in [0, 1] (:mod:`gradprom_jax.core.image_dtype`).
+  Images and masks stay uint8 until the device (4× fewer bytes on the host than float32 or int32);
+  the compiled programs make images float32 in [0, 1] and masks int32
+  (:mod:`gradprom_jax.core.image_dtype`). A mask with class ids outside [0, 255] is refused.
 
   >>> out = to_arrays({"image": np.full((2, 2, 3), 255, np.uint8), "mask": np.ones((2, 2, 1), np.uint8)})
   >>> out["image"].dtype, out["mask"].shape, out["mask"].dtype
-  (dtype('uint8'), (2, 2), dtype('int32'))
+  (dtype('uint8'), (2, 2), dtype('uint8'))
   """
   out = {"image": np.asarray(example["image"], np.uint8)}
   if "mask" in example:
-    out["mask"] = np.asarray(example["mask"], np.int32)[..., 0]
+    out["mask"] = _uint8_mask(np.asarray(example["mask"])[..., 0])
   if "label" in example:
     out["label"] = np.int32(example["label"])
   return out
+
+
+def _uint8_mask(mask: np.ndarray) -> np.ndarray:
+  if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 255):
+    raise ValueError(f"mask class ids must lie in [0, 255] to travel as uint8; got ids in "
+                     f"[{mask.min()}, {mask.max()}]")
+  return mask.astype(np.uint8)
 
 
 def random_flip_and_crop(example: dict[str, np.ndarray], rng: np.random.Generator, *,
@@ -76,13 +96,20 @@ def random_flip_and_crop(example: dict[str, np.ndarray], rng: np.random.Generato
 def make_train_loader(dataset: Dataset, *, global_batch_size: int, seed: int,
                       patch_size: Sequence[int] | None = None, augment: bool = True,
                       process_index: int | None = None, process_count: int | None = None,
-                      num_workers: int = 0, split: str = "train") -> grain.IterDataset:
+                      num_workers: int = 0, read_buffer: int = DEFAULT_READ_BUFFER,
+                      split: str = "train") -> grain.IterDataset:
   """Endless training batches for this process: shuffled each epoch, flipped and cropped, deterministic.
 
   Iterate it (`it = iter(loader)`); `it.get_state()` / `it.set_state(state)` checkpoint the position.
-  Yields `{"image": uint8 (B, h, w, C), "mask"?: int32 (B, h, w), "label"?: int32 (B,)}` with
-  B = global_batch_size // process_count and (h, w) = patch_size or the image size.
+  Yields `{"image": uint8 (B, h, w, C), "mask"?: uint8 (B, h, w), "label"?: int32 (B,),
+  "example_id": int32 (B,)}` with B = global_batch_size // process_count, (h, w) = patch_size or the
+  image size, and each example's id its position in its global batch.
+
+  `read_buffer` batches are read ahead per process (per worker with `num_workers`): the host memory
+  the loader holds, and the most reading threads that can work at once.
   """
+  if read_buffer < 1:
+    raise ValueError(f"read_buffer must be at least 1 batch, got {read_buffer}")
   process_index, process_count, batch_size = _process_layout(global_batch_size, process_index, process_count)
   source = dataset.sources[split]
   if len(source) < global_batch_size:
@@ -100,21 +127,24 @@ def make_train_loader(dataset: Dataset, *, global_batch_size: int, seed: int,
     if augment or patch_size is not None:  # augment=False still crops to patch_size, without flips.
       rng = np.random.default_rng([seed, position])
       example = random_flip_and_crop(example, rng, patch_size=patch_size, flip=augment)
-    return example
+    return {**example, EXAMPLE_ID: np.int32(position % global_batch_size)}
 
   ds = grain.MapDataset.range(0, sys.maxsize).map(load).batch(batch_size, drop_remainder=True)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(_MAX_READ_THREADS, read_buffer),
+                                            prefetch_buffer_size=read_buffer))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; a plain script parsed none.
       flags.FLAGS.mark_as_parsed()
-    return ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return ds.to_iter_dataset()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ds
 
 
 def make_eval_loader(dataset: Dataset, split: str, *, global_batch_size: int,
                      process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
   """One pass over `split` in fixed-shape batches; the padded tail is flagged by `"valid"` (B,) bool.
 
-  Global batch k holds examples k·G … (k+1)·G - 1 in source order, whatever the process count.
+  Global batch k holds examples k·G … (k+1)·G - 1 in source order, whatever the process count;
+  `"example_id"` (B,) int32 is each example's index in the split (padding continues the count).
 
   Every process yields the same number of batches (padding included), so collective ops stay in step.
 
@@ -136,10 +166,12 @@ def make_eval_loader(dataset: Dataset, split: str, *, global_batch_size: int,
   def load(index: int) -> dict[str, np.ndarray]:
     nonlocal padding
     if index < num_examples:
-      return {**to_arrays(source[index]), "valid": np.bool_(True)}
-    if padding is None:  # Zeros shaped like a real example, so every batch has one shape.
-      padding = {k: np.zeros_like(v) for k, v in to_arrays(source[0]).items()}
-    return {**padding, "valid": np.bool_(False)}
+      example, valid = to_arrays(source[index]), True
+    else:
+      if padding is None:  # Zeros shaped like a real example, so every batch has one shape.
+        padding = {k: np.zeros_like(v) for k, v in to_arrays(source[0]).items()}
+      example, valid = padding, False
+    return {**example, "valid": np.bool_(valid), EXAMPLE_ID: np.int32(index)}
 
   # Global batch k holds examples [k·G, (k+1)·G); this process reads its contiguous slice of each.
   local = grain.MapDataset.range(padded // process_count).map(

@@ -7,8 +7,10 @@ an upper bound when that recogniser was trained on enhanced images). With a judg
 recogniser from another run, ``judge.workdir``) the same three images are scored by it too, in the
 same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement`` and
 ``judge_high_quality``. Per-example values are computed on device, gathered from every device and
-host, and accumulated on the host over the whole split (Dice/IoU from summed counts, AUC from all
-scores), so results do not depend on the batch size or the number of devices.
+host in one transfer per batch (with the labels and the padding flags), and accumulated on the host
+over the whole split (Dice/IoU from summed counts, AUC from all scores), so results do not depend on
+the batch size or the number of devices. Each example is degraded with the id the loader gave it
+(:mod:`gradprom_jax.training.example_ids`).
 
 With several tasks every recogniser scores the same three images, and each task metric's key is
 suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/classification``,
@@ -27,6 +29,7 @@ from jax.experimental import multihost_utils
 from gradprom_jax.core import metrics as metrics_lib
 from gradprom_jax.core.image_dtype import with_float_images
 from gradprom_jax.core.system import RecognitionHead, TaskDrivenSystem
+from gradprom_jax.training.example_ids import example_ids as batch_example_ids
 
 REFERENCES = ("enhanced", "no_enhancement", "hq_input")
 # The judge's scores of the same three images, in the same order.
@@ -57,15 +60,16 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
   """``(enhancer_params, recognizer_params, batch, first_id, judge_params=None) -> per-example
   outputs``.
 
-  Example ``i`` of the batch is degraded with the key of global example ``first_id + i``. With a
-  ``judge`` system (only its recognisers are used, one per task of this system), ``judge_params``
-  are its recognisers' params and the outputs also hold :data:`JUDGE_REFERENCES`.
+  Each example is degraded with the key of its ``"example_id"`` (a batch without ids: example ``i``
+  with that of ``first_id + i``). With a ``judge`` system (only its recognisers are used, one per
+  task of this system), ``judge_params`` are its recognisers' params and the outputs also hold
+  :data:`JUDGE_REFERENCES`.
   """
   def eval_step(enhancer_params, recognizer_params, batch, first_id, judge_params=None):
     batch = with_float_images(batch)
     high_quality = batch["image"]
-    example_ids = first_id + jnp.arange(high_quality.shape[0])
-    low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality, example_ids)
+    low_quality = system.degrade(jax.random.key(EVAL_SEED), high_quality,
+                                 batch_example_ids(batch, first_id))
     enhanced = system.enhance(enhancer_params, low_quality, train=False)
     interpolated = system.interpolate(low_quality)
     outputs = {
@@ -87,11 +91,12 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
 
 def make_predict_step(system: TaskDrivenSystem) -> Callable:
   """``(enhancer_params, recognizer_params, batch, first_id) -> images and predictions``, for
-  sample grids; ``probabilities`` in the system's per-task layout (a dict by task for several)."""
+  sample grids (ids as in :func:`make_eval_step`); ``probabilities`` in the system's per-task
+  layout (a dict by task for several)."""
   def predict_step(enhancer_params, recognizer_params, batch, first_id):
     batch = with_float_images(batch)
-    example_ids = first_id + jnp.arange(batch["image"].shape[0])
-    low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"], example_ids)
+    low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"],
+                                 batch_example_ids(batch, first_id))
     enhanced = system.enhance(enhancer_params, low_quality, train=False)
     probabilities = system.join([
         head.probabilities(head.recognize(params, enhanced, train=False))
@@ -166,17 +171,17 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
 
   ``put_batch`` places this host's slice as a global array; ``eval_step`` is the compiled
   :func:`make_eval_step` (made with the judge's system when ``judge_params`` are given).
-  Padding examples (``valid == False``) are ignored.
+  Padding examples (``valid == False``) are ignored. Each batch's outputs, labels and padding flags
+  come back to the host together, in one gather.
   """
   accumulator = PipelineMetrics(system.heads, judged=judge_params is not None,
                                 multi_task=system.multi_task)
   for index, local_batch in enumerate(batches):
-    valid = local_batch.pop("valid")
     batch = put_batch(local_batch)
-    outputs = to_host(eval_step(state.enhancer_params, state.recognizer_params, batch,
-                                index * global_batch_size, judge_params))
-    labels = to_host(batch["label"]) if "label" in batch else None
-    accumulator.update(outputs, labels, to_host(put_batch({"valid": valid})["valid"]))
+    outputs = eval_step(state.enhancer_params, state.recognizer_params, batch,
+                        index * global_batch_size, judge_params)
+    outputs, labels, valid = to_host((outputs, batch.get("label"), batch["valid"]))
+    accumulator.update(outputs, labels, valid)
   for head in system.heads:
     if head.recognition == "classification":
       warn_if_single_class_predicted(accumulator.task["enhanced", head.name])

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from gradprom_jax.core.combiners import cosine_similarity
 from gradprom_jax.core.image_dtype import with_float_images
 from gradprom_jax.core.system import TaskDrivenSystem
+from gradprom_jax.training.example_ids import example_ids as batch_example_ids
 from gradprom_jax.training.train_state import TrainState
 from gradprom_jax.training.train_step import Batch, shared_forward_gradients
 
@@ -46,9 +47,9 @@ def halves_cosines(system: TaskDrivenSystem, state: TrainState, batch: Batch,
   if size < 2:
     raise ValueError(f"the gate probe needs a batch of at least 2 examples, got {size}.")
   half = size // 2
-  # The train step keys each example's noise by (fold_in(key, step), its global index).
+  # The train step keys each example's noise by (fold_in(key, step), the id the loader gave it).
   low_quality = system.degrade(jax.random.fold_in(state.key, step), batch["image"],
-                               jnp.arange(size))
+                               batch_example_ids(batch))
 
   def cosines(examples: slice) -> tuple[jax.Array, ...]:
     """cos(g_e, g_t,k) of every task k on ``examples``."""

@@ -39,6 +39,7 @@ RESUMABLE_KEYS = (
     "accumulate_steps",      # the same update in fewer, larger micro-batches: memory, not results
     "data.prefetch",         # how the same batches reach the devices
     "data.num_workers",
+    "data.read_buffer",
     "model.remat",           # recomputes the same activations: memory, not results
     "distributed.*",
 )

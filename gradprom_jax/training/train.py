@@ -290,7 +290,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   train_iter = iter(data_lib.make_train_loader(
       dataset, global_batch_size=config.batch_size, seed=config.seed,
       patch_size=config.data.patch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_workers=config.data.num_workers))
+      process_count=jax.process_count(), num_workers=config.data.num_workers,
+      read_buffer=config.data.read_buffer))
   # The next data.prefetch batches are copied to the devices while a step runs; the checkpointed
   # position stays that of the last batch trained on. Each item: (host batch, placed batch).
   place_batch = device_placer(parallel)

@@ -32,6 +32,7 @@ import optax
 from gradprom_jax.core.combiners import find_combiner_metrics
 from gradprom_jax.core.image_dtype import with_float_images
 from gradprom_jax.core.system import TaskDrivenSystem
+from gradprom_jax.training.example_ids import example_ids as batch_example_ids
 from gradprom_jax.training.gradient_accumulation import (accumulate_gradients,
                                                          check_not_wrapped_in_multisteps)
 from gradprom_jax.training.phases import Phase
@@ -196,9 +197,10 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
   def train_step(state: TrainState, batch: Batch):
     check_not_wrapped_in_multisteps(state.enhancer_opt_state)
     batch = with_float_images(batch)   # the loader's uint8 images, as float32 in [0, 1]
+    # The ids the loader gave the examples key their noise, whatever rows and devices they are on.
     num_local = batch["image"].shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * num_local
-    example_ids = offset + jnp.arange(num_local)
+    example_ids = batch_example_ids(batch, first_id=offset)
     # A class-weighted loss is Σ w·ℓ / Σ w over the global batch, not a mean of per-part ratios:
     # each part (device, micro-batch) divides its Σ w·ℓ by its share of the global Σ w, so that
     # the parts' mean below is the global batch's loss. Σ w depends on the labels only.
