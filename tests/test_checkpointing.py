@@ -246,6 +246,15 @@ def test_data_positions_that_differ_between_hosts_are_refused_in_one_line(tmp_pa
   assert (tmp_path / "1").is_dir()   # not taken for damage: nothing is set aside
 
 
+def test_a_missing_host_data_position_is_damage_not_a_host_count(tmp_path):
+  _saved_by_two_hosts(tmp_path, positions=(3,))
+  with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+    with pytest.warns(RuntimeWarning, match="data positions of 1 of 2 hosts"):
+      with pytest.raises(CheckpointRestoreError, match="none could be restored") as error:
+        ckpt.restore_latest(_train_state(0), _iterator())
+  assert not isinstance(error.value, HostCountError)
+
+
 # ---- Several hosts agree.
 
 _AGREEING_HOST = """
@@ -287,6 +296,7 @@ jax.distributed.shutdown()
 """
 
 
+@pytest.mark.slow   # two processes that import jax and orbax: ~20-30 s on 2 shared cores
 def test_hosts_agree_on_the_newest_step_every_host_restored(tmp_path):
   port = portpicker.pick_unused_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",

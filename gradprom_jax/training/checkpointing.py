@@ -202,8 +202,10 @@ def _saved_data_position(directory: Path) -> str:
   if len(saved_counts) != 1:
     raise ValueError(f"no data position for process {process} of {count} in {directory}")
   saved_count = saved_counts.pop()
+  if len(files) != saved_count:   # damage, not a host count: an older step may be whole
+    raise ValueError(f"{directory} holds the data positions of {len(files)} of {saved_count} hosts")
   states = [json.loads(f.read_text()) for _, f in files.values()]
-  if len(files) != saved_count or any(state != states[0] for state in states):
+  if any(state != states[0] for state in states):
     raise HostCountError(
         f"the checkpoint in {directory.parent} was saved by {saved_count} host(s) whose data "
         f"positions differ, and cannot resume on {count}; run it on {saved_count} host(s)")
