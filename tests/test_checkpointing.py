@@ -1,6 +1,10 @@
-"""Tests for gradprom_jax.training.checkpointing: round trips, iterator position, corruption, bad workdirs."""
+"""Tests for gradprom_jax.training.checkpointing: round trips, iterator position, corruption, bad
+workdirs, the newest and the best in one directory, another host count, hosts that agree."""
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import grain
@@ -8,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import portpicker
 import pytest
 
-from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer, WorkdirError,
+from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer, HostCountError,
+                                                 WorkdirError, _fingerprint_dict,
                                                  ensure_writable_directory)
 
 # A failed orbax read leaves a tensorstore callback for an already-closed asyncio loop, reported
@@ -98,6 +104,15 @@ def test_save_interval_force_and_max_to_keep(tmp_path):
     assert ckpt.latest_step() == 33
 
 
+def test_fingerprints_reach_the_host_in_one_transfer(monkeypatch):
+  def fetched_alone(*_):
+    raise AssertionError("a device scalar fetched to the host by itself")
+  for name in ("__int__", "__index__", "item"):   # a device round trip per leaf
+    monkeypatch.setattr(type(jnp.zeros(1)), name, fetched_alone)
+  prints = _fingerprint_dict(_train_state(1))
+  assert len(prints) == len(jax.tree.leaves(_train_state(1))) and len(set(prints.values())) > 1
+
+
 def test_empty_directory_restores_none(tmp_path):
   with Checkpointer(tmp_path / "new", save_interval_steps=1) as ckpt:
     assert ckpt.restore_latest(_train_state(0)) is None
@@ -169,3 +184,139 @@ def test_unwritable_directory_names_the_path(tmp_path):
 def test_rejects_bad_arguments(tmp_path):
   with pytest.raises(ValueError, match="save_interval_steps"):
     Checkpointer(tmp_path, save_interval_steps=0)
+
+
+# ---- The newest and the best, in one directory.
+
+def test_one_directory_keeps_the_newest_and_the_best_written_once(tmp_path):
+  def w(step):
+    return {"w": jnp.full(2, float(step))}
+
+  with Checkpointer(tmp_path, save_interval_steps=2, max_to_keep=2, async_save=False,
+                    best_metric="psnr") as ckpt:
+    assert ckpt.save(2, w(2), metrics={"psnr": 5.0})
+    assert not ckpt.save(3, w(3), metrics={"psnr": 1.0})   # off the interval, not the best
+    for step, score in ((4, 3.0), (6, 4.0), (8, 2.0)):
+      assert ckpt.save(step, w(step), metrics={"psnr": score})
+    # The newest two, and the best although it is older than them.
+    assert ckpt.all_steps() == [2, 6, 8] and ckpt.best_step() == 2
+    assert ckpt.save(9, w(9), metrics={"psnr": 7.0})       # off the interval, but a new best
+    assert ckpt.all_steps() == [8, 9] and ckpt.best_step() == 9
+    assert not ckpt.save(9, w(9), metrics={"psnr": 7.0})   # a step is written once
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["8", "9"]
+  with Checkpointer(tmp_path, save_interval_steps=2, max_to_keep=2, best_metric="psnr") as ckpt:
+    assert not ckpt.save(11, w(11), metrics={"psnr": 6.0})   # the kept best still counts
+    restored, step = ckpt.restore_best({"w": jnp.zeros(2)})
+    assert step == 9 and restored["w"].tolist() == [9.0, 9.0]
+    assert ckpt.restore_latest({"w": jnp.zeros(2)})[1] == 9
+
+
+# ---- Another host count.
+
+def _saved_by_two_hosts(tmp_path, positions):
+  """A checkpoint at step 1 whose data position reads as written by two hosts."""
+  iterator = _iterator()
+  for _ in range(3):
+    next(iterator)
+  with Checkpointer(tmp_path, save_interval_steps=1, async_save=False) as ckpt:
+    ckpt.save(1, _train_state(1), iterator)
+  data = tmp_path / "1" / "data"
+  saved = (data / "process_0-of-1.json").read_text()
+  (data / "process_0-of-1.json").unlink()
+  for host, position in enumerate(positions):
+    (data / f"process_{host}-of-2.json").write_text(saved.replace("3", str(position)))
+  return [next(iterator).tolist() for _ in range(2)]
+
+
+def test_data_position_saved_on_two_hosts_resumes_on_one(tmp_path):
+  expected_next = _saved_by_two_hosts(tmp_path, positions=(3, 3))
+  fresh = _iterator()
+  with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+    restored, step = ckpt.restore_latest(_train_state(0), fresh)
+  assert step == 1 and _bitwise_equal(restored, _train_state(1))
+  assert [next(fresh).tolist() for _ in range(2)] == expected_next
+
+
+def test_data_positions_that_differ_between_hosts_are_refused_in_one_line(tmp_path):
+  _saved_by_two_hosts(tmp_path, positions=(3, 4))
+  with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+    with pytest.raises(HostCountError, match="saved by 2 host.*cannot resume on 1") as error:
+      ckpt.restore_latest(_train_state(0), _iterator())
+  assert "\n" not in str(error.value)
+  assert (tmp_path / "1").is_dir()   # not taken for damage: nothing is set aside
+
+
+def test_a_missing_host_data_position_is_damage_not_a_host_count(tmp_path):
+  _saved_by_two_hosts(tmp_path, positions=(3,))
+  with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+    with pytest.warns(RuntimeWarning, match="data positions of 1 of 2 hosts"):
+      with pytest.raises(CheckpointRestoreError, match="none could be restored") as error:
+        ckpt.restore_latest(_train_state(0), _iterator())
+  assert not isinstance(error.value, HostCountError)
+
+
+# ---- Several hosts agree.
+
+_AGREEING_HOST = """
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+import grain
+import orbax.checkpoint as ocp
+from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.distributed import initialize_distributed
+
+address, process_id, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+initialize_distributed({"mode": "explicit", "coordinator_address": address, "num_processes": 2,
+                        "process_id": process_id, "initialization_timeout": 30})
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+def state(step):
+  return {"w": jax.device_put(np.full(8, step, np.float32), replicated)}
+iterator = iter(grain.MapDataset.range(100).batch(2).to_iter_dataset())
+with Checkpointer(directory, save_interval_steps=1, async_save=False) as ckpt:
+  for step in (1, 2):
+    next(iterator)
+    ckpt.save(step, state(step), iterator)
+
+if process_id == 1:   # a transient read error of the newest step, on this host only
+  read = ocp.StandardCheckpointHandler.restore
+  def flaky(self, directory, *args, **kwargs):
+    if directory.parent.name == "2":
+      raise OSError("transient read error")
+    return read(self, directory, *args, **kwargs)
+  ocp.StandardCheckpointHandler.restore = flaky
+
+iterator = iter(grain.MapDataset.range(100).batch(2).to_iter_dataset())
+with Checkpointer(directory, save_interval_steps=1) as ckpt:
+  restored, step = ckpt.restore_latest(state(0), iterator)
+print("RESULT", step, float(restored["w"][0]), next(iterator).tolist(), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow   # two processes that import jax and orbax: ~20-30 s on 2 shared cores
+def test_hosts_agree_on_the_newest_step_every_host_restored(tmp_path):
+  port = portpicker.pick_unused_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  hosts = [subprocess.Popen([sys.executable, "-c", _AGREEING_HOST, f"localhost:{port}", str(i),
+                             str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outputs = [host.communicate(timeout=120) for host in hosts]
+  finally:
+    for host in hosts:
+      host.kill()   # a hang fails the test instead of blocking it
+  for i, (host, (out, err)) in enumerate(zip(hosts, outputs)):
+    assert host.returncode == 0, f"host {i} failed:\n{err[-3000:]}"
+    result = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    assert result.split(maxsplit=1)[1] == "1 1.0 [2, 3]"   # step 1 on both, data position too
+  assert (tmp_path / "2.corrupt").is_dir() and not (tmp_path / "2").exists()
+  # The two hosts' checkpoint resumes on one host (four devices), data position included.
+  fresh = iter(grain.MapDataset.range(100).batch(2).to_iter_dataset())
+  with Checkpointer(tmp_path, save_interval_steps=1) as ckpt:
+    restored, step = ckpt.restore_latest({"w": jnp.zeros(8)}, fresh)
+  assert step == 1 and restored["w"].tolist() == [1.0] * 8
+  assert next(fresh).tolist() == [2, 3]

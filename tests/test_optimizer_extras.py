@@ -18,7 +18,7 @@ from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
 from gradprom_jax.configuration.plain_config import flatten_config
 from gradprom_jax.training import train
-from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.checkpointing import CheckpointRestoreError, Checkpointer
 from gradprom_jax.training.optimizers import learning_rate_schedule
 from gradprom_jax.training.params_ema import ParamsEmaState, find_params_ema
 from gradprom_jax.training.run_config import config_differences
@@ -151,7 +151,7 @@ def test_weight_decay_spares_biases_and_norm_scales(mask):
 
 # ---- The best checkpoint.
 
-def test_checkpointer_keeps_only_the_best_scoring_step(tmp_path):
+def test_checkpointer_keeps_the_newest_and_the_best_scoring_step(tmp_path):
   scores = {1: 3.0, 2: 5.0, 3: float("nan"), 4: 4.0}
   for metric, best in (("psnr", 2), ("-psnr", 1)):
     directory = tmp_path / metric
@@ -159,8 +159,8 @@ def test_checkpointer_keeps_only_the_best_scoring_step(tmp_path):
                       best_metric=metric) as checkpointer:
       for step, score in scores.items():
         checkpointer.save(step, {"w": jnp.full(2, float(step))}, metrics={"psnr": score})
-      assert checkpointer.all_steps() == [best]
-      restored, step = checkpointer.restore_latest({"w": jnp.zeros(2)})
+      assert checkpointer.all_steps() == sorted({best, 4})
+      restored, step = checkpointer.restore_best({"w": jnp.zeros(2)})
     assert step == best and restored["w"].tolist() == [best, best]
     # A restart goes on comparing with the checkpoint already there.
     with Checkpointer(directory, save_interval_steps=1, max_to_keep=1, async_save=False,
@@ -266,10 +266,43 @@ def test_test_on_best_scores_the_best_validation_checkpoint(runs):
   shutil.copytree(root / "plain", workdir)
   validation = _validation_psnr(workdir)
   best = max(validation, key=validation.get)
-  assert [p.name for p in (workdir / "checkpoints_best").iterdir() if p.name.isdigit()] == [str(best)]
+  with Checkpointer(workdir / "checkpoints", save_interval_steps=2, best_metric="psnr") as saved:
+    assert saved.best_step() == best
+  assert not (workdir / "checkpoints_best").exists()
   config = _smoke_config(root / "tfds", test_on_best=True, overwrite=True)
   results = train.train_and_evaluate(config, str(workdir), reevaluate=True)
   assert results["evaluated_step"] == best == _results(workdir)["evaluated_step"]
   last = _results(root / "plain")
   assert (results["psnr"] == last["psnr"]) == (best == 6)
   assert not math.isnan(results["psnr"])
+
+
+@pytest.mark.slow   # one smoke run (~50 s on 2 shared cores)
+def test_each_step_is_written_once_and_the_best_outlives_the_newest_kept(tmp_path, monkeypatch):
+  written = []
+  save = ocp.CheckpointManager.save
+
+  def counted_save(self, step, *args, **kwargs):
+    written.append(step)
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", counted_save)
+  workdir = tmp_path / "run"
+  # The smoke run's validation PSNR falls over its 6 steps: the best is older than the newest.
+  config = _smoke_config(tmp_path / "tfds", keep_checkpoints=1)
+  train.train_and_evaluate(config, str(workdir))
+  assert written == [2, 4, 6]   # evaluation and checkpoint fall on the same steps
+  validation = _validation_psnr(workdir)
+  best = max(validation, key=validation.get)
+  assert best < 6
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [best, 6]
+  assert not (workdir / "checkpoints_best").exists()
+
+
+def test_a_workdir_with_a_separate_best_directory_is_refused_in_one_line(tmp_path):
+  (tmp_path / "run" / "checkpoints_best" / "4").mkdir(parents=True)
+  with pytest.raises(CheckpointRestoreError, match="checkpoints_best is of an earlier layout") as e:
+    train.train_and_evaluate(_smoke_config(tmp_path / "tfds"), str(tmp_path / "run"))
+  assert "\n" not in str(e.value)
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints_best"]

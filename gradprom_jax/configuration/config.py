@@ -46,8 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 250
   config.keep_checkpoints = 3
   # Also keep the checkpoint with the best validation score of this metric (a key of the validation
-  # record, e.g. "psnr", "dice", "auc"; higher is better, a "-" prefix means lower is better) under
-  # checkpoints_best/. None: off.
+  # record, e.g. "psnr", "dice", "auc"; higher is better, a "-" prefix means lower is better) in
+  # checkpoints/, however old; a new best is saved off the checkpoint_every interval. None: off.
   config.checkpoint_best_metric = ml_collections.config_dict.placeholder(str)
   # Score the test set (results.json, samples.png) with that best checkpoint instead of the last;
   # results.json's evaluated_step says which step was scored. Needs checkpoint_best_metric.

@@ -9,12 +9,19 @@ research run needs on a shared cluster:
   with a warning, moved aside (renamed ``<step>.corrupt``) and the next newest is tried. It returns
   None only when the directory holds no checkpoint at all, and raises when checkpoints exist but
   none restores, so a run never silently starts from scratch;
+* on several hosts the walk is agreed: every host tries the same step, the hosts all-gather
+  whether they restored it, and all take the newest step that every host restored (one host's
+  transient read error moves every host back, never that host alone);
+* the data position restores on another host count too: the input pipeline's position is the
+  number of global batches read, the same on every host, so any host's saved position fits;
+  positions that differ between the saving hosts are refused in one line naming both counts;
 * each saved leaf carries a fingerprint (a position-weighted sum of its bits, computed on device,
   so sharded arrays cost no host gather) that is checked on restore: orbax itself does not notice
   flipped bytes inside a chunk and would hand back wrong numbers;
 * an unwritable (or full) directory raises `WorkdirError` naming the path, before training starts;
-* with ``best_metric``, each save takes the step's metrics and only the best-scoring checkpoints
-  are kept (orbax's ``best_fn``): the best-on-validation model, beside the newest ones.
+* with ``best_metric``, one directory keeps the newest ``max_to_keep`` checkpoints and the best
+  by the metrics given to `save` (an orbax preservation policy), so a step that is both periodic
+  and best is written once; an evaluation that beats the best is saved even off the interval.
 
 `restore_field_from_run` reads one field of another run's newest train state (its recogniser or
 enhancer parameters) without writing to that run: warm starts and the judge use it.
@@ -22,15 +29,18 @@ enhancer parameters) without writing to that run: warm starts and the judge use 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grain
 import grain.checkpoint as grain_checkpoint
 import jax
 import jax.numpy as jnp
@@ -47,6 +57,10 @@ class WorkdirError(OSError):
 
 class CheckpointRestoreError(RuntimeError):
   """Checkpoints exist but none of them could be restored."""
+
+
+class HostCountError(CheckpointRestoreError):
+  """The saved data position cannot be mapped to this run's number of hosts."""
 
 
 class SourceRunError(RuntimeError):
@@ -109,8 +123,12 @@ def _fingerprints(tree: Any) -> Any:
 
 
 def _fingerprint_dict(tree: Any) -> dict[str, int]:
-  """Leaf path -> fingerprint, as a JSON-ready dict (the result is replicated, so any host reads it)."""
-  prints = _fingerprints(tree)
+  """Leaf path -> fingerprint, as a JSON-ready dict (the result is replicated, so any host reads it).
+
+  >>> _fingerprint_dict({"b": jnp.ones(2, jnp.int32), "a": jnp.zeros(3)})
+  {"['a']": 0, "['b']": 4}
+  """
+  prints = jax.device_get(_fingerprints(tree))   # one transfer for the whole tree
   return {jax.tree_util.keystr(path): int(value)
           for path, value in jax.tree_util.tree_leaves_with_path(prints)}
 
@@ -138,16 +156,80 @@ def _abstract(target: Any) -> Any:
       target)
 
 
+def _all_hosts_agree(ok: bool) -> bool:
+  """Whether `ok` holds on every host: one all-gather, so every host gets the same answer."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _steps_on_every_host(steps: list[int]) -> tuple[list[int], int | None]:
+  """(steps every host lists, newest first; the newest step any host lists), the same on all hosts.
+
+  A host whose file system shows it a step the others miss cannot restore that step together
+  with them, so only the common ones are tried.
+  """
+  if jax.process_count() == 1:
+    return sorted(steps, reverse=True), max(steps, default=None)
+  longest = int(np.max(multihost_utils.process_allgather(np.int32(len(steps)))))
+  if longest == 0:
+    return [], None
+  padded = np.full(longest, -1, np.int32)
+  padded[:len(steps)] = steps
+  listed = multihost_utils.process_allgather(padded)   # (hosts, longest)
+  common = set.intersection(*(set(row[row >= 0].tolist()) for row in listed))
+  return sorted(common, reverse=True), int(listed.max())
+
+
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+
+
+def _saved_data_position(directory: Path) -> str:
+  """This host's saved iterator state (JSON text), mapped from another host count if need be.
+
+  The train loader's position is the number of global batches read (each host reads its slice of
+  every global batch), so every saving host wrote the same state and any of them fits any host
+  count that divides the batch. A position that differs between the saving hosts belongs to
+  another kind of iterator and is refused.
+  """
+  process, count = jax.process_index(), jax.process_count()
+  own = directory / f"process_{process}-of-{count}.json"
+  if own.exists():
+    return own.read_text()
+  files = {int(m[1]): (int(m[2]), f) for f in directory.iterdir()
+           if (m := _DATA_FILE.fullmatch(f.name))}
+  saved_counts = {saved_count for saved_count, _ in files.values()}
+  if len(saved_counts) != 1:
+    raise ValueError(f"no data position for process {process} of {count} in {directory}")
+  saved_count = saved_counts.pop()
+  if len(files) != saved_count:   # damage, not a host count: an older step may be whole
+    raise ValueError(f"{directory} holds the data positions of {len(files)} of {saved_count} hosts")
+  states = [json.loads(f.read_text()) for _, f in files.values()]
+  if any(state != states[0] for state in states):
+    raise HostCountError(
+        f"the checkpoint in {directory.parent} was saved by {saved_count} host(s) whose data "
+        f"positions differ, and cannot resume on {count}; run it on {saved_count} host(s)")
+  logging.info("Data position saved by %d host(s) restored on %d.", saved_count, count)
+  return files[min(files)][1].read_text()
+
+
+def _set_position(iterator: Iterator, state: str) -> None:
+  """What grain's checkpoint handler does with a saved state: a dict for its own iterators."""
+  iterator.set_state(json.loads(state) if isinstance(iterator, grain.DatasetIterator)
+                     else state.encode())
+  iterator.start_prefetch()
+
+
 class Checkpointer:
   """Saves and restores the train state and the data iterator position in one directory.
 
   Args:
     directory: where the numbered step directories go (created; must be writable).
-    save_interval_steps: `save` writes only on multiples of this, unless forced.
+    save_interval_steps: `save` writes only on multiples of this, unless forced or a new best.
     max_to_keep: how many of the newest checkpoints to keep.
     async_save: write in a background thread so training continues during the write.
-    best_metric: keep the ``max_to_keep`` checkpoints that score best on this key of the metrics
-      given to `save` (see :func:`best_score_fn`), not the newest ones.
+    best_metric: also keep the checkpoint that scores best on this key of the metrics given to
+      `save` (see :func:`best_score_fn`), however old; `best_step` names it.
 
   Raises:
     WorkdirError: when `directory` cannot be created or written.
@@ -170,16 +252,24 @@ class Checkpointer:
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     self.directory = ensure_writable_directory(directory)
+    self._score = None if best_metric is None else best_score_fn(best_metric)
+    keep = ocp.checkpoint_managers.LatestN(n=max_to_keep)
+    if self._score is not None:
+      # Checkpoints saved without metrics (periodic ones between evaluations) are never "best".
+      keep = ocp.checkpoint_managers.AnyPreservationPolicy([keep, ocp.checkpoint_managers.BestN(
+          get_metric_fn=self._score, n=1, keep_checkpoints_without_metrics=False)])
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=save_interval_steps,
-            max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
             create=True,
-            best_fn=None if best_metric is None else best_score_fn(best_metric),
+            best_fn=self._score,   # orbax writes the metrics and ranks by them
             best_mode="max",
+            preservation_policy=keep,
         ))
+    self._state_reader = ocp.StandardCheckpointHandler()
+    self._best_score = self._saved_best_score()
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None when there is none."""
@@ -193,17 +283,28 @@ class Checkpointer:
     """The best-scoring saved step (the newest without ``best_metric``), or None when there is none."""
     return self._manager.best_step()
 
+  def _saved_best_score(self) -> float | None:
+    best = self._manager.best_step() if self._score is not None else None
+    metrics = None if best is None else self._manager.metrics(best)
+    return None if metrics is None else self._score(metrics)
+
+  def _is_new_best(self, metrics: dict[str, float] | None) -> bool:
+    return (self._score is not None and metrics is not None
+            and (self._best_score is None or self._score(metrics) > self._best_score))
+
   def save(self, step: int, state: Any, data_iterator: Iterator | None = None, *,
            force: bool = False, metrics: dict[str, float] | None = None) -> bool:
     """Saves `state` (and the iterator's position) at `step` if due; returns whether it did.
 
-    `force=True` saves off the interval (at the end of training, or on preemption); a step that
-    is already saved is not written twice. `metrics` score the checkpoint for ``best_metric``.
+    Due: on the interval, with `force=True` (at the end of training, or on preemption), or when
+    `metrics` beat the best kept checkpoint's on ``best_metric``. A step that is already saved is
+    not written twice.
     """
     step = int(step)
     if step in self._manager.all_steps():
       return False
-    if not (force or self._manager.should_save(step)):
+    new_best = self._is_new_best(metrics)
+    if not (force or new_best or self._manager.should_save(step)):
       return False
     items = {
         _STATE: ocp.args.StandardSave(state),
@@ -212,10 +313,13 @@ class Checkpointer:
     if data_iterator is not None:
       items[_DATA] = grain_checkpoint.CheckpointSave(data_iterator)
     try:
-      return self._manager.save(step, args=ocp.args.Composite(**items), force=force,
-                                metrics=metrics)
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force or new_best,
+                                 metrics=metrics)
     except OSError as e:
       raise self._workdir_error(e) from e
+    if saved and new_best:
+      self._best_score = self._score(metrics)
+    return saved
 
   def restore_latest(self, target_state: Any, data_iterator: Iterator | None = None
                      ) -> tuple[Any, int] | None:
@@ -224,60 +328,94 @@ class Checkpointer:
     `target_state` may hold arrays or `jax.ShapeDtypeStruct`s (with `sharding=` for a mesh);
     restored arrays get those shardings. `data_iterator`, if given, is moved to the saved
     position in place. Corrupt checkpoints are skipped with a warning and renamed
-    ``<step>.corrupt`` so that the resumed run can save those step numbers again.
+    ``<step>.corrupt`` so that the resumed run can save those step numbers again. On several
+    hosts, all of them end on the same step: the newest one that every host restored.
 
     Returns:
       `(state, step)`, or None when the directory holds no checkpoint.
 
     Raises:
       CheckpointRestoreError: checkpoints exist but none restores (never start from scratch).
+      HostCountError: the data position was saved on another host count and cannot be mapped.
     """
     self.wait_until_finished()
-    steps = sorted(self._manager.all_steps(), reverse=True)
-    if not steps:
+    steps, newest = _steps_on_every_host(list(self._manager.all_steps()))
+    if newest is None:
       return None
-    abstract = _abstract(target_state)
+    state, step = self._restore_first_good(steps, _abstract(target_state), data_iterator)
+    if step != newest:   # the same on every host, so all of them reach the barrier or none
+      self._set_aside(step)
+    logging.info("Restored checkpoint at step %d from %s", step, self.directory)
+    return state, step
+
+  def restore_best(self, target_state: Any) -> tuple[Any, int]:
+    """The best-scoring checkpoint's state (not the data position) and its step.
+
+    Raises:
+      CheckpointRestoreError: there is no checkpoint, or the best one does not restore.
+    """
+    self.wait_until_finished()
+    best = self.best_step()
+    if best is None:
+      raise CheckpointRestoreError(f"{self.directory} holds no checkpoint")
+    return self._restore_first_good([best], _abstract(target_state), None)
+
+  def _restore_first_good(self, steps: list[int], abstract: Any,
+                          data_iterator: Iterator | None) -> tuple[Any, int]:
+    """The first of `steps` that every host restores, with its fingerprints checked."""
     failures = []
     for step in steps:
+      error = None
       try:
-        state = self._restore(step, abstract, data_iterator)
+        state, saved_prints = self._read(step, abstract, data_iterator)
+      except HostCountError:
+        raise   # not damage: an older step would fail alike, and must not be set aside for it
       except Exception as e:  # pylint: disable=broad-except
-        # Anything can come out of a damaged checkpoint (tensorstore, json, grain, ours); each
-        # failure is reported and the next newest is tried.
-        failures.append(f"step {step}: {type(e).__name__}: {e}")
-        warnings.warn(
-            f"Checkpoint at step {step} in {self.directory} could not be restored "
-            f"({type(e).__name__}: {str(e)[:500]}); falling back to an older checkpoint.",
-            RuntimeWarning, stacklevel=2)
-        continue
-      if step != steps[0]:
-        self._set_aside([s for s in steps if s > step])
-      logging.info("Restored checkpoint at step %d from %s", step, self.directory)
-      return state, step
+        # Anything can come out of a damaged checkpoint (tensorstore, json, grain); each failure
+        # is reported and, once all hosts know, the next newest is tried.
+        error = e
+      if _all_hosts_agree(error is None):
+        # Every host holds the state now, so the (possibly collective) fingerprints run on all.
+        actual = _fingerprint_dict(state)
+        bad = sorted(k for k in saved_prints if actual.get(k) != saved_prints[k])
+        if bad or saved_prints.keys() != actual.keys():
+          error = ValueError(f"fingerprint mismatch (corrupt data) in leaves {bad or 'structure'}")
+        if _all_hosts_agree(error is None):
+          return state, step
+      reason = (f"{type(error).__name__}: {error}" if error is not None
+                else "another host could not restore it")
+      failures.append(f"step {step}: {reason}")
+      warnings.warn(
+          f"Checkpoint at step {step} in {self.directory} could not be restored "
+          f"({reason[:500]}); falling back to an older checkpoint.", RuntimeWarning, stacklevel=3)
     raise CheckpointRestoreError(
         f"{len(steps)} checkpoint(s) in {self.directory} exist but none could be restored; "
-        "refusing to start from scratch (move the directory away to do so):\n  "
-        + "\n  ".join(failures))
+        "refusing to start from scratch (move the directory away to do so):\\n  "
+        + "\\n  ".join(failures))
 
-  def _restore(self, step: int, abstract: Any, data_iterator: Iterator | None) -> Any:
-    items = {
-        _STATE: ocp.args.StandardRestore(abstract),
-        _FINGERPRINTS: ocp.args.JsonRestore(),
-    }
+  def _read(self, step: int, abstract: Any, data_iterator: Iterator | None
+            ) -> tuple[Any, dict[str, int]]:
+    """This host's part of a restore: (state, saved fingerprints); the iterator is moved.
+
+    It reads the items with their handlers rather than through the manager, whose restore ends
+    at a barrier that a host failing before it would never reach, stranding the others.
+    """
+    step_dir = self.directory / str(step)
+    state = self._state_reader.restore(step_dir / _STATE,
+                                       args=ocp.args.StandardRestore(abstract))
+    saved_prints = ocp.JsonCheckpointHandler().restore(step_dir / _FINGERPRINTS,
+                                                       args=ocp.args.JsonRestore())
     if data_iterator is not None:
-      items[_DATA] = grain_checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    state, saved = restored[_STATE], restored[_FINGERPRINTS]
-    actual = _fingerprint_dict(state)
-    bad = sorted(k for k in saved if actual.get(k) != saved[k])
-    if bad or saved.keys() != actual.keys():
-      raise ValueError(f"fingerprint mismatch (corrupt data) in leaves {bad or 'structure'}")
-    return state
+      _set_position(data_iterator, _saved_data_position(step_dir / _DATA))
+    return state, saved_prints
 
-  def _set_aside(self, steps: list[int]) -> None:
-    """Renames unrestorable step directories so orbax ignores them and the steps can be reused."""
+  def _set_aside(self, restored_step: int) -> None:
+    """Renames step directories newer than the restored one so orbax ignores them and the
+    steps can be reused; every host calls it (process 0 renames, the others wait)."""
     if jax.process_index() == 0:
-      for step in steps:
+      for step in self._manager.all_steps():
+        if step <= restored_step:
+          continue
         source = self.directory / str(step)
         target = self.directory / f"{step}.corrupt"
         suffix = 1
@@ -288,6 +426,7 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("gradprom_checkpoint_set_aside")
     self._manager.reload()
+    self._best_score = self._saved_best_score()
 
   def wait_until_finished(self) -> None:
     """Blocks until an asynchronous save has been written (call before exiting)."""
@@ -300,6 +439,7 @@ class Checkpointer:
     """Waits for pending saves and releases the manager's threads."""
     self.wait_until_finished()
     self._manager.close()
+    self._state_reader.close()
 
   def __enter__(self) -> Checkpointer:
     return self

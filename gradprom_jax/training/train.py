@@ -5,8 +5,8 @@ Resumable at any moment: running it again on the same workdir continues from the
 
 Workdir outputs:
   config.json        the run's config (a different config refuses to resume unless overwrite)
-  checkpoints/       orbax checkpoints, every ``checkpoint_every`` steps and at the end
-  checkpoints_best/  with ``checkpoint_best_metric``: the checkpoint that scored best on validation
+  checkpoints/       orbax checkpoints, every ``checkpoint_every`` steps and at the end; with
+                     ``checkpoint_best_metric`` also the one that scored best on validation
   metrics.jsonl      one JSON object per logging step and per evaluation
   tensorboard/       TensorBoard event files
   results.json       test-set metrics of the system and of the two references, and the step scored
@@ -36,8 +36,8 @@ from gradprom_jax.core.image_dtype import to_unit_float
 from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
 from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrained, visualization
-from gradprom_jax.training.checkpointing import (Checkpointer, ensure_writable_directory,
-                                                 has_checkpoint)
+from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer,
+                                                 ensure_writable_directory, has_checkpoint)
 from gradprom_jax.training.distributed import initialize_distributed
 from gradprom_jax.training.gate_reliability import make_gate_probe, probe_is_due
 from gradprom_jax.training.host_agreement import fail_together
@@ -179,13 +179,20 @@ def _check_best_metric(metric: str, validation: dict[str, float]) -> None:
                       f"choose one of: {', '.join(sorted(validation))}.")
 
 
-def _restore_best(best_checkpointer: Checkpointer, target: TrainState) -> tuple[TrainState, int]:
-  """The best-on-validation state and its step (the directory keeps only that checkpoint)."""
-  restored = best_checkpointer.restore_latest(target)
-  if restored is None:
-    raise RuntimeError(f"test_on_best=True but {best_checkpointer.directory} holds no checkpoint.")
+def _restore_best(checkpointer: Checkpointer, target: TrainState) -> tuple[TrainState, int]:
+  """The best-on-validation state and its step."""
+  restored = checkpointer.restore_best(target)
   logging.info("Scoring the test set with the best checkpoint, step %d.", restored[1])
   return restored
+
+
+def _refuse_separate_best_checkpoints(workdir: str | os.PathLike[str]) -> None:
+  """A workdir of the earlier layout, whose best checkpoint sat apart in ``checkpoints_best/``."""
+  legacy = Path(workdir) / "checkpoints_best"
+  if legacy.is_dir():
+    raise CheckpointRestoreError(
+        f"{legacy} is of an earlier layout (checkpoints/ now keeps the best checkpoint too); "
+        "delete it to resume this run, whose best is then chosen among the evaluations from here on")
 
 
 def finished_results_path(workdir: str | os.PathLike[str],
@@ -246,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if finished is not None and not reevaluate:
         logging.info("Already finished, results in %s.", finished)
         return json.loads(finished.read_text())
+      _refuse_separate_best_checkpoints(workdir)
       dataset = data_lib.load_dataset(config.data)
       check_dataset_has_targets(tasks, dataset)
       validate_config_for_dataset(config, dataset.image_shape,
@@ -297,12 +305,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   place_batch = device_placer(parallel)
   train_iter = DevicePrefetcher(train_iter, lambda b: (b, place_batch(b)),
                                 size=config.data.prefetch)
+  # The newest keep_checkpoints, and the one that scored best on validation (however old).
   checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=config.checkpoint_every,
-                              max_to_keep=config.keep_checkpoints)
-  # Keeps the one checkpoint that scored best on validation; it survives restarts like the others.
-  best_checkpointer = None if config.checkpoint_best_metric is None else Checkpointer(
-      workdir / "checkpoints_best", save_interval_steps=1, max_to_keep=1,
-      best_metric=config.checkpoint_best_metric)
+                              max_to_keep=config.keep_checkpoints,
+                              best_metric=config.checkpoint_best_metric)
   restored = checkpointer.restore_latest(state, train_iter)
   if restored is not None:
     state, start_step = restored
@@ -383,14 +389,16 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
         logger.log_train(done, gate_probe(parallel.global_state(device_state),
                                           parallel.put_global_batch(local_batch), step))
       # Validation also at the last step, so that variants and λ can be chosen on the final model.
+      validation = None
       if done % config.eval_every == 0 or is_last:
         validation = run_evaluation("validation", parallel.global_state(device_state))
         logger.log_eval(done, validation)
-        if best_checkpointer:
+        if config.checkpoint_best_metric is not None:
           _check_best_metric(config.checkpoint_best_metric, validation)
-          best_checkpointer.save(done, parallel.global_state(device_state), metrics=validation)
-      if done % config.checkpoint_every == 0 or is_last:
-        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last)
+      # One write per step, periodic or best or both (a new best is saved off the interval too).
+      if done % config.checkpoint_every == 0 or is_last or validation is not None:
+        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last,
+                          metrics=validation)
       # Multi-host runs agree on a stop (a blocking all-gather) only every preemption_check_every
       # steps or where the loop waited for the device anyway; never once per step.
       waited = is_last or done % config.log_every == 0 or done % config.checkpoint_every == 0
@@ -398,8 +406,6 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
-        if best_checkpointer:
-          best_checkpointer.close()
         logging.warning("Stopped by %s at step %d; checkpoint saved.", guard.signal_name, done)
         return None
 
@@ -407,12 +413,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
     checkpointer.wait_until_finished()
     tested_state, tested_step = state, total_steps
     if config.test_on_best:
-      tested_state, tested_step = _restore_best(best_checkpointer, state)
+      tested_state, tested_step = _restore_best(checkpointer, state)
     results = run_evaluation("test", tested_state)
     logger.log_eval(total_steps, results, prefix="test")
   checkpointer.close()
-  if best_checkpointer:
-    best_checkpointer.close()
   results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
                  nonfinite_steps=int(jax.device_get(state.nonfinite_total)),
                  evaluated_step=tested_step)
