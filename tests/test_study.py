@@ -186,6 +186,9 @@ import json, os, pathlib, sys, time
 args = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)
 workdir = pathlib.Path(args['--workdir'])
 started = time.time()
+# The entry point stores the run's config (the test wrote it beside this script).
+stored = pathlib.Path(__file__).parent / f"config_{args['--config.seed']}.json"
+(workdir / 'config.json').write_text(stored.read_text())
 time.sleep(1.0)
 if args['--config.seed'] == '2':
   sys.exit(5)
@@ -200,11 +203,13 @@ def test_run_all_with_two_workers_pins_runs_and_resumes(tmp_path):
   fake_main = tmp_path / "fake_main.py"
   fake_main.write_text(FAKE_MAIN)
   runs = comparison.plan_runs(comparison.make_rows(["joint"]), [0, 1, 2, 3, 4], tmp_path / "cmp")
+  for run in runs:
+    config = json.dumps(comparison.run_config(SMOKE_ARGS, run).to_dict())
+    (tmp_path / f"config_{run.seed}.json").write_text(config)
   # seed 4 finished before; seed 3 was killed mid-way (config.json, no results.json).
   for run in runs[3:]:
     run.workdir.mkdir(parents=True)
-    config = comparison.run_config(SMOKE_ARGS, run)
-    (run.workdir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run.workdir / "config.json").write_text((tmp_path / f"config_{run.seed}.json").read_text())
   (runs[4].workdir / "results.json").write_text(json.dumps({"num_train_steps": 6}))
   lines = []
   failed = comparison.run_all(runs, SMOKE_ARGS, main_script=fake_main, workers=2,
