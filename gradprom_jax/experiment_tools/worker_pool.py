@@ -108,15 +108,16 @@ def run_in_parallel(jobs: Sequence[Job], runner: Callable[[Job, WorkerSlot], Out
   """Runs every job, at most ``len(slots)`` at once, each on a free slot; returns the failures.
 
   Jobs start in order. A runner that raises counts as a failed job (its message is the error).
-  One progress line is printed per finished job, with an ETA from the wall time so far.
+  One progress line is printed per finished job, with an ETA: the mean time of a finished job
+  times the jobs left (running ones included), shared by the workers.
   """
   pending: queue.SimpleQueue = queue.SimpleQueue()
   for job in jobs:
     pending.put(job)
   lock = threading.Lock()
   failures: list[Outcome[Job]] = []
-  finished = [0]
-  started = time.time()
+  finished, busy_seconds = [0], [0.0]
+  workers = min(len(slots), max(1, len(jobs)))
 
   def work(slot: WorkerSlot) -> None:
     while True:
@@ -131,8 +132,9 @@ def run_in_parallel(jobs: Sequence[Job], runner: Callable[[Job, WorkerSlot], Out
         outcome = Outcome(job, False, time.time() - job_started, f"{type(e).__name__}: {e}")
       with lock:
         finished[0] += 1
+        busy_seconds[0] += outcome.seconds
         done, remaining = finished[0], len(jobs) - finished[0]
-        eta = (time.time() - started) / done * remaining
+        eta = busy_seconds[0] / done * remaining / workers
         status = (f"done in {duration(outcome.seconds)}" if outcome.ok
                   else f"FAILED ({outcome.message}) after {duration(outcome.seconds)}")
         print_fn(f"[{done}/{len(jobs)}] {label(job)}: {status} (worker {slot.index}); "
@@ -141,7 +143,7 @@ def run_in_parallel(jobs: Sequence[Job], runner: Callable[[Job, WorkerSlot], Out
           failures.append(outcome)
 
   threads = [threading.Thread(target=work, args=(slot,), daemon=True)
-             for slot in slots[:max(1, len(jobs))]]
+             for slot in slots[:workers]]
   for thread in threads:
     thread.start()
   for thread in threads:
