@@ -39,6 +39,9 @@ _TASK_METRIC = flags.DEFINE_string(
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None, "JAX persistent compilation cache shared by the runs, so later "
     "seeds of a row skip the compile (default DIR/jax_cache; '' turns it off). Changes no result.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 1, "Runs at once; more than one: each single-threaded, pinned to its share of the "
+    "cores (experiment_tools.worker_pool).")
 _RUN = flags.DEFINE_bool("run", True, "Run unfinished runs; --norun only aggregates finished ones.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -53,7 +56,8 @@ def main(argv):
     config_args = comparison.forwarded_config_args(flags.FLAGS["config"])
     cache_dir = (os.path.join(_WORKDIR.value, "jax_cache") if _CACHE_DIR.value is None
                  else _CACHE_DIR.value)
-    failed = comparison.run_all(runs, config_args, cache_dir=cache_dir) if _RUN.value else []
+    failed = (comparison.run_all(runs, config_args, cache_dir=cache_dir, workers=_WORKERS.value)
+              if _RUN.value else [])
     # Each gradprom row's gate threshold, drawn on its cosine histogram.
     thresholds = {run.row.name: comparison.run_config(config_args, run).gradprom.threshold
                   for run in runs if run.row.method == "gradprom" and run.seed == runs[0].seed}

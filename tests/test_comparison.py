@@ -182,7 +182,9 @@ def test_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
   assert failed == ["joint seed 1"]
   assert (runs[2].workdir / "results.json").exists()
   assert any("FAILED (exit code 3)" in line and "boom: out of memory" in line for line in lines)
-  assert any(line.startswith("[3/3]") for line in lines) and "ETA" in lines[-1]
+  # One line per finished run (the last with its ETA), then the failures with their logs.
+  assert any(line.startswith("[3/3]") for line in lines) and "ETA" in lines[-2]
+  assert lines[-1].startswith("1 run(s) failed")
   info = json.loads((runs[1].workdir / comparison.RUN_INFO_FILENAME).read_text())
   assert info["attempts"][0]["returncode"] == 3 and "--config.seed=1" in info["command"]
 

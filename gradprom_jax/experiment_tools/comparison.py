@@ -49,6 +49,7 @@ from ml_collections import config_flags
 
 from gradprom_jax.configuration.config import METHODS
 from gradprom_jax.core.task_config import parse_recognition
+from gradprom_jax.experiment_tools import worker_pool
 from gradprom_jax.training.metric_logging import METRICS_FILENAME, read_metrics
 from gradprom_jax.training.run_config import CONFIG_FILENAME, RESUMABLE_KEYS, config_differences
 
@@ -268,13 +269,17 @@ def run_status(run: PlannedRun, config: ml_collections.ConfigDict) -> str:
 def execute_run(run: PlannedRun, config_args: Sequence[str], *,
                 main_script: str | os.PathLike[str] | None = None,
                 python: str = sys.executable,
-                cache_dir: str | os.PathLike[str] | None = None) -> tuple[int, float]:
+                cache_dir: str | os.PathLike[str] | None = None,
+                worker: worker_pool.WorkerSlot | None = None) -> tuple[int, float]:
   """Runs the training entry point for ``run`` in a subprocess; output goes to ``run.log``.
 
   ``main_script``: a script to run instead of the module :data:`MAIN_MODULE` (tests use a fake one).
 
   ``cache_dir``, if given, is JAX's persistent compilation cache for the subprocess (shared by
   all runs; compiles of a second or more are cached).
+
+  ``worker``: the slot the run is on (its environment and its cores; see
+  `gradprom_jax.experiment_tools.worker_pool`); ``None`` inherits this process's.
 
   Returns:
     (return code, wall seconds). ``run.json`` keeps the command and the seconds summed over
@@ -292,7 +297,9 @@ def execute_run(run: PlannedRun, config_args: Sequence[str], *,
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
     log.flush()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=_run_environment(cache_dir))
+                               stdin=subprocess.DEVNULL, env=_run_environment(cache_dir, worker))
+    if worker is not None:
+      worker_pool.pin(process.pid, worker)
     try:
       returncode = process.wait()
     except KeyboardInterrupt:
@@ -308,13 +315,18 @@ def execute_run(run: PlannedRun, config_args: Sequence[str], *,
   return returncode, seconds
 
 
-def _run_environment(cache_dir: str | os.PathLike[str] | None) -> dict[str, str] | None:
-  """This process's environment, plus JAX's compilation-cache settings when ``cache_dir``."""
-  if not cache_dir:
+def _run_environment(cache_dir: str | os.PathLike[str] | None,
+                     worker: worker_pool.WorkerSlot | None = None) -> dict[str, str] | None:
+  """This process's environment, plus JAX's compilation-cache settings when ``cache_dir`` and the
+  worker's variables when ``worker``."""
+  if not cache_dir and (worker is None or not worker.environment):
     return None   # inherit unchanged
-  # JAX's default threshold (cache compiles over 1 s) keeps the train and eval steps and skips
-  # the small programs, which are cheaper to recompile than to look up.
-  return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(Path(cache_dir).resolve())}
+  environment = dict(os.environ) if worker is None else worker.job_environment(os.environ)
+  if cache_dir:
+    # JAX's default threshold (cache compiles over 1 s) keeps the train and eval steps and skips
+    # the small programs, which are cheaper to recompile than to look up.
+    environment["JAX_COMPILATION_CACHE_DIR"] = str(Path(cache_dir).resolve())
+  return environment
 
 
 def log_tail(run: PlannedRun, lines: int = 15) -> str:
@@ -329,37 +341,34 @@ def log_tail(run: PlannedRun, lines: int = 15) -> str:
 
 def run_all(runs: Sequence[PlannedRun], config_args: Sequence[str], *,
             main_script: str | os.PathLike[str] | None = None, print_fn=print,
-            cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-  """Runs every unfinished run in order, printing progress and an ETA; returns failed labels.
+            cache_dir: str | os.PathLike[str] | None = None, workers: int = 1) -> list[str]:
+  """Runs every unfinished run, ``workers`` at once, printing one line per finished run with an
+  ETA; returns the failed runs' labels (and prints their log tails at the end).
 
   All configs are built and checked against existing workdirs before the first run starts.
-  ``cache_dir``: see :func:`execute_run`.
+  ``cache_dir``: see :func:`execute_run`. ``workers``: see
+  `gradprom_jax.experiment_tools.worker_pool` (one: each run with default threads, as before).
+  A run killed mid-way is unfinished: the next call resumes it from its newest checkpoint.
   """
   statuses = [run_status(run, run_config(config_args, run)) for run in runs]
   todo = [run for run, status in zip(runs, statuses) if status != "finished"]
   print_fn(f"{len(runs)} runs planned: {len(runs) - len(todo)} finished (skipped), "
            f"{sum(s == 'partial' for s in statuses)} to resume, "
-           f"{sum(s == 'new' for s in statuses)} new.")
-  failed, spent = [], 0.0
-  for index, run in enumerate(todo, start=1):
-    print_fn(f"[{index}/{len(todo)}] {run.label} -> {run.workdir}", flush=True)
+           f"{sum(s == 'new' for s in statuses)} new; {workers} worker(s).", flush=True)
+
+  def runner(run: PlannedRun, slot: worker_pool.WorkerSlot) -> worker_pool.Outcome:
     returncode, seconds = execute_run(run, config_args, main_script=main_script,
-                                      cache_dir=cache_dir)
-    spent += seconds
-    eta = spent / index * (len(todo) - index)
-    if returncode != 0 or not (run.workdir / RESULTS_FILENAME).exists():
-      failed.append(run.label)
-      print_fn(f"  FAILED (exit code {returncode}) after {seconds:.0f} s; "
-               f"log {run.workdir / RUN_LOG_FILENAME}:\n{log_tail(run)}", flush=True)
-    else:
-      print_fn(f"  done in {seconds:.0f} s; ETA {_duration(eta)} for "
-               f"{len(todo) - index} more.", flush=True)
-  return failed
+                                      cache_dir=cache_dir, worker=slot)
+    ok = returncode == 0 and (run.workdir / RESULTS_FILENAME).exists()
+    return worker_pool.Outcome(run, ok, seconds, f"exit code {returncode}")
 
-
-def _duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(round(seconds)), 60)
-  return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+  failures = worker_pool.run_in_parallel(todo, runner, slots=worker_pool.worker_slots(workers),
+                                         label=lambda run: run.label, print_fn=print_fn)
+  if failures:
+    print_fn(f"{len(failures)} run(s) failed:\n" + "\n".join(
+        f"{f.job.label} FAILED ({f.message}); log {f.job.workdir / RUN_LOG_FILENAME}:\n"
+        f"{log_tail(f.job)}" for f in failures), flush=True)
+  return [failure.job.label for failure in failures]
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -545,8 +554,8 @@ def write_summary_markdown(path: str | os.PathLike[str], metrics: Sequence[str],
         if geometry else []),
       f"Command: `{command}`", "",
       f"Run time, summed over the {num_runs} runs' attempts (all invocations): "
-      f"{_duration(run_seconds)}. Wall time of the invocation that wrote this summary: "
-      f"{_duration(wall_seconds)} (finished runs are skipped, not rerun).",
+      f"{worker_pool.duration(run_seconds)}. Wall time of the invocation that wrote this summary: "
+      f"{worker_pool.duration(wall_seconds)} (finished runs are skipped, not rerun).",
   ]
   if failed:
     text += ["", f"**Failed runs ({len(failed)}), left out of the table:** " + ", ".join(failed)]

@@ -6,6 +6,9 @@
 #   bash results/pretrained_recognizer/reproduce.sh SETTING [frozen|finetuned]
 # SETTING: pneumoniamnist | ph2_seg | synthetic_seg | ph2_sr8_seg (ph2_sr8_seg reuses ph2_seg's
 # recognisers and judge: they are trained on the same high-quality images).
+# experiments/study.py runs the fuller protocol (every λ at every seed, the random gate at every λ)
+# on any config in one command; its recognisers and seed-0 sweep runs have these same configs and
+# directories, but the committed seed runs at the chosen λ need this script's select-then-seeds flow.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 setting=${1:?pneumoniamnist, ph2_seg, synthetic_seg or ph2_sr8_seg}; regime=${2:-frozen}
