@@ -63,6 +63,11 @@ _PROBE_BATCHES = flags.DEFINE_list("probe_batches", [str(b) for b in _DEFAULTS.p
                                    "Batch sizes of the gate-reliability probes.")
 _PROBE_LAMBDA = flags.DEFINE_float("probe_lambda", None, "λ of the probes (default: GradProm's λ "
                                    "chosen on validation).")
+_PROBE_EVERY = flags.DEFINE_integer("probe_every", _DEFAULTS.probe_every,
+                                    "Steps between two gate-reliability probes of a probe run.")
+_TASK_GAINS = flags.DEFINE_multi_string(
+    "task_gains", [], "Matched task gains of the fronts: g1,g2 for every metric or METRIC=g1,g2 "
+    "(repeat per metric); default: evidence_report.py fronts's.")
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None, "JAX compilation cache shared by the runs (default "
     "DIR/jax_cache; '' turns it off). Changes no result.")
@@ -79,7 +84,8 @@ def main(argv):
         lambdas=tuple(float(w) for w in _LAMBDAS.value), methods=tuple(_METHODS.value),
         variants=tuple(_VARIANTS.value), judge_seed=_JUDGE_SEED.value,
         recognizer_steps=_RECOGNIZER_STEPS.value, steps=_STEPS.value,
-        probe_batches=tuple(int(b) for b in _PROBE_BATCHES.value), probe_lambda=_PROBE_LAMBDA.value)
+        probe_batches=tuple(int(b) for b in _PROBE_BATCHES.value), probe_lambda=_PROBE_LAMBDA.value,
+        probe_every=_PROBE_EVERY.value)
     config_args = comparison.forwarded_config_args(flags.FLAGS["config"])
     for stage, rows in study.planned_stages(options):
       print(f"{stage}: {', '.join(rows) or '—'}")
@@ -94,6 +100,7 @@ def main(argv):
         setting=_SETTING.value or f"{config_name}, {options.regime} recogniser, "
                                   f"{options.steps} steps",
         report_script=Path(__file__).with_name("evidence_report.py"),
+        task_gains=tuple(_TASK_GAINS.value),
         workers=_WORKERS.value or worker_pool.default_workers(),
         cache_dir=(workdir / "jax_cache" if _CACHE_DIR.value is None else _CACHE_DIR.value),
         command=shlex.join([sys.executable, *sys.argv]))

@@ -2,6 +2,7 @@
 end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -113,6 +114,21 @@ def test_probes_default_to_gradprom_lambda_chosen_on_validation(tmp_path):
   assert dict(probes[0].row.overrides) == {"task_weight": "0.01", "batch_size": "8",
                                            "gate_reliability_every": "10"}
   assert study.chosen_gradprom_lambda(OPTIONS, tmp_path / "empty", "dice") is None
+  every_3 = study.probe_runs(dataclasses.replace(OPTIONS, probe_every=3), tmp_path, 0.01)
+  assert dict(every_3[0].row.overrides)["gate_reliability_every"] == "3"   # 100 probes in 300
+
+
+def test_reports_forward_the_task_gains_to_the_fronts(tmp_path):
+  script = tmp_path / "recording_report.py"   # records its arguments, writes nothing
+  script.write_text("import json, sys\nopen(sys.argv[0] + '.args', 'a').write("
+                    "json.dumps(sys.argv[1:]) + '\\n')\n")
+  study.write_reports(tmp_path, task_metrics=["auc", "balanced_accuracy"], setting="S",
+                      report_script=script, gradprom=False,
+                      task_gains=["auc=0.005,0.01", "balanced_accuracy=0.05"])
+  (fronts_call,) = [json.loads(line) for line in Path(f"{script}.args").read_text().splitlines()]
+  assert fronts_call == ["fronts", str(tmp_path), "--task_metric", "auc", "--task_metric",
+                         "balanced_accuracy", "--task_gains", "auc=0.005,0.01", "--task_gains",
+                         "balanced_accuracy=0.05", "--setting", "S"]
 
 
 def test_reports_say_when_the_fronts_subcommand_is_missing(tmp_path):

@@ -54,6 +54,7 @@ class StudyOptions:
     recognizer_steps, steps: training steps of the recognisers and of every other run.
     probe_batches: the batch sizes of the gate-reliability probes.
     probe_lambda: the probes' λ; ``None``: GradProm's λ chosen on validation (the protocol's rule).
+    probe_every: steps between two probes (300 steps / 3 = 100 probes a run).
   """
   regime: str = "frozen"
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -65,6 +66,7 @@ class StudyOptions:
   steps: int = 300
   probe_batches: tuple[int, ...] = (8, 32)
   probe_lambda: float | None = None
+  probe_every: int = 10
 
   def __post_init__(self):
     if self.regime not in REGIMES:
@@ -121,10 +123,11 @@ def random_gate_name(weight: float) -> str:
 
 
 def probe_rows(options: StudyOptions, weight: float) -> list[Row]:
-  """GradProm at ``weight`` probing its gate every 10 steps, one row per probe batch size."""
+  """GradProm at ``weight`` probing its gate every ``probe_every`` steps, a row per batch size."""
   return [Row(f"{PROBE_PREFIX}{batch}", "gradprom",
               (("task_weight", f"{weight:g}"), ("batch_size", str(batch)),
-               ("gate_reliability_every", "10"))) for batch in options.probe_batches]
+               ("gate_reliability_every", str(options.probe_every))))
+          for batch in options.probe_batches]
 
 
 def planned_stages(options: StudyOptions) -> list[tuple[str, list[str]]]:
@@ -268,7 +271,7 @@ REPORT_FILENAME = "study.md"
 
 def run_study(config_args: Sequence[str], options: StudyOptions, workdir: str | Path, *,
               task_metrics: Sequence[str], setting: str, report_script: str | Path,
-              workers: int = 1, cache_dir: str | Path | None = None,
+              task_gains: Sequence[str] = (), workers: int = 1, cache_dir: str | Path | None = None,
               main_script: str | Path | None = None, command: str = "", print_fn=print
               ) -> list[str]:
   """Runs the five stages in order (finished runs skipped) and writes ``<regime>/study.md``.
@@ -276,6 +279,8 @@ def run_study(config_args: Sequence[str], options: StudyOptions, workdir: str | 
   Args:
     config_args: ``--config=FILE[:ARGS]`` and the user's overrides, as compare.py forwards them.
     report_script: ``experiments/evidence_report.py``, run for the reports.
+    task_gains: the fronts' matched task gains, as ``evidence_report.py fronts --task_gains``
+      takes them (``g1,g2`` or ``METRIC=g1,g2`` each); empty: its default.
     workers, cache_dir, main_script: see `comparison.run_all`.
 
   Returns:
@@ -316,7 +321,8 @@ def run_study(config_args: Sequence[str], options: StudyOptions, workdir: str | 
     stage("gate_probes", probe_runs(options, workdir, weight), args)
   print_fn("== report", flush=True)
   notes += write_reports(grid_dir(workdir, options), task_metrics=task_metrics, setting=setting,
-                         report_script=report_script, gradprom="gradprom" in options.methods)
+                         report_script=report_script, gradprom="gradprom" in options.methods,
+                         task_gains=task_gains)
   text = ["# Study", "", f"Setting: {setting}", "", f"Command: `{command}`", "",
           *(f"- {note}" for note in notes), "",
           (f"**Failed ({len(failed)}):** " + ", ".join(failed)) if failed else "No run failed."]
@@ -331,11 +337,13 @@ class StudyError(RuntimeError):
 
 
 def write_reports(directory: Path, *, task_metrics: Sequence[str], setting: str,
-                  report_script: str | Path, gradprom: bool) -> list[str]:
+                  report_script: str | Path, gradprom: bool, task_gains: Sequence[str] = ()
+                  ) -> list[str]:
   """Runs evidence_report.py's ``fronts`` (every task metric), then ``select`` and ``report`` (the
   first task metric); returns one line per report: written, unavailable or failed."""
   metric_args = [arg for m in task_metrics for arg in ("--task_metric", m)]
-  calls = {"fronts.md": ["fronts", str(directory), *metric_args, "--setting", setting]}
+  gain_args = [arg for gains in task_gains for arg in ("--task_gains", gains)]
+  calls = {"fronts.md": ["fronts", str(directory), *metric_args, *gain_args, "--setting", setting]}
   if gradprom:
     calls["lambda_selection.md"] = ["select", str(directory), "--task_metric", task_metrics[0]]
     calls["report.md"] = ["report", str(directory), "--task_metric", task_metrics[0],
