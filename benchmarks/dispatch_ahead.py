@@ -7,8 +7,10 @@ Runs ``train.train_and_evaluate`` on the smoke config with its train step replac
 ``--matmuls`` products of ``--matmul_size``² matrices (seeded by the batch, so it runs on every
 step: about a second each on a 2-core CPU). Everything else is the real loop: the grain loader, the
 device prefetcher, the compiled step with its shardings and donated state, logging, the preemption
-guard. Logging, evaluation and checkpoints are set past the run, which is left (by an exception
-from the hook) when it would dispatch one step more than ``--steps``.
+guard. Evaluation and checkpoints are set past the run, and logging too unless ``--log_every``
+puts log steps inside it (a log step reads the previous log step's metrics, so it should not wait
+for the step just dispatched). The run is left (by an exception from the hook) when it would
+dispatch one step more than ``--steps``.
 
 For every dispatch it records how long the call took and which earlier steps' outputs were
 already computed when it returned (``jax.Array.is_ready``, which does not block); a background
@@ -92,11 +94,12 @@ class CompletionWatcher:
 
 
 def measure(*, steps: int, matmul_size: int, matmuls: int, data_dir: str | None,
-            block_each_step: bool = False) -> dict:
+            block_each_step: bool = False, log_every: int | None = None) -> dict:
   """The run's record; ``block_each_step``: the hook waits for each step, as a host read would."""
   config = default.get_config("smoke")
   config.num_train_steps = 100 * steps   # never reached: the run is stopped after `steps`
   config.log_every = config.eval_every = config.checkpoint_every = 100 * steps
+  config.log_every = log_every or config.log_every
   outputs, dispatched_at, dispatch_s, ready_at_dispatch = [], [], [], []
   watcher = CompletionWatcher()
 
@@ -133,7 +136,7 @@ def measure(*, steps: int, matmul_size: int, matmuls: int, data_dir: str | None,
       "step_ms": round(1e3 * statistics.median(
           b - a for a, b in zip(watcher.done_at, watcher.done_at[1:])), 1),
       "dispatch_span_ms": round(1e3 * (dispatched_at[-1] - dispatched_at[0]), 1),
-      "blocking_each_step": block_each_step,
+      "blocking_each_step": block_each_step, "log_every": config.log_every,
   }
 
 
@@ -146,13 +149,16 @@ def main(argv=None) -> None:
   parser.add_argument("--blocking_control", action="store_true",
                       help="Also run a loop that waits for every step (what float(loss) in the "
                            "loop would do), to show the measurement tells the two apart.")
+  parser.add_argument("--log_every", type=int, default=None,
+                      help="Log steps inside the measured steps (default: none).")
   args = parser.parse_args(argv)
   if args.steps < 2:
     parser.error("--steps must be at least 2")
   with tempfile.TemporaryDirectory() as scratch:
     measure_run = lambda block: measure(
         steps=args.steps, matmul_size=args.matmul_size, matmuls=args.matmuls,
-        data_dir=args.data_dir or str(Path(scratch) / "tfds"), block_each_step=block)
+        data_dir=args.data_dir or str(Path(scratch) / "tfds"), block_each_step=block,
+        log_every=args.log_every)
     result = measure_run(False)
     if args.blocking_control:
       result["blocking_control"] = measure_run(True)

@@ -9,7 +9,8 @@ both show one clean curve; records of the ``replace_kinds`` (the test scores, wr
 end of every start) are dropped whatever their step.
 
 The bar moves at every dispatched step (:meth:`MetricLogger.advance`, no host sync) and shows the
-latest losses from the log steps.
+latest losses from the log steps. :class:`OneLogStepBehind` lets the loop read a log step's device
+values only at the next log step, when they are long computed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,40 @@ class MetricLogger:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+class OneLogStepBehind:
+  """Holds the latest log step's values (still on the device) until the next log step comes.
+
+  Reading a step's metrics on the host waits for that step; the step just dispatched has barely
+  started, but the previous log step's is long done. So each :meth:`put` hands the *previous*
+  step's values to ``record(step, values)`` and keeps its own; :meth:`flush` hands over the held
+  one (at the end of a run, or before it stops).
+
+  >>> written = []
+  >>> log = OneLogStepBehind(lambda step, values: written.append((step, values)))
+  >>> log.put(10, "a"); written
+  []
+  >>> log.put(20, "b"); written
+  [(10, 'a')]
+  >>> log.flush(); log.flush(); written
+  [(10, 'a'), (20, 'b')]
+  """
+
+  def __init__(self, record: Callable[[int, Any], None]):
+    self._record = record
+    self._held: tuple[int, Any] | None = None
+
+  def put(self, step: int, values: Any) -> None:
+    """Records the held step's values, then holds ``values`` of ``step``."""
+    self.flush()
+    self._held = (step, values)
+
+  def flush(self) -> None:
+    """Records the held step's values, if any."""
+    held, self._held = self._held, None
+    if held is not None:
+      self._record(*held)
 
 
 def read_metrics(path: str | os.PathLike[str], kind: str | None = None) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ Two interchangeable modes (``config.parallel``):
 
 Either way each host passes only its own slice of the global batch. Evaluation is a plain
 ``jax.jit`` program in both modes: it takes :meth:`DataParallel.global_state` and
-:meth:`DataParallel.put_global_batch`.
+:meth:`DataParallel.put_global_batch`. Under ``pmap`` the state moves between its two layouts on the
+devices (each device keeps its own replica), never through the host.
 """
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ class DataParallel:
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
+    # Each device holds a full replica in both layouts, so converting is a local reshape on every
+    # device: no collective, no host copy. (`check_vma=False`: the replicas are equal by
+    # construction, which shard_map cannot see.)
+    self._to_replicas = jax.jit(jax.shard_map(
+        lambda tree: jax.tree.map(lambda x: x[None], tree), mesh=self.mesh,
+        in_specs=P(), out_specs=P("data")))
+    self._from_replicas = jax.jit(jax.shard_map(
+        lambda tree: jax.tree.map(lambda x: x[0], tree), mesh=self.mesh,
+        in_specs=P("data"), out_specs=P(), check_vma=False))
 
   @property
   def num_devices(self) -> int:
@@ -64,18 +74,30 @@ class DataParallel:
                    out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
   def put_state(self, state: Any) -> Any:
-    """A host or mesh-replicated state, placed for :meth:`compile_step`'s function."""
-    if self.mode == "pmap":
-      devices = jax.local_device_count()
-      return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), state)
-    return jax.device_put(state, self.replicated)
+    """A host or mesh-replicated state, placed for :meth:`compile_step`'s function.
+
+    Under ``pmap``: one replica per device along a leading device axis, made on the devices from
+    the mesh-replicated state (a mesh-replicated state is not copied through the host).
+
+    >>> parallel = DataParallel("pmap")
+    >>> parallel.put_state({"w": np.ones(3)})["w"].shape == (jax.device_count(), 3)
+    True
+    """
+    state = jax.device_put(state, self.replicated)   # a no-op for an already replicated state
+    return self._to_replicas(state) if self.mode == "pmap" else state
 
   def global_state(self, state: Any) -> Any:
-    """The state as mesh-replicated global arrays (for checkpoints and evaluation)."""
-    if self.mode == "mesh":
-      return state
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x[0])), state)
+    """The state as mesh-replicated global arrays (for checkpoints and evaluation).
+
+    Under ``pmap``: each device's own replica, without the device axis, assembled on the devices.
+    The arrays are new buffers, so a later step donating ``state`` leaves them intact.
+
+    >>> parallel = DataParallel("pmap")
+    >>> state = parallel.put_state({"w": np.arange(3.0)})
+    >>> parallel.global_state(state)["w"].sharding == parallel.replicated
+    True
+    """
+    return self._from_replicas(state) if self.mode == "pmap" else state
 
   def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """This host's slice of the global batch, placed for :meth:`compile_step`'s function."""
@@ -100,6 +122,6 @@ class DataParallel:
 
   def metrics_to_host(self, metrics: dict[str, Any]) -> dict[str, float]:
     """Step metrics (identical on every device) as Python floats."""
-    if self.mode == "pmap":
-      metrics = jax.tree.map(lambda x: x[0], metrics)
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if self.mode == "pmap":   # the first device's copy, as it is: slicing would be a device op
+      metrics = jax.tree.map(lambda x: x.addressable_shards[0].data, metrics)
+    return {k: float(np.asarray(v).reshape(())) for k, v in jax.device_get(metrics).items()}

@@ -41,7 +41,7 @@ from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpo
 from gradprom_jax.training.distributed import initialize_distributed
 from gradprom_jax.training.gate_reliability import make_gate_probe, probe_is_due
 from gradprom_jax.training.host_agreement import fail_together
-from gradprom_jax.training.metric_logging import MetricLogger
+from gradprom_jax.training.metric_logging import MetricLogger, OneLogStepBehind
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases, phase_at, run_length
 from gradprom_jax.training.preemption import PreemptionGuard
@@ -292,8 +292,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   phases = make_phases(spec.phases)
   enhancer_tx = make_enhancer_tx(spec.optimizer, phases, spec.run.method, tasks)
   recognizer_tx = make_recognizer_tx(spec.optimizer, phases, tasks)
-  state = initial_state(spec.seed, system, dataset.image_shape, enhancer_tx, recognizer_tx)
-  state = jax.device_put(state, parallel.replicated)
+  state = initial_state(spec.seed, system, dataset.image_shape, enhancer_tx, recognizer_tx,
+                        sharding=parallel.replicated)
 
   train_iter = iter(data_lib.make_train_loader(
       dataset, global_batch_size=config.batch_size, seed=config.seed,
@@ -317,8 +317,8 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
     # The optimiser states do not depend on the params' values, except the enhancer's parameter
     # average (optim.ema_decay), which must start at the warm-started params.
     state = state.replace(**init_params)
-    state = state.replace(enhancer_opt_state=jax.device_put(
-        enhancer_tx.init(state.enhancer_params), parallel.replicated))
+    state = state.replace(enhancer_opt_state=jax.jit(
+        enhancer_tx.init, out_shardings=parallel.replicated)(state.enhancer_params))
   start_step = int(jax.device_get(state.step))
 
   train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
@@ -344,6 +344,29 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
   logger = MetricLogger(workdir, total_steps=total_steps, start_step=start_step,
                         enabled=is_main, replace_kinds=("test",))
   started, timed_steps, streaks = time.time(), 0, []
+  last_read = time.time()
+
+  def record_train(done: int, pending: tuple) -> None:
+    """Logs a log step's metrics (read now, one log step later) and stops a non-finite streak."""
+    nonlocal last_read
+    step_metrics, step_streaks, phase_index, timed, clock_started = pending
+    host_metrics = parallel.metrics_to_host(step_metrics)   # waits for step `done`, long done
+    streak = int(max(np.max(s) for s in jax.device_get(step_streaks)))
+    # Steps computed per second since the previous log step was read (or a compile ended).
+    read = time.time()
+    host_metrics["steps_per_second"] = timed / max(read - max(last_read, clock_started), 1e-9)
+    last_read = read
+    logger.log_train(done, {"phase": phase_index, **host_metrics})
+    if streak >= config.max_nonfinite_steps:
+      checkpointer.wait_until_finished()
+      raise NonFiniteTrainingError(
+          f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
+          f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
+          f"last good checkpoint in {checkpointer.directory} is intact.")
+
+  # A log step's metrics are read at the next log step (the last at the end), so the host never
+  # waits on the step it has just dispatched; a non-finite streak stops the run one log later.
+  train_log = OneLogStepBehind(record_train)
   with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard:
     for step in range(start_step, total_steps):
       phase = phase_at(phases, step)
@@ -371,17 +394,10 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
       logger.advance(done)   # counts dispatched steps: no host sync
       is_last = done == total_steps
       if done % config.log_every == 0 or is_last:
-        host_metrics = parallel.metrics_to_host(step_metrics)
-        streak, streaks = int(max(np.max(s) for s in jax.device_get(streaks))), []
-        host_metrics["steps_per_second"] = timed_steps / max(time.time() - started, 1e-9)
-        logger.log_train(done, {"phase": phases.index(phase), **host_metrics})
-        started, timed_steps = time.time(), 0
-        if streak >= config.max_nonfinite_steps:
-          checkpointer.wait_until_finished()
-          raise NonFiniteTrainingError(
-              f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
-              f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
-              f"last good checkpoint in {checkpointer.directory} is intact.")
+        train_log.put(done, (step_metrics, streaks, phases.index(phase), timed_steps, started))
+        streaks, timed_steps, started = [], 0, 0.0
+        if is_last:
+          train_log.flush()
       if probe_is_due(config.gate_reliability_every, done) and phase.enhancer_gradient != "none":
         # Do the two halves of the batch just used agree on the cosine's sign? (The updated
         # parameters, the step's degradation noise.) A train record of gate_probe/* values.
@@ -397,12 +413,16 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
           _check_best_metric(config.checkpoint_best_metric, validation)
       # One write per step, periodic or best or both (a new best is saved off the interval too).
       if done % config.checkpoint_every == 0 or is_last or validation is not None:
+        # The held log record is written first: a run killed after this save resumes from here
+        # and keeps only records up to here. (Saving waits for this step anyway.)
+        train_log.flush()
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last,
                           metrics=validation)
       # Multi-host runs agree on a stop (a blocking all-gather) only every preemption_check_every
       # steps or where the loop waited for the device anyway; never once per step.
       waited = is_last or done % config.log_every == 0 or done % config.checkpoint_every == 0
       if guard.should_stop_all_hosts(done, sync=waited):
+        train_log.flush()
         checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()

@@ -60,14 +60,19 @@ def create_train_state(*, seed: int, enhancer_params: Any, recognizer_params: An
 
 
 def initial_state(seed: int, system: TaskDrivenSystem, image_shape,
-                  enhancer_tx, recognizer_tx) -> TrainState:
+                  enhancer_tx, recognizer_tx, *, sharding: jax.sharding.Sharding | None = None
+                  ) -> TrainState:
   """The state at step 0 of a run: both models initialised from ``seed`` (``config.seed``).
 
   Also the restore target of a run's checkpoints (the trained system and the warm starts rebuild
-  it from the run's config and ``model_info.json``).
+  it from the run's config and ``model_info.json``). With ``sharding``, the state is computed by
+  one compiled program straight into that sharding, with the same values: no array is made on
+  one device first and then moved.
   """
-  enhancer_params, recognizer_params = system.init_params(
-      jax.random.key(seed), tuple(image_shape))
-  return create_train_state(seed=seed, enhancer_params=enhancer_params,
-                            recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
-                            recognizer_tx=recognizer_tx)
+  def init() -> TrainState:
+    enhancer_params, recognizer_params = system.init_params(
+        jax.random.key(seed), tuple(image_shape))
+    return create_train_state(seed=seed, enhancer_params=enhancer_params,
+                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
+                              recognizer_tx=recognizer_tx)
+  return init() if sharding is None else jax.jit(init, out_shardings=sharding)()
