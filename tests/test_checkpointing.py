@@ -291,7 +291,10 @@ if process_id == 1:   # a transient read error of the newest step, on this host 
 iterator = iter(grain.MapDataset.range(100).batch(2).to_iter_dataset())
 with Checkpointer(directory, save_interval_steps=1) as ckpt:
   restored, step = ckpt.restore_latest(state(0), iterator)
-print("RESULT", step, float(restored["w"][0]), next(iterator).tolist(), flush=True)
+# One write of the whole line (Gloo's log lines from another thread must not land inside it).
+sys.stdout.write(" ".join(map(str, ["RESULT", step, float(restored["w"][0]),
+                                    next(iterator).tolist()])) + "\\n")
+sys.stdout.flush()
 jax.distributed.shutdown()
 """
 

@@ -31,8 +31,11 @@ global_array = multihost_utils.host_local_array_to_global_array(local, mesh,
 total = jax.jit(jnp.sum, out_shardings=jax.sharding.NamedSharding(
     mesh, jax.sharding.PartitionSpec()))(global_array)
 gathered = multihost_utils.process_allgather(np.int32(process_id))
-print("RESULT", jax.process_count(), jax.device_count(), float(total), sorted(gathered.tolist()),
-      flush=True)
+# One write of the whole line: with PYTHONUNBUFFERED print writes piece by piece, and Gloo's log
+# lines from another thread could land inside it.
+sys.stdout.write(" ".join(map(str, ["RESULT", jax.process_count(), jax.device_count(),
+                                    float(total), sorted(gathered.tolist())])) + "\\n")
+sys.stdout.flush()
 jax.distributed.shutdown()
 """
 

@@ -15,6 +15,8 @@ devices (each device keeps its own replica), never through the host.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable
 
 import jax
@@ -42,15 +44,20 @@ class DataParallel:
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
+
+  @functools.cached_property
+  def _to_replicas(self) -> Callable:
     # Each device holds a full replica in both layouts, so converting is a local reshape on every
-    # device: no collective, no host copy. (`check_vma=False`: the replicas are equal by
-    # construction, which shard_map cannot see.)
-    self._to_replicas = jax.jit(jax.shard_map(
-        lambda tree: jax.tree.map(lambda x: x[None], tree), mesh=self.mesh,
-        in_specs=P(), out_specs=P("data")))
-    self._from_replicas = jax.jit(jax.shard_map(
-        lambda tree: jax.tree.map(lambda x: x[0], tree), mesh=self.mesh,
-        in_specs=P("data"), out_specs=P(), check_vma=False))
+    # device: no collective, no host copy. Built on first use: making a DataParallel compiles
+    # nothing (a config error must surface before anything is jitted).
+    return jax.jit(jax.shard_map(lambda tree: jax.tree.map(lambda x: x[None], tree),
+                                 mesh=self.mesh, in_specs=P(), out_specs=P("data")))
+
+  @functools.cached_property
+  def _from_replicas(self) -> Callable:
+    # `check_vma=False`: the replicas are equal by construction, which shard_map cannot see.
+    return jax.jit(jax.shard_map(lambda tree: jax.tree.map(lambda x: x[0], tree), mesh=self.mesh,
+                                 in_specs=P("data"), out_specs=P(), check_vma=False))
 
   @property
   def num_devices(self) -> int:
