@@ -98,6 +98,7 @@ def check_enhance_cli(workdir, tmp_path, recognition):
     assert len(lines) == 3 and lines[0].startswith("image,predicted,p_")
 
 
+@pytest.mark.slow   # a minute; tests/test_distributed.py's 2-process run stays in the default suite
 def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path, data_dir):
   """Multi-host data parallelism through jax.distributed (gloo CPU collectives on localhost)."""
   overrides = ["--config.num_train_steps=4", "--config.eval_every=100"]

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gradprom_jax.core.image_dtype import to_unit_float
 from gradprom_jax.training import evaluation
@@ -55,6 +56,7 @@ def test_train_and_eval_steps_give_identical_results_on_uint8_and_float_batches(
   assert np.all(np.isfinite(outputs[0]["enhanced"]["psnr"]))
 
 
+@pytest.mark.slow   # 20 s; the uint8 images test beside it stays in the default suite
 def test_uint8_masks_give_the_results_of_int32_masks():
   """The loader sends masks as uint8; the compiled programs see the int32 class ids of before."""
   config = tiny_config()

@@ -51,6 +51,7 @@ def test_pmap_global_view_survives_the_next_step_donating_the_state():
   _assert_trees_equal(parallel.global_state(replicas), jax.tree.map(lambda x: 4 * x, _tree()))
 
 
+@pytest.mark.slow   # 50 s; tests/test_train_step.py's mesh/pmap equality stays in the default suite
 @pytest.mark.parametrize("recognition", ["segmentation", "classification"])
 def test_pmap_and_mesh_train_to_the_same_state(recognition):
   config = tiny_config("gradprom", recognition)
