@@ -3,6 +3,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import time
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -97,6 +98,11 @@ def build_lock(builder: tfds.core.DatasetBuilder, name: str) -> Iterator[None]:
   lock = FileLock(data_dir / f".{builder.name}-{builder.builder_config.name}.build.lock")
   if not lock.acquire(blocking=False):
     holder = lock.holder()
+    for _ in range(20):   # the holder writes its record just after taking the lock: let it land
+      if holder:
+        break
+      time.sleep(0.05)
+      holder = lock.holder()
     logging.warning("waiting for %s (host %s) building %s (%s) in %s", holder.get("pid", "?"),
                     holder.get("host", "?"), name, builder.builder_config.name, data_dir)
     lock.acquire()
