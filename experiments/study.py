@@ -71,6 +71,10 @@ _TASK_GAINS = flags.DEFINE_multi_string(
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None, "JAX compilation cache shared by the runs (default "
     "DIR/jax_cache; '' turns it off). Changes no result.")
+_EXTEND_GRID = flags.DEFINE_bool(
+    "extend_grid", False, "After the first seed, add λ beyond either end of --lambdas where its "
+    "validation results say the grid does not reach enhancement-only or the largest --task_gains "
+    "gain (kept in <regime>/grid_extension.json).")
 _RUN = flags.DEFINE_bool("run", True, "--norun prints the plan only.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -85,7 +89,7 @@ def main(argv):
         variants=tuple(_VARIANTS.value), judge_seed=_JUDGE_SEED.value,
         recognizer_steps=_RECOGNIZER_STEPS.value, steps=_STEPS.value,
         probe_batches=tuple(int(b) for b in _PROBE_BATCHES.value), probe_lambda=_PROBE_LAMBDA.value,
-        probe_every=_PROBE_EVERY.value)
+        probe_every=_PROBE_EVERY.value, extend_grid=_EXTEND_GRID.value)
     config_args = comparison.forwarded_config_args(flags.FLAGS["config"])
     for stage, rows in study.planned_stages(options):
       print(f"{stage}: {', '.join(rows) or '—'}")

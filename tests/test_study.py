@@ -118,6 +118,63 @@ def test_probes_default_to_gradprom_lambda_chosen_on_validation(tmp_path):
   assert dict(every_3[0].row.overrides)["gate_reliability_every"] == "3"   # 100 probes in 300
 
 
+def _fake_run_all(calls: list, validation: dict):
+  """comparison.run_all's stand-in: records each stage's runs and 'finishes' them with the given
+  validation (PSNR, task metric) per row (GradProm rows also log a gate-open rate)."""
+  def run_all(runs, config_args, **kwargs):
+    calls.append([(r.row.name, r.seed) for r in runs])
+    for run in runs:
+      run.workdir.mkdir(parents=True, exist_ok=True)
+      psnr, task = validation.get(run.row.name.rsplit("_l", 1)[0] if "_l" in run.row.name
+                                  else run.row.name, (25.0, 0.5))
+      weight = dict(run.row.overrides).get("task_weight", "0")
+      psnr, task = (psnr(float(weight)), task(float(weight))) if callable(psnr) else (psnr, task)
+      records = [{"kind": "train", "step": 1, "gate_open_rate": 0.5},
+                 {"kind": "val", "step": 6, "psnr": psnr, "balanced_accuracy": task}]
+      (run.workdir / METRICS_FILENAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+      (run.workdir / "results.json").write_text("{}")
+    return []
+  return run_all
+
+
+def test_grid_runs_seed_by_seed_and_extends_lambda_on_the_first_seed_only(tmp_path, monkeypatch):
+  # Every method loses 0.2 dB at the smallest λ and gains only 0.05 at the largest: both ends added.
+  validation = {"enhance_only": (25.0, 0.5),
+                **{m: (lambda w: 25.0 - (0.2 if w <= 0.01 else 1.0), lambda w: 0.55)
+                   for m in ("joint", "gradprom")}}
+  calls = []
+  monkeypatch.setattr(comparison, "run_all", _fake_run_all(calls, validation))
+  monkeypatch.setattr(study, "write_reports", lambda *a, **k: [])
+  options = dataclasses.replace(OPTIONS, extend_grid=True, probe_lambda=0.01)
+  study.run_study(SMOKE_ARGS, options, tmp_path, task_metrics=["balanced_accuracy"], setting="S",
+                  report_script="unused", task_gains=["balanced_accuracy=0.05,0.1"],
+                  print_fn=lambda *a, **k: None)
+  seeds_per_stage = [sorted({seed for _, seed in stage}) for stage in calls]
+  # recognisers; seed 0 grid, random gate, the added λ's grid and random gate; seed 1; probes.
+  assert seeds_per_stage == [[0, 1, 100], [0], [0], [0], [0], [1], [1], [0]]
+  added = {name for name, _ in calls[3]}
+  assert added == {"enhance_only", *(f"{m}_l{w:g}" for m in ("joint", "gradprom")
+                                     for w in (0.003, 0.001, 3, 10))}
+  assert {name for name, _ in calls[5]} >= {"joint_l0.001", "gradprom_l10"}   # seed 1: every λ
+  decision = json.loads((study.grid_dir(tmp_path, options) / study.EXTENSION_FILENAME).read_text())
+  assert decision["added"] == [0.003, 0.001, 3.0, 10.0]
+  assert decision["best_task_gain_at_largest_lambda"] == pytest.approx(0.05)
+
+  # A grid that brackets the trade-off is left as it is.
+  calls.clear()
+  validation = {"enhance_only": (25.0, 0.5),
+                "joint": (lambda w: 25.0 - w, lambda w: 0.5 + 0.3 * w),
+                "gradprom": (lambda w: 25.0 - w, lambda w: 0.5)}
+  monkeypatch.setattr(comparison, "run_all", _fake_run_all(calls, validation))
+  study.run_study(SMOKE_ARGS, options, tmp_path / "bracketed", task_metrics=["balanced_accuracy"],
+                  setting="S", report_script="unused", task_gains=["balanced_accuracy=0.05,0.1"],
+                  print_fn=lambda *a, **k: None)
+  assert len(calls) == 6 and json.loads(
+      (tmp_path / "bracketed" / "frozen" / study.EXTENSION_FILENAME).read_text())["added"] == []
+  with pytest.raises(study.StudyError, match="task_gains"):
+    study.grid_extension(options, tmp_path / "none", task_metric="dice", task_gain=None)
+
+
 def test_reports_forward_the_task_gains_to_the_fronts(tmp_path):
   script = tmp_path / "recording_report.py"   # records its arguments, writes nothing
   script.write_text("import json, sys\nopen(sys.argv[0] + '.args', 'a').write("

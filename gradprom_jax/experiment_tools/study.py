@@ -9,6 +9,12 @@ gradient? Five stages, each resumable (finished runs are skipped), under one stu
                                               4. gp_batch<B>: gate-reliability probes (seed 0)
                                               5. the reports (`experiments/evidence_report.py`)
 
+Stages 2 and 3 run seed by seed (every row of seed ``s``, then its random gates, then seed
+``s + 1``), so a study stopped early holds whole fronts for its first seeds. With
+``extend_grid``, the λ grid is extended after the first seed, on its validation results alone
+(:func:`decide_grid_extension`), and the decision is kept in ``<regime>/grid_extension.json`` so a
+resumed study keeps it.
+
 Every grid run starts from the recogniser of its own seed (``recognizer.init_from``), frozen or
 fine-tuned (the regime), and is scored by the judge as well. The schedules are
 :func:`schedule_overrides` of a step count; a user's ``--config.KEY=VALUE`` wins over them.
@@ -22,6 +28,7 @@ fine-tuned (the regime), and is scored by the judge as well. The schedules are
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -55,6 +62,8 @@ class StudyOptions:
     probe_batches: the batch sizes of the gate-reliability probes.
     probe_lambda: the probes' λ; ``None``: GradProm's λ chosen on validation (the protocol's rule).
     probe_every: steps between two probes (300 steps / 3 = 100 probes a run).
+    extend_grid: extend λ after the first seed where the grid does not bracket the trade-off
+      (:func:`decide_grid_extension`).
   """
   regime: str = "frozen"
   seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -67,6 +76,7 @@ class StudyOptions:
   probe_batches: tuple[int, ...] = (8, 32)
   probe_lambda: float | None = None
   probe_every: int = 10
+  extend_grid: bool = False
 
   def __post_init__(self):
     if self.regime not in REGIMES:
@@ -263,6 +273,87 @@ def default_task_metrics(recognition: str | Sequence[str]) -> list[str]:
   return metrics if len(tasks) == 1 else [f"{m}/{tasks[0]}" for m in metrics]
 
 
+# --------------------------------------------------------------------------- extending the grid
+
+
+EXTENSION_FILENAME = "grid_extension.json"
+# The extension's rule (results/fronts/PROTOCOL.md): PSNR lost at the smallest λ beyond this means
+# the grid does not reach enhancement-only's end of the fronts.
+LOW_END_PSNR_LOSS = 0.1
+
+
+def decide_grid_extension(options: StudyOptions, workdir: str | Path, *, task_metric: str,
+                          task_gain: float) -> dict:
+  """Whether the λ grid brackets the trade-off, read on the first seed's validation results only.
+
+  * If no grid row's task metric at the largest λ exceeds enhancement-only's by ``task_gain`` (the
+    largest matched task gain), λ × 3 and λ × 10 of the largest λ are added;
+  * if any grid row's PSNR at the smallest λ is more than 0.1 dB below enhancement-only's,
+    λ × 0.3 and λ × 0.1 of the smallest λ are added.
+
+  Returns:
+    The decision: ``added`` (the λ to add, may be empty) and the values it was read from.
+
+  Raises:
+    StudyError: a run the decision reads has not finished (failed?).
+  """
+  seed = options.seeds[0]
+  runs = evidence.load_runs(grid_dir(workdir, options))
+  low, high = min(options.lambdas), max(options.lambdas)
+  names = {w: [lambda_row(m, w).name for m in options.methods]
+           + [row.name for spec in options.variants for row in variant_rows(spec, [w])]
+           for w in (low, high)}
+  needed = ["enhance_only", *names[low], *names[high]]
+  missing = [name for name in needed if (name, seed) not in runs
+             or not {"psnr", task_metric} <= set(runs[name, seed].final_validation())]
+  if missing:
+    raise StudyError(f"The grid extension is decided on seed {seed}'s validation results, but "
+                     f"{', '.join(missing)} (seed {seed}) did not finish with psnr and {task_metric}; "
+                     "see their run.log and run the same command again.")
+  validation = {name: runs[name, seed].final_validation() for name in needed}
+  reference = validation["enhance_only"]
+  best_gain = max(validation[n][task_metric] - reference[task_metric] for n in names[high])
+  worst_loss = max(reference["psnr"] - validation[n]["psnr"] for n in names[low])
+  added = []
+  if worst_loss > LOW_END_PSNR_LOSS:
+    added += [round(low * 0.3, 12), round(low * 0.1, 12)]
+  if best_gain <= task_gain:
+    added += [high * 3, high * 10]
+  return {"seed": seed, "task_metric": task_metric, "task_gain": task_gain,
+          "best_task_gain_at_largest_lambda": best_gain,
+          "largest_psnr_loss_at_smallest_lambda": worst_loss, "added": added}
+
+
+def grid_extension(options: StudyOptions, workdir: str | Path, *, task_metric: str,
+                   task_gain: float | None) -> dict:
+  """The decision kept in ``<regime>/grid_extension.json``, made (and written) on first call."""
+  path = grid_dir(workdir, options) / EXTENSION_FILENAME
+  if path.exists():
+    return json.loads(path.read_text())
+  if task_gain is None:
+    raise StudyError(f"extend_grid needs the largest matched gain of {task_metric} "
+                     f"(--task_gains {task_metric}=g1,g2,...).")
+  decision = decide_grid_extension(options, workdir, task_metric=task_metric, task_gain=task_gain)
+  path.write_text(json.dumps(decision, indent=2) + "\n")
+  return decision
+
+
+def largest_task_gain(task_gains: Sequence[str], task_metric: str) -> float | None:
+  """The largest gain ``--task_gains`` sets for ``task_metric`` (``METRIC=g1,g2`` or ``g1,g2``).
+
+  >>> largest_task_gain(["auc=0.01,0.02", "balanced_accuracy=0.05,0.2"], "balanced_accuracy")
+  0.2
+  >>> largest_task_gain(["0.01,0.03"], "dice"), largest_task_gain([], "dice")
+  (0.03, None)
+  """
+  found = None
+  for spec in task_gains:
+    metric, _, values = spec.rpartition("=")
+    if metric in ("", task_metric):
+      found = max(float(v) for v in values.split(","))
+  return found
+
+
 # --------------------------------------------------------------------------- running the study
 
 
@@ -301,13 +392,33 @@ def run_study(config_args: Sequence[str], options: StudyOptions, workdir: str | 
     raise StudyError(f"Recogniser run(s) failed: {', '.join(failed)}; every later run starts from "
                      "them. See their run.log; run the same command again to resume.")
   args = regime_config_args(config_args, options, workdir)
-  stage("grid", grid_runs(options, workdir), args)
-  runs, missing = random_gate_runs(options, workdir)
-  if missing:
-    notes.append(f"random gate not planned for {', '.join(missing)}: the GradProm run logged no "
-                 "gate-open rate (failed?)")
-    failed.extend(f"random_gate after {label}" for label in missing)
-  stage("random_gate", runs, args)
+
+  def seed_stages(seed: int, lambdas: Sequence[float]) -> None:
+    one_seed = dataclasses.replace(options, seeds=(seed,), lambdas=tuple(lambdas))
+    stage(f"grid, seed {seed}", grid_runs(one_seed, workdir), args)
+    runs, missing = random_gate_runs(one_seed, workdir)
+    if missing:
+      notes.append(f"random gate not planned for {', '.join(missing)}: the GradProm run logged no "
+                   "gate-open rate (failed?)")
+      failed.extend(f"random_gate after {label}" for label in missing)
+    stage(f"random_gate, seed {seed}", runs, args)
+
+  lambdas = list(options.lambdas)
+  for index, seed in enumerate(options.seeds):
+    seed_stages(seed, lambdas)
+    if index == 0 and options.extend_grid:
+      decision = grid_extension(options, workdir, task_metric=task_metrics[0],
+                                task_gain=largest_task_gain(task_gains, task_metrics[0]))
+      added = [w for w in decision["added"] if w not in lambdas]
+      notes.append(f"grid extension (seed {seed}, validation): λ "
+                   + (", ".join(f"{w:g}" for w in added) + " added" if added else "unchanged")
+                   + f" (task gain at the largest λ {decision['best_task_gain_at_largest_lambda']:.4f}"
+                   f" against {decision['task_gain']:g}; PSNR loss at the smallest λ "
+                   f"{decision['largest_psnr_loss_at_smallest_lambda']:.3f} dB)")
+      if added:
+        seed_stages(seed, added)
+        lambdas += added
+  options = dataclasses.replace(options, lambdas=tuple(lambdas))
   weight = (options.probe_lambda if options.probe_lambda is not None
             else chosen_gradprom_lambda(options, workdir, task_metrics[0]))
   if "gradprom" not in options.methods:

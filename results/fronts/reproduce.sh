@@ -11,7 +11,7 @@ DATA_DIR=${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}
 W=workdirs/fronts/$setting
 COMMON=(--regime frozen --seeds 0,1,2,3,4,5,6,7,8,9 --lambdas 0.001,0.003,0.01,0.03,0.1,0.3,1
         --methods joint,gradprom,pcgrad,gp_norm --variant "gradprom_ema:gradprom.gradient_ema=0.9"
-        --steps 300 --recognizer_steps 600 --probe_lambda 0.01 --probe_every 3)
+        --steps 300 --recognizer_steps 600 --probe_lambda 0.01 --probe_every 3 --extend_grid)
 case $setting in
   pneumoniamnist)
     CONFIG=(--config configs/pneumoniamnist.py --config.data.data_dir="$DATA_DIR")
