@@ -4,14 +4,15 @@ The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here 
 rest lives in subpackages named by role: ``core`` (the paper's maths), ``models``, ``data``,
 ``configuration``, ``training``, ``inference`` and ``experiment_tools`` (README, "Layout").
 """
-from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
-                                         cosine_similarity, enhance_only, find_combiner_state,
-                                         get_combiner, gradprom, joint, multi_steps, pcgrad)
+from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, GradVacState, cagrad,
+                                         combiner_metrics, cosine_similarity, enhance_only,
+                                         find_combiner_state, get_combiner, gradprom, gradvac, imtl_g,
+                                         joint, mgda, multi_steps, pcgrad)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "COMBINERS", "CombinerState", "GradPromState", "combiner_metrics", "cosine_similarity",
-    "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "joint", "multi_steps",
-    "pcgrad",
+    "COMBINERS", "CombinerState", "GradPromState", "GradVacState", "cagrad", "combiner_metrics",
+    "cosine_similarity", "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "gradvac",
+    "imtl_g", "joint", "mgda", "multi_steps", "pcgrad",
 ]
