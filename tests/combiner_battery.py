@@ -3,6 +3,8 @@
 Each ``check_*`` takes the combiner's factory (called with ``task_weight=`` and ``tasks=``) and raises
 on failure; a test file runs them all with ``@pytest.mark.parametrize("check", CHECKS)``.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,22 @@ def gradients(seed, tasks=1, scale=1.0):
 
 def update_once(tx, g_e, g_t):
   return tx.update(g_e, tx.init(g_e), task_grads=g_t)
+
+
+@functools.lru_cache(maxsize=None)
+def _built_and_jitted(make, tasks, options):
+  tx = make(tasks=tasks, **dict(options))
+  return tx, jax.jit(tx.update)
+
+
+def update_vectors(make, vectors, **options):
+  """(d as float64, state) of ``make(tasks=K, **options)`` for g_e = vectors[0] and the K task gradients
+  vectors[1:], under jit; built and compiled once per (K, options, shape), so property tests that
+  draw from a few shapes compile a few times only."""
+  tx, update = _built_and_jitted(make, len(vectors) - 1, tuple(sorted(options.items())))
+  g_e = jnp.asarray(vectors[0])
+  d, state = update(g_e, tx.init(g_e), task_grads=tuple(jnp.asarray(v) for v in vectors[1:]))
+  return np.float64(d), state
 
 
 def assert_trees_equal(a, b):

@@ -1,7 +1,6 @@
 """MGDA: the minimum-norm point of the gradients' convex hull, checked against brute force."""
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from gradprom_jax import mgda
 from gradprom_jax.core.combiners.mgda import MAX_TASKS, min_norm_weights
 
-from combiner_battery import CHECKS  # noqa: E402
+from combiner_battery import CHECKS, update_vectors  # noqa: E402
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__[len("check_"):])
@@ -19,13 +18,10 @@ def test_common_combiner_properties(check):
 
 
 def run(vectors, task_weight=1.0):
-  """(d, α) for g_e = vectors[0] and the task gradients vectors[1:] (float32 vectors), under jit (one
-  compilation per shape: the property tests draw from a few)."""
-  tx = mgda(task_weight=task_weight, tasks=len(vectors) - 1)
-  d, state = jax.jit(tx.update)(jnp.asarray(vectors[0]), tx.init(jnp.asarray(vectors[0])),
-                       task_grads=tuple(jnp.asarray(v) for v in vectors[1:]))
+  """(d, α) for g_e = vectors[0] and the task gradients vectors[1:] (float32 vectors)."""
+  d, state = update_vectors(mgda, vectors, task_weight=task_weight)
   task_alpha = np.array([float(s.gate) for s in state.tasks]) / task_weight
-  return np.float64(d), np.concatenate([[1.0 - task_alpha.sum()], task_alpha])
+  return d, np.concatenate([[1.0 - task_alpha.sum()], task_alpha])
 
 
 def simplex_grid(n, steps):
