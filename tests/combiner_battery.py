@@ -158,6 +158,21 @@ def check_the_cosine_is_logged_and_it_chains_and_injects(make):
   assert_trees_close(out, update_once(make(task_weight=0.5, tasks=2), g_e, g_t)[0])
 
 
+def check_inside_a_partition_it_sees_only_its_own_leaves(make):
+  """Under ``optax.partition(..., mask_compatible_extra_args=True)`` the other leaves are masked out
+  (``MaskedNode``) of g_e and g_t alike: the update is the combiner's on its own leaves alone."""
+  (g_e, g_t), (other_e, other_t) = gradients(11), gradients(12)
+  params = {"enhancer": g_e, "recognizer": other_e}
+  labels = {"enhancer": jax.tree.map(lambda _: "enhancer", g_e),
+            "recognizer": jax.tree.map(lambda _: "recognizer", other_e)}
+  tx = optax.partition({"enhancer": make(), "recognizer": optax.identity()}, labels,
+                       mask_compatible_extra_args=True)
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params,
+                                  task_grads={"enhancer": g_t, "recognizer": other_t})
+  assert_trees_close(updates["enhancer"], update_once(make(), g_e, g_t)[0])
+  assert_trees_equal(updates["recognizer"], other_e)
+
+
 def assert_sharded_update_equals_unsharded(tx, rtol=1e-5, atol=1e-6):
   """``tx`` (built for 3 tasks) gives the same update and state on gradients sharded over a 4-device
   mesh, under jit, as on one device, and its update keeps g_e's sharding."""
@@ -188,4 +203,5 @@ CHECKS = [check_jit_matches_eager_and_keeps_the_state_shape,
           check_tuple_and_dict_forms_agree,
           check_zero_task_weight_gives_g_e,
           check_the_cosine_is_logged_and_it_chains_and_injects,
+          check_inside_a_partition_it_sees_only_its_own_leaves,
           check_sharded_over_a_4_device_mesh_equals_unsharded]

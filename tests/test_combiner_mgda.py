@@ -58,10 +58,10 @@ def test_two_gradients_give_the_closed_form(seed, dim):
   np.testing.assert_allclose(run(vectors)[0], alpha * g_e + (1 - alpha) * g_t, rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(4, 6), dim=st.sampled_from([2, 7]))
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(4, 5), dim=st.sampled_from([2, 7]))
 def test_the_face_enumeration_is_exact_for_more_gradients(seed, n, dim):
-  """K + 1 = 4..6 gradients, also more than the dimension (0 may be in the hull): the optimality
+  """K + 1 = 4 or 5 gradients, also more than the dimension (0 may be in the hull): the optimality
   conditions hold to float32 rounding."""
   rng = np.random.default_rng(seed)
   vectors = np.float32(rng.normal(size=(n, dim)))
