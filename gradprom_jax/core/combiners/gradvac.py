@@ -31,12 +31,10 @@ import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
 from gradprom_jax.core.combiners.accumulation import check_not_in_optax_multisteps
-from gradprom_jax.core.combiners.gram_combiner import PerTask, check_task_weights
 from gradprom_jax.core.combiners.skeleton import check_task_grads
 from gradprom_jax.core.combiners.state import (GradVacState, init_combiner_state,
                                                next_combiner_state)
-from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
-
+from gradprom_jax.core.combiners.tasks import PerTask, TaskSpec, check_task_weights, resolve_tasks
 
 
 def vaccinated_coefficient(cosine: jax.Array, target: jax.Array, norm_ratio: jax.Array) -> jax.Array:
