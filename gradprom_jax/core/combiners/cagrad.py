@@ -141,7 +141,8 @@ def cagrad(task_weight: PerTask = 1.0, c: float | jax.Array = 0.4, *, rescale: b
   Args:
     task_weight: λ ≥ 0 scaling each task gradient; one, or one per task.
     c: the radius of the ball around g₀, relative to ‖g₀‖ (≥ 0; the authors use 0.4 or 0.5).
-    rescale: divide d by 1 + c² (the authors' ``rescale=1``), so its scale stays near g₀'s.
+    rescale: divide d by 1 + c² (the authors' ``rescale=1``), so its scale stays near g₀'s. A Python
+      bool: under ``optax.inject_hyperparams``, list it (and ``tasks``) in ``static_args``.
     tasks: the tasks combined (see :func:`~gradprom_jax.core.combiners.tasks.resolve_tasks`).
 
   >>> import jax.numpy as jnp
