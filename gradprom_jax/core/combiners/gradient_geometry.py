@@ -113,7 +113,12 @@ def rescaled_gram(trees: list[Any]) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def is_finite(tree: Any) -> jax.Array:
-  """Whether every entry of ``tree`` is finite (a bool scalar; True for a tree without leaves)."""
+  """Whether every entry of ``tree`` is finite (a bool scalar; True for a tree without leaves).
+
+  >>> import jax.numpy as jnp
+  >>> bool(is_finite({"w": jnp.ones(2)})), bool(is_finite({"w": jnp.array([1.0, jnp.inf])}))
+  (True, False)
+  """
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
                            or [jnp.bool_(True)]))
 
