@@ -120,7 +120,7 @@ def test_balanced_class_weights_are_inverse_train_frequencies_with_mean_one(tmp_
   dataset = load_dataset(folder_data_config(root, tmp_path / "tfds", label_column="grade"))
   config = image_folder_config.get_config("classification,smoke")
   config.task.class_weights = "balanced"
-  weights = np.asarray(build_system(config, dataset).class_weights)
+  weights = np.asarray(build_system(config, dataset).head.class_weights)
   counts = np.asarray(dataset.class_counts["train"])
   assert weights.mean() == pytest.approx(1.0) and weights[1] > weights[0]
   np.testing.assert_allclose(weights * counts, (weights * counts)[0], rtol=1e-5)  # Equal class totals.
