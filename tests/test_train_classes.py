@@ -97,7 +97,7 @@ def test_cli_class_weights_of_the_wrong_length_are_exit_2(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("newcomer_runs")
+  root = tmp_path_factory.mktemp("finished_runs")
   write_user_folder(root / "raw")
   return run_all(root, {
       "balanced": main_command(root, "balanced", "configs/image_folder.py:classification,smoke",
