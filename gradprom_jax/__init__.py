@@ -2,7 +2,8 @@
 
 The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here from ``core``; the
 rest lives in subpackages named by role: ``core`` (the paper's maths), ``models``, ``data``,
-``configuration``, ``training``, ``inference`` and ``experiment_tools`` (README, "Layout").
+``configuration``, ``training`` and ``inference`` (README, "Layout"). Sweeps, statistics and the
+study's tooling live outside the package, in the repository's ``experiments/tools``.
 """
 from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, GradVacState, cagrad,
                                          combiner_metrics, cosine_similarity, enhance_only,

@@ -169,15 +169,6 @@ def squared_norm_ratio_projection(a: list[jax.Array], b: list[jax.Array]) -> jax
   return jnp.where(defined, dot / jnp.where(defined, norm_sq * safe_scale, 1.0), 0.0)
 
 
-def add_scaled(e: jax.Array, t: jax.Array, weight: jax.Array) -> jax.Array:
-  """``e + weight * t`` in float32, cast back to ``e.dtype``; exactly ``e`` where ``weight == 0``.
-
-  The ``where`` (rather than a multiply by 0) keeps a non-finite ``t`` out of a closed gate's output.
-  """
-  combined = e.astype(jnp.float32) + weight * t.astype(jnp.float32)
-  return jnp.where(weight != 0, combined, e.astype(jnp.float32)).astype(e.dtype)
-
-
 def scaled(t: jax.Array, weight: jax.Array) -> jax.Array:
   """``weight * t`` in float32; exactly 0 where ``weight == 0``, so a closed gate's term stays out.
 
