@@ -75,7 +75,7 @@ def make_builder(config, data_dir):
 
 
 DATASET = data.DatasetSpec(name=TOY_NAME, make_builder=make_builder, add_config_keys=add_config_keys,
-                           check_config=check_config)
+                           check_config=check_config, smoke_test_keys=dict(toy_examples_per_split=4))
 # ---- End of the toy module.
 
 
@@ -90,22 +90,22 @@ def toy_config(data_dir) -> ml_collections.ConfigDict:
   config = base_config()
   config.data.name = TOY_NAME
   config.data.data_dir = str(data_dir)
-  config.data.image_size = (32, 32)
   shrink_for_smoke_test(config)
   return config
 
 
 def test_a_registered_dataset_module_is_selected_by_name_and_builds(toy_registered, tmp_path):
   assert TOY_NAME in data.dataset_names()
+  assert base_config().data.toy_examples_per_split == 8   # its key, with its default, in the config
   config = toy_config(tmp_path)
-  assert config.data.toy_examples_per_split == 8   # its key, with its default, in the config
+  assert config.data.toy_examples_per_split == 4   # and its smoke-test value under :smoke
   validate_config(config, num_devices=4)
 
   dataset = data.load_dataset(config.data)
   assert dataset.class_names == TOY_CLASSES and dataset.has_mask
   assert dataset.image_shape == (32, 32, 3)
   assert {split: len(source) for split, source in dataset.sources.items()} == {
-      "train": 8, "validation": 8, "test": 8}
+      "train": 4, "validation": 4, "test": 4}
   assert (tmp_path / "toy_squares").is_dir()   # built under its builder's name
 
   batch = next(iter(data.make_train_loader(dataset, global_batch_size=4, seed=0)))
@@ -158,7 +158,7 @@ def test_a_registered_dataset_module_trains_a_smoke_step(toy_registered, tmp_pat
   results = train_and_evaluate(config, str(tmp_path / "run"))
   assert results["num_train_steps"] == 1 and np.isfinite(results["dice"])
   stored = json.loads((tmp_path / "run" / "config.json").read_text())
-  assert stored["data"]["name"] == TOY_NAME and stored["data"]["toy_examples_per_split"] == 8
+  assert stored["data"]["name"] == TOY_NAME and stored["data"]["toy_examples_per_split"] == 4
 
 
 def test_each_dataset_key_is_declared_once():

@@ -18,7 +18,7 @@ keys is read from it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -46,11 +46,14 @@ class DatasetSpec:
       run config that lacks the key is taken to hold this default.
     check_config: raises ``ValueError`` naming the key (``data.<key>``) if the data config cannot
       build this dataset; runs before anything is built.
+    smoke_test_keys: the data config values of a seconds-long run (a config's ``:smoke``); empty:
+      the images are resized to 64 pixels on their longer side.
   """
   name: str
   make_builder: Callable[[ml_collections.ConfigDict, str], Any]
   add_config_keys: Callable[[ml_collections.ConfigDict], None] = _no_keys
   check_config: Callable[[ml_collections.ConfigDict], None] = _no_checks
+  smoke_test_keys: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def config_keys(self) -> dict[str, Any]:
     """The dataset's own keys with their defaults (sorted by key)."""

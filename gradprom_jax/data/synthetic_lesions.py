@@ -205,5 +205,7 @@ def make_builder(config, data_dir: str) -> SyntheticLesions:
   return SyntheticLesions(config=builder_config, data_dir=data_dir, file_format="array_record")
 
 
-DATASET = dataset_spec.DatasetSpec(name="synthetic_lesions", make_builder=make_builder,
-                                   add_config_keys=add_config_keys, check_config=check_config)
+DATASET = dataset_spec.DatasetSpec(
+    name="synthetic_lesions", make_builder=make_builder, add_config_keys=add_config_keys,
+    check_config=check_config,
+    smoke_test_keys=dict(image_size=(32, 32), num_train=12, num_validation=4, num_test=4))
