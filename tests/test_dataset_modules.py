@@ -137,8 +137,13 @@ def test_register_dataset_refuses_a_taken_name_or_key(toy_registered):
   with pytest.raises(ValueError, match="already registered"):
     data.register_dataset(DATASET)
   clash = dataclasses.replace(DATASET, name="toy_clash")
-  with pytest.raises(ValueError, match="toy_examples_per_split"):
+  with pytest.raises(ValueError, match="toy_examples_per_split"):   # another dataset's key
     data.register_dataset(clash)
+
+  def add_shared_key(config):
+    config.image_size = (8, 8)
+  with pytest.raises(ValueError, match="image_size"):   # a key every dataset reads
+    data.register_dataset(dataclasses.replace(DATASET, name="toy_clash", add_config_keys=add_shared_key))
   assert "toy_clash" not in data.DATASETS
 
 

@@ -67,12 +67,13 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
   ...
   ValueError: a dataset named 'ph2' is already registered
   """
+  from gradprom_jax.data.config import default_data_config   # it reads DATASETS: imported late
   if spec.name in DATASETS:
     raise ValueError(f"a dataset named {spec.name!r} is already registered")
-  taken = {key: name for name, other in DATASETS.items() for key in other.config_keys()}
-  clashes = {key: taken[key] for key in spec.config_keys() if key in taken}
+  clashes = sorted(set(spec.config_keys()) & set(default_data_config()))
   if clashes:
-    raise ValueError(f"dataset {spec.name!r}: data config keys already declared by other datasets: {clashes}")
+    raise ValueError(f"dataset {spec.name!r}: data config keys {clashes} are taken (shared keys or "
+                     "another dataset's)")
   DATASETS[spec.name] = spec
   return spec
 
@@ -86,7 +87,7 @@ def dataset_names() -> tuple[str, ...]:
   return tuple(DATASETS)
 
 
-def dataset_spec(name: str) -> DatasetSpec:
+def find_dataset(name: str) -> DatasetSpec:
   """The registered dataset `name`; a ValueError listing the valid names otherwise."""
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -149,7 +150,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   >>> len(dataset.sources["train"]), dataset.image_shape, dataset.num_classes, dataset.has_mask
   (4, (16, 16, 3), 3, True)
   """
-  spec = dataset_spec(config.name)
+  spec = find_dataset(config.name)
   spec.check_config(config)
   data_dir = resolve_data_dir(config.data_dir)
   builder = spec.make_builder(config, data_dir)
