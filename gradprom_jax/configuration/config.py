@@ -10,6 +10,7 @@ import ml_collections
 
 from gradprom_jax.core.degradations import parse_degradation
 from gradprom_jax.core.methods import METHODS  # noqa: F401  (re-exported: each declared once, in gradprom_jax.core.methods)
+from gradprom_jax.data import DATASETS
 from gradprom_jax.data.config import default_data_config
 
 PARALLEL_MODES = ("mesh", "pmap")
@@ -176,7 +177,8 @@ def base_config() -> ml_collections.ConfigDict:
 def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks ``config`` in place to a seconds-long run: tiny models, a few steps, small images.
 
-  For real datasets the images are resized to 64 pixels on their longer side at build time.
+  The dataset's own smoke-test values (`DatasetSpec.smoke_test_keys`) if it declares some, else
+  the images are resized to 64 pixels on their longer side at build time.
   """
   config.num_train_steps = 6
   config.batch_size = 4
@@ -187,9 +189,9 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
   config.optim.warmup_steps = 1
   config.recognizer.pretrain_steps = min(config.recognizer.pretrain_steps, 1)
   scale = parse_degradation(config.task.degradation).scale
-  if config.data.name == "synthetic_lesions":
-    config.data.image_size = (32, 32)
-    config.data.num_train, config.data.num_validation, config.data.num_test = 12, 4, 4
+  dataset = DATASETS.get(config.data.name)
+  if dataset is not None and dataset.smoke_test_keys:
+    config.data.update(dataset.smoke_test_keys)
   elif config.data.image_size is not None:
     height, width = config.data.image_size
     factor = 64 / max(height, width)

@@ -1,7 +1,7 @@
 """The ``--help`` listing of config keys: each key's value with the comment written above it.
 
-The comments in `gradprom_jax/configuration/config.py` (and `gradprom_jax/data/config.py` for ``data.*``) are the
-keys' documentation; `key_comments` reads them from the source, so the help never drifts from it. A
+The comments in `gradprom_jax/configuration/config.py` (and, for ``data.*``, `gradprom_jax/data/config.py`
+and each dataset module's ``add_config_keys``) are the keys' documentation; `key_comments` reads them from the source, so the help never drifts from it. A
 comment above a group (``config.gradprom = ...``) documents every key in the group; a comment above
 several assignments in a row documents each of them; a comment after the value on the same line
 documents that key.
@@ -19,6 +19,7 @@ from typing import Any
 from gradprom_jax.configuration import config as config_lib
 from gradprom_jax.configuration.plain_config import flatten_config
 from gradprom_jax.core.task_config import RECOGNITION_KINDS
+from gradprom_jax.data import DATASETS
 from gradprom_jax.data import config as data_config_lib
 
 TASK_PLACEHOLDER = "<task>"
@@ -121,7 +122,8 @@ def key_comments() -> dict[str, str]:
   'hard | soft'
   """
   comments = {}
-  for function, prefix in DOCUMENTED_SOURCES:
+  dataset_sources = tuple((spec.add_config_keys, "data.") for spec in DATASETS.values())
+  for function, prefix in DOCUMENTED_SOURCES + dataset_sources:
     comments.update(comments_in_source(inspect.getsource(function), prefix))
   return comments
 

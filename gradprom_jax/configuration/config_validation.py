@@ -20,7 +20,7 @@ from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core.combiners.gradient_geometry import GRANULARITIES
 from gradprom_jax.core.combiners.gradprom import GATE_MODES, TASK_SCALES
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, TaskConfigError
-from gradprom_jax.data import DATASET_NAMES
+from gradprom_jax.data import DATASETS
 
 
 class ConfigError(ValueError):
@@ -122,7 +122,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   gradprom_jax.configuration.config_validation.ConfigError: batch_size=6 is not divisible by the number of devices (4).
   """
   _choice("method", config.method, config_lib.METHODS)
-  _choice("data.name", config.data.name, DATASET_NAMES)
+  _choice("data.name", config.data.name, tuple(DATASETS))
+  try:
+    DATASETS[config.data.name].check_config(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _choice("model.enhancer.name", config.model.enhancer.name, tuple(models.ENHANCERS))
   tasks = parse_tasks(config)
   for task in tasks.tasks:

@@ -30,3 +30,6 @@ class ChestXray(records_builder.FilesBuilder):
                        for path in sorted((root / folder / label).glob("*.jp*g"))]
     self.require(root / "train")
     return splits
+
+
+DATASET = records_builder.files_dataset("chest_xray", ChestXray)

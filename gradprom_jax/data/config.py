@@ -1,5 +1,11 @@
-"""Every data option of gradprom_jax, with its default (the embedded synthetic dataset)."""
+"""Every data option of gradprom_jax, with its default (the embedded synthetic dataset).
+
+The keys every dataset reads are here; each dataset's own keys are declared by its module
+(`DatasetSpec.add_config_keys`) and added after them.
+"""
 import ml_collections
+
+from gradprom_jax.data import registry
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -10,9 +16,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   >>> config = default_data_config()
   >>> config.name, tuple(config.image_size)
   ('synthetic_lesions', (192, 256))
+  >>> config.isic_task   # a key of the isic module
+  '2018_task1'
   """
   config = ml_collections.ConfigDict()
-  # Registered dataset name: synthetic_lesions, image_folder, ph2, isic, kvasir_seg, chest_xray, medmnist.
+  # Registered dataset name, one module of gradprom_jax/data each (gradprom_jax.data.dataset_names()
+  # lists them; so does the error for a wrong one). Each adds its own keys below, named in their comments.
   config.name = "synthetic_lesions"
   # TFDS data directory for the built array_record files; None -> $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.data_dir = ml_collections.config_dict.placeholder(str)
@@ -22,13 +31,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.image_size = (192, 256)
   # (h, w) random training crop; None trains on the full image. Evaluation never crops.
   config.patch_size = ml_collections.config_dict.placeholder(tuple)
-  # image_folder: labels.csv column holding the image id (file stem) and the one holding the class.
-  config.id_column = "image_id"
-  config.label_column = "diagnosis"
-  # image_folder: mask file name inside masks/, `{id}` is the image id: {id}_lesion.png, {id}_segmentation.png...
-  config.mask_pattern = "{id}_lesion.png"
-  # image_folder: 3 (RGB) or 1 (grayscale) channels stored.
-  config.num_channels = 3
   # Class names in label-index order; None takes them from the data (sorted label values).
   config.class_names = ml_collections.config_dict.placeholder(tuple)
   # Training batches placed on the devices ahead of the one being trained on (0: none), so the
@@ -46,14 +48,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   # False: a bad input (corrupt image, wrong mask size, unknown label...) stops the build naming the file.
   # True: skip it and report how many were skipped.
   config.skip_bad = False
-  # synthetic_lesions: number of examples per split and the generator seed.
-  config.num_train = 400
-  config.num_validation = 100
-  config.num_test = 100
-  config.synthetic_seed = 0
-  # isic: which challenge task: 2018_task1 (segmentation), 2018_task3 (7 classes), 2017_task1, 2017_task3;
-  # 2018_task1_task3 / 2017_task1_task3: Task 1 masks and Task 3 labels together (multi-task runs).
-  config.isic_task = "2018_task1"
-  # medmnist: the .npz file inside manual_dir, e.g. pneumoniamnist_28.npz or dermamnist.npz.
-  config.medmnist_file = "pneumoniamnist_28.npz"
+  for spec in registry.DATASETS.values():
+    spec.add_config_keys(config)
   return config

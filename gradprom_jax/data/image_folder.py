@@ -133,3 +133,17 @@ class ImageFolder(records_builder.FilesBuilder):
         continue
       records.append(examples.Record(key=key, image=path, mask=mask, label=label))
     return {"train": records}
+
+
+def add_config_keys(config) -> None:
+  """The image folder's keys under ``config.data``."""
+  # image_folder: labels.csv column holding the image id (file stem) and the one holding the class.
+  config.id_column = "image_id"
+  config.label_column = "diagnosis"
+  # image_folder: mask file name inside masks/, `{id}` is the image id: {id}_lesion.png, {id}_segmentation.png...
+  config.mask_pattern = "{id}_lesion.png"
+  # image_folder: 3 (RGB) or 1 (grayscale) channels stored.
+  config.num_channels = 3
+
+
+DATASET = records_builder.files_dataset("image_folder", ImageFolder, add_config_keys=add_config_keys)

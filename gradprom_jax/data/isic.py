@@ -85,8 +85,7 @@ class Isic(records_builder.FilesBuilder):
   @property
   def task(self) -> str:
     task = self.builder_config.option("isic_task", "2018_task1")
-    if task not in LAYOUTS and task not in COMBINED:
-      raise ValueError(f"unknown data.isic_task {task!r}; valid: {sorted([*LAYOUTS, *COMBINED])}")
+    check_task(task)
     return task
 
   def has_mask(self) -> bool:
@@ -159,3 +158,26 @@ class Isic(records_builder.FilesBuilder):
         self.bad_inputs.add(examples.BadInputError(f"{truth}: id {missing!r} has no image in {root / inputs}"))
       splits[split] = [examples.Record(key=p.stem, image=p, label=labels.get(p.stem)) for p in images]
     return splits
+
+
+def check_task(task: str) -> None:
+  """Raises ValueError unless `task` names a layout (one task, or two for a multi-task run).
+
+  >>> check_task("2019_task1")
+  Traceback (most recent call last):
+  ...
+  ValueError: unknown data.isic_task '2019_task1'; valid: ['2017_task1', '2017_task1_task3', '2017_task3', '2018_task1', '2018_task1_task3', '2018_task3']
+  """
+  if task not in LAYOUTS and task not in COMBINED:
+    raise ValueError(f"unknown data.isic_task {task!r}; valid: {sorted([*LAYOUTS, *COMBINED])}")
+
+
+def add_config_keys(config) -> None:
+  """ISIC's key under ``config.data``."""
+  # isic: which challenge task: 2018_task1 (segmentation), 2018_task3 (7 classes), 2017_task1, 2017_task3;
+  # 2018_task1_task3 / 2017_task1_task3: Task 1 masks and Task 3 labels together (multi-task runs).
+  config.isic_task = "2018_task1"
+
+
+DATASET = records_builder.files_dataset("isic", Isic, add_config_keys=add_config_keys,
+                                        check_config=lambda config: check_task(config.isic_task))

@@ -28,3 +28,6 @@ class KvasirSeg(records_builder.FilesBuilder):
         continue
       records.append(examples.Record(key=image.stem, image=image, mask=mask))
     return {"train": records}
+
+
+DATASET = records_builder.files_dataset("kvasir_seg", KvasirSeg)

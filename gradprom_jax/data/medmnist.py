@@ -72,3 +72,12 @@ class Medmnist(records_builder.FilesBuilder):
                     for i, (image, label) in enumerate(zip(arrays[f"{npz_split}_images"],
                                                            arrays[f"{npz_split}_labels"].reshape(-1)))]
             for npz_split, split in NPZ_SPLITS.items()}
+
+
+def add_config_keys(config) -> None:
+  """MedMNIST's key under ``config.data``."""
+  # medmnist: the .npz file inside manual_dir, e.g. pneumoniamnist_28.npz or dermamnist.npz.
+  config.medmnist_file = "pneumoniamnist_28.npz"
+
+
+DATASET = records_builder.files_dataset("medmnist", Medmnist, add_config_keys=add_config_keys)

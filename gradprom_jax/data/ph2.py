@@ -64,3 +64,6 @@ class Ph2(records_builder.FilesBuilder):
       if folder.is_dir() and folder.name not in diagnoses:
         self.bad_inputs.add(examples.BadInputError(f"{folder}: image has no diagnosis in PH2_dataset.txt"))
     return {"train": records}
+
+
+DATASET = records_builder.files_dataset("ph2", Ph2)

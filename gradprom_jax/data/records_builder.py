@@ -13,8 +13,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import ml_collections
 import tensorflow_datasets as tfds
 
+from gradprom_jax.data import dataset_spec
 from gradprom_jax.data import examples
 from gradprom_jax.data import splits as splits_lib
 
@@ -154,3 +156,21 @@ class FilesBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     if skipped:
       logging.warning("%s/%s: skipped %d bad inputs in split %r", self.name, self.builder_config.name,
                       skipped, split)
+
+
+def files_dataset(name: str, builder_cls: type[FilesBuilder], **spec_fields) -> dataset_spec.DatasetSpec:
+  """The spec of a dataset read from files by `builder_cls`: the config's shared keys (manual_dir,
+  image_size, split_seed, split_fractions, skip_bad, class_names) plus the dataset's own keys,
+  which reach the builder as `FilesConfig.options` and so name the build. `spec_fields`: the
+  other fields of `DatasetSpec` (add_config_keys, check_config)."""
+  def make_builder(config: ml_collections.ConfigDict, data_dir: str) -> FilesBuilder:
+    image_size = None if config.image_size is None else tuple(config.image_size)
+    class_names = None if config.class_names is None else tuple(config.class_names)
+    builder_config = make_config(
+        manual_dir=config.manual_dir, image_size=image_size, split_seed=config.split_seed,
+        split_fractions=tuple(config.split_fractions), skip_bad=config.skip_bad, class_names=class_names,
+        options={key: config[key] for key in spec.config_keys()})
+    return builder_cls(config=builder_config, data_dir=data_dir, file_format="array_record")
+
+  spec = dataset_spec.DatasetSpec(name=name, make_builder=make_builder, **spec_fields)
+  return spec

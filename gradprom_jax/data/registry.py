@@ -1,4 +1,5 @@
-"""`load_dataset`: dataset name -> TFDS builder, built on first use, returned as random-access sources."""
+"""`DATASETS`, every dataset by name (each declared by its own module), and `load_dataset`: dataset
+name -> TFDS builder, built on first use, returned as random-access sources."""
 import contextlib
 import dataclasses
 import io
@@ -6,13 +7,15 @@ import logging
 import time
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gradprom_jax.data import records_builder
+from gradprom_jax.data import (chest_xray, image_folder, isic, kvasir_seg, medmnist, ph2,
+                               synthetic_lesions)
+from gradprom_jax.data.dataset_spec import DatasetSpec
 from gradprom_jax.data.file_lock import FileLock
 
 
@@ -42,36 +45,59 @@ class Dataset:
     return self.class_names is not None
 
 
-def _files_builder(builder_cls, **options) -> Callable:
-  """A factory: data config -> file-based builder named by the config's shared keys plus `options`."""
-  def make(config: ml_collections.ConfigDict, data_dir: str):
-    image_size = None if config.image_size is None else tuple(config.image_size)
-    class_names = None if config.class_names is None else tuple(config.class_names)
-    builder_config = records_builder.make_config(
-        manual_dir=config.manual_dir, image_size=image_size, split_seed=config.split_seed,
-        split_fractions=tuple(config.split_fractions), skip_bad=config.skip_bad, class_names=class_names,
-        options={key: config[key] for key in options})
-    return builder_cls(config=builder_config, data_dir=data_dir, file_format="array_record")
-  return make
+# The one table of datasets, by name; each entry is declared by its own module (`DATASET`).
+# Built-in datasets in the order listed to users; `register_dataset` adds others.
+DATASETS: dict[str, DatasetSpec] = {
+    module.DATASET.name: module.DATASET
+    for module in (synthetic_lesions, image_folder, ph2, isic, kvasir_seg, chest_xray, medmnist)}
 
 
-def _registry() -> dict[str, Callable]:
-  # Imported here so that importing gradprom_jax.data does not register every TFDS builder up front.
-  from gradprom_jax.data import (chest_xray, image_folder, isic, kvasir_seg, medmnist, ph2,
-                                 synthetic_lesions)
-  return {
-      "synthetic_lesions": synthetic_lesions.make_builder,
-      "image_folder": _files_builder(image_folder.ImageFolder, id_column=..., label_column=...,
-                                     mask_pattern=..., num_channels=...),
-      "ph2": _files_builder(ph2.Ph2),
-      "isic": _files_builder(isic.Isic, isic_task=...),
-      "kvasir_seg": _files_builder(kvasir_seg.KvasirSeg),
-      "chest_xray": _files_builder(chest_xray.ChestXray),
-      "medmnist": _files_builder(medmnist.Medmnist, medmnist_file=...),
-  }
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+  """Adds a dataset to `DATASETS`, so ``config.data.name = spec.name`` selects it; returns `spec`.
+
+  Its keys must be new to the data config: keys are shared by every dataset in one flat
+  ``config.data``. Register before building the config (``base_config()``), which then holds them.
+
+  >>> register_dataset(DATASETS["ph2"])
+  Traceback (most recent call last):
+  ...
+  ValueError: a dataset named 'ph2' is already registered
+  """
+  from gradprom_jax.data.config import default_data_config   # it reads DATASETS: imported late
+  if spec.name in DATASETS:
+    raise ValueError(f"a dataset named {spec.name!r} is already registered")
+  clashes = sorted(set(spec.config_keys()) & set(default_data_config()))
+  if clashes:
+    raise ValueError(f"dataset {spec.name!r}: data config keys {clashes} are taken (shared keys or "
+                     "another dataset's)")
+  DATASETS[spec.name] = spec
+  return spec
 
 
-DATASET_NAMES = ("synthetic_lesions", "image_folder", "ph2", "isic", "kvasir_seg", "chest_xray", "medmnist")
+def dataset_names() -> tuple[str, ...]:
+  """The registered dataset names.
+
+  >>> dataset_names()
+  ('synthetic_lesions', 'image_folder', 'ph2', 'isic', 'kvasir_seg', 'chest_xray', 'medmnist')
+  """
+  return tuple(DATASETS)
+
+
+def find_dataset(name: str) -> DatasetSpec:
+  """The registered dataset `name`; a ValueError listing the valid names otherwise."""
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+  return DATASETS[name]
+
+
+def dataset_key_defaults() -> dict[str, object]:
+  """{``data.<key>``: default} for every key a dataset declares (what a stored run config lacking
+  the key is taken to hold).
+
+  >>> dataset_key_defaults()["data.isic_task"]
+  '2018_task1'
+  """
+  return {f"data.{key}": value for spec in DATASETS.values() for key, value in spec.config_keys().items()}
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -120,16 +146,15 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   >>> len(dataset.sources["train"]), dataset.image_shape, dataset.num_classes, dataset.has_mask
   (4, (16, 16, 3), 3, True)
   """
-  registry = _registry()
-  if config.name not in registry:
-    raise ValueError(f"unknown dataset {config.name!r}; valid names: {', '.join(DATASET_NAMES)}")
+  spec = find_dataset(config.name)
+  spec.check_config(config)
   data_dir = resolve_data_dir(config.data_dir)
-  builder = registry[config.name](config, data_dir)
+  builder = spec.make_builder(config, data_dir)
   skipped = ()
   if not builder.is_prepared():
     with build_lock(builder, config.name):
       # Reopened: another process may have built it while this one waited for the lock.
-      builder = registry[config.name](config, data_dir)
+      builder = spec.make_builder(config, data_dir)
       if not builder.is_prepared():
         logging.info("Building %s (%s) into %s", config.name, builder.builder_config.name,
                      builder.data_dir)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow_datasets as tfds
 
+from gradprom_jax.data import dataset_spec
 from gradprom_jax.data import examples
 from gradprom_jax.data import records_builder
 
@@ -173,12 +174,38 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
       yield key, {"image": examples.encode_png(image), "mask": examples.encode_png(mask), "label": label}
 
 
+def add_config_keys(config) -> None:
+  """The synthetic dataset's keys under ``config.data``."""
+  # synthetic_lesions: number of examples per split and the generator seed.
+  config.num_train = 400
+  config.num_validation = 100
+  config.num_test = 100
+  config.synthetic_seed = 0
+
+
+def check_config(config) -> None:
+  """Every split needs at least one example.
+
+  >>> import ml_collections
+  >>> check_config(ml_collections.ConfigDict(dict(num_train=4, num_validation=0, num_test=2)))
+  Traceback (most recent call last):
+  ...
+  ValueError: data.num_validation must be positive, got 0
+  """
+  for split in ("num_train", "num_validation", "num_test"):
+    if config[split] <= 0:
+      raise ValueError(f"data.{split} must be positive, got {config[split]}")
+
+
 def make_builder(config, data_dir: str) -> SyntheticLesions:
   """The builder for a data config's synthetic keys (image_size, num_* counts, synthetic_seed)."""
   fields = dict(image_size=tuple(config.image_size), num_train=config.num_train,
                 num_validation=config.num_validation, num_test=config.num_test, seed=config.synthetic_seed)
-  for split in ("num_train", "num_validation", "num_test"):
-    if fields[split] <= 0:
-      raise ValueError(f"data.{split} must be positive, got {fields[split]}")
   builder_config = SyntheticConfig(name=records_builder.config_name(**fields), **fields)
   return SyntheticLesions(config=builder_config, data_dir=data_dir, file_format="array_record")
+
+
+DATASET = dataset_spec.DatasetSpec(
+    name="synthetic_lesions", make_builder=make_builder, add_config_keys=add_config_keys,
+    check_config=check_config,
+    smoke_test_keys=dict(image_size=(32, 32), num_train=12, num_validation=4, num_test=4))

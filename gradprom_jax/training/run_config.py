@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gradprom_jax.configuration.plain_config import flatten_config, to_plain
+from gradprom_jax.data.registry import dataset_key_defaults
 from gradprom_jax.training.checkpointing import WorkdirError
 
 CONFIG_FILENAME = "config.json"
@@ -47,7 +48,9 @@ RESUMABLE_KEYS = (
 
 # Keys added after runs were already being made, each with the value that reproduces how code
 # without the key behaved: a stored config that lacks such a key matches a new config holding this
-# value (so upgrading the code does not lock finished or interrupted runs out of resuming).
+# value (so upgrading the code does not lock finished or interrupted runs out of resuming). Each
+# dataset's own keys count too, with their defaults (`dataset_key_defaults`), so a new dataset or a
+# new key of one needs no entry here.
 ADDED_KEY_DEFAULTS = {
     "gradprom.task_scale": "none",
     "random_gate.open_rate": 0.5,
@@ -95,6 +98,7 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
   old_flat, new_flat = flatten_config(old), flatten_config(new)
   ignore = tuple(ignore)
   missing = object()
+  added_key_defaults = {**dataset_key_defaults(), **ADDED_KEY_DEFAULTS}
 
   def show(value: Any) -> str:
     return "<missing>" if value is missing else repr(value)
@@ -103,7 +107,7 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
   for key in sorted(old_flat.keys() | new_flat.keys()):
     if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
       continue
-    before = old_flat.get(key, ADDED_KEY_DEFAULTS.get(key, missing))
+    before = old_flat.get(key, added_key_defaults.get(key, missing))
     after = new_flat.get(key, missing)
     if after is missing and key in REMOVED_KEYS and REMOVED_KEYS[key](old_flat):
       continue
