@@ -111,8 +111,8 @@ def load_config(spec: str, smoke: bool):
   return module.get_config(options or None)
 
 
-def naive_separate_gradients(system, enhancer_params, recognizer_params, low_quality, batch, *,
-                             keep_forwards_apart: bool = True):
+def naive_separate_gradients(system, enhancer_params, recognizer_params, low_quality, batch,
+                             normalizers=None, *, keep_forwards_apart: bool = True):
   """:func:`shared_forward_gradients` the naive way: one ``jax.grad`` per loss, each with its own
   enhancer forward and backward pass. Same signature and result; for comparison only.
 
@@ -132,7 +132,7 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
   def task_loss(theta, phi):
     images = low_quality + 0.0 * low_quality if keep_forwards_apart else low_quality
     enhanced = system.enhance(theta, images, train=True)
-    return system.head.loss(system.head.recognize(phi, enhanced, train=True), batch)
+    return system.head.loss(system.head.recognize(phi, enhanced, train=True), batch, normalizers)
 
   (loss_e, enhanced), g_e = jax.value_and_grad(enhancement_loss, has_aux=True)(enhancer_params)
   loss_t, (g_t, g_phi) = jax.value_and_grad(task_loss, argnums=(0, 1))(enhancer_params,
@@ -141,7 +141,8 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
           "enhancement_grads": g_e, "task_grads": g_t, "recognizer_grads": g_phi}
 
 
-def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_quality, batch):
+def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_quality, batch,
+                               normalizers=None):
   """:func:`shared_forward_gradients` with one vmapped pull-back of the two stacked cotangents
   instead of two sequential pull-backs (the library's earlier formulation). For comparison only."""
   import jax
@@ -150,7 +151,8 @@ def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_q
   enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
   loss_e, d_e = jax.value_and_grad(system.enhancement_loss)(enhanced, batch["image"])
   loss_t, (g_phi, d_t) = jax.value_and_grad(
-      lambda phi, y: system.head.loss(system.head.recognize(phi, y, train=True), batch),
+      lambda phi, y: system.head.loss(system.head.recognize(phi, y, train=True), batch,
+                                      normalizers),
       argnums=(0, 1))(recognizer_params, enhanced)
   both = jax.vmap(lambda cotangent: pullback(cotangent)[0])(jnp.stack([d_e, d_t]))
   return {"enhancement_loss": loss_e, "task_loss": loss_t, "enhanced": enhanced,
