@@ -1,12 +1,14 @@
 """gradprom_jax: task-driven medical image quality enhancement with gradient promotion (GradProm).
 
-The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here from ``core``; the
-rest lives in subpackages named by role: ``core`` (the paper's maths), ``models``, ``data``,
-``configuration``, ``training``, ``inference`` and ``experiment_tools`` (README, "Layout").
+The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here from ``core`` (the
+combiners by name from ``methods``); the rest lives in subpackages named by role: ``core`` (the
+paper's maths), ``models``, ``data``, ``methods``, ``configuration``, ``training``, ``inference`` and
+``experiment_tools`` (README, "Layout").
 """
-from gradprom_jax.core.combiners import (COMBINERS, CombinerState, GradPromState, combiner_metrics,
+from gradprom_jax.core.combiners import (CombinerState, GradPromState, combiner_metrics,
                                          cosine_similarity, enhance_only, find_combiner_state,
-                                         get_combiner, gradprom, joint, multi_steps, pcgrad)
+                                         gradprom, joint, multi_steps, pcgrad)
+from gradprom_jax.methods import COMBINERS, get_combiner
 
 __version__ = "0.1.0"
 
