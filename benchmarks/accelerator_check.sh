@@ -8,6 +8,7 @@
 #
 #   bash benchmarks/accelerator_check.sh            # on the accelerator machine, from anywhere
 #   ACCEL_CHECK_TINY=1 bash benchmarks/accelerator_check.sh   # force the tiny sizes
+#   ACCEL_CHECK_PIPELINE_TIMEOUT=100 ...   # give the input-pipeline part less than its 240 s
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -23,7 +24,7 @@ echo "accelerator_check: platform $PLATFORM, tiny=$TINY, python $PYTHON" >&2
 # Input pipeline at ISIC-like size (3x512x512, batch 32; tiny: 64x64, batch 4), 0 and 2 workers.
 if [[ "$TINY" == 1 ]]; then PIPELINE_ARGS=(--full_size 64 --batch 4 --steps 3 --workers_list 0);
 else PIPELINE_ARGS=(--full_size 512 --batch 32 --steps 20 --workers_list 0,2); fi
-PIPELINE_JSON="$(timeout 240 "$PYTHON" benchmarks/input_pipeline.py "${PIPELINE_ARGS[@]}" \
+PIPELINE_JSON="$(timeout "${ACCEL_CHECK_PIPELINE_TIMEOUT:-240}" "$PYTHON" benchmarks/input_pipeline.py "${PIPELINE_ARGS[@]}" \
                  2>/dev/null | tail -n 1 || echo '{"error": "input pipeline failed or timed out"}')"
 
 TINY="$TINY" PIPELINE_JSON="$PIPELINE_JSON" timeout 420 "$PYTHON" - <<'PY'

@@ -7,6 +7,10 @@ r"""Assembles RESULTS.md from the committed results and the readings written bes
 
 Prints ``results/header.md``, then for each directory:
 
+* a *fronts* directory (``PROTOCOL.md`` and settings holding ``fronts.md``, e.g.
+  ``results/fronts``): per setting its reading, the fronts and matched comparisons that
+  `experiments/evidence_report.py fronts` wrote (``fronts.md``, plots) and the study's run record
+  (``study.md``), then the pilot that chose the settings (``pilot.md``);
 * a *protocol* directory (one holding ``PROTOCOL.md``, e.g. ``results/pretrained_recognizer``): the
   table of the paper's claims × setting that `experiments/evidence_report.py claims` computes from
   each setting's ``claims.json`` and the gate-reliability table (setting × batch) from the probe
@@ -79,6 +83,37 @@ def _evidence_report_module():
 COST_REPORTS = ("threshold_metrics.md", "amount_control.md")
 
 
+def is_fronts_directory(directory: Path) -> bool:
+  return (directory / "PROTOCOL.md").exists() and any(
+      (p / "fronts.md").exists() for p in directory.iterdir())
+
+
+def _relinked(markdown: str, levels: int, setting: Path) -> str:
+  """A report nested ``levels`` headings down, its plot links made repository-relative."""
+  return shift_headings(markdown.strip(), levels).replace("](plots/", f"]({setting}/plots/")
+
+
+def fronts_section(directory: Path) -> str:
+  """A fronts protocol: per setting its reading, fronts.md and study.md; then the pilot."""
+  text = ["## Methods on their quality–task fronts (fronts protocol)\n",
+          f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
+          "Every method is run over its whole λ path; methods are compared seed-paired at matched "
+          "PSNR loss, at matched task gain and by the area of their fronts, with the random gate at "
+          "GradProm's own open rate as the control for the amount of task gradient. Computed by "
+          "`experiments/evidence_report.py fronts`.\n"]
+  for setting in sorted(p for p in directory.iterdir() if (p / "fronts.md").exists()):
+    text.append(f"### {setting.name}\n")
+    reading = setting / "reading.md"
+    if reading.exists():
+      text.append("**Reading.** " + reading.read_text().strip() + "\n")
+    for name in ("fronts.md", "study.md"):
+      if (setting / name).exists():
+        text.append(_relinked((setting / name).read_text(), 3, setting) + "\n")
+  if (directory / "pilot.md").exists():
+    text.append(_relinked((directory / "pilot.md").read_text(), 2, directory) + "\n")
+  return "\n".join(text)
+
+
 def protocol_section(directory: Path) -> str:
   """A protocol directory: the claims × setting table, then each setting's reading and reports."""
   settings = sorted(p for p in directory.iterdir() if (p / "claims.json").exists())
@@ -146,6 +181,9 @@ def main(directories: list[str]) -> None:
     print(header.read_text().strip() + "\n")
   overview_printed = False
   for directory in paths:
+    if is_fronts_directory(directory):
+      print(fronts_section(directory))
+      continue
     if (directory / "PROTOCOL.md").exists():
       print(protocol_section(directory))
       continue

@@ -5,15 +5,16 @@ combiners by name from ``methods``); the rest lives in subpackages named by role
 paper's maths), ``models``, ``data``, ``methods``, ``configuration``, ``training``, ``inference`` and
 ``experiment_tools`` (README, "Layout").
 """
-from gradprom_jax.core.combiners import (CombinerState, GradPromState, combiner_metrics,
-                                         cosine_similarity, enhance_only, find_combiner_state,
-                                         gradprom, joint, multi_steps, pcgrad)
+from gradprom_jax.core.combiners import (CombinerState, GradPromState, GradVacState, cagrad,
+                                         combiner_metrics, cosine_similarity, enhance_only,
+                                         find_combiner_state, gradprom, gradvac, imtl_g, joint, mgda,
+                                         multi_steps, pcgrad)
 from gradprom_jax.methods import COMBINERS, get_combiner
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "COMBINERS", "CombinerState", "GradPromState", "combiner_metrics", "cosine_similarity",
-    "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "joint", "multi_steps",
-    "pcgrad",
+    "COMBINERS", "CombinerState", "GradPromState", "GradVacState", "cagrad", "combiner_metrics",
+    "cosine_similarity", "enhance_only", "find_combiner_state", "get_combiner", "gradprom", "gradvac",
+    "imtl_g", "joint", "mgda", "multi_steps", "pcgrad",
 ]

@@ -96,3 +96,16 @@ def test_multitask_step_time_smoke_reports_gradprom_over_bound_per_task_count(tm
     assert row["bound_ms"] == pytest.approx(row["joint_ms"] + int(k) * result["backward_ms"],
                                             abs=1e-3)
     assert math.isfinite(row["gradprom_over_bound"]) and row["gradprom_over_bound"] > 0
+
+
+@pytest.mark.slow  # ~1 min on 2 shared cores: two compiles of the tiny step.
+def test_gate_precision_on_cpu_reports_errors_against_float64_and_no_flips():
+  out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gate_precision.py"), "--tiny",
+                        "--steps", "3", "--batch", "2"], capture_output=True, text=True,
+                       check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["steps"] == 3 and result["platform"] == "cpu"
+  # On CPU both ways are float32 rounding away from float64, and no gate decision differs.
+  assert result["highest_max_abs_error"] < 1e-5 and result["default_max_abs_error"] < 1e-5
+  assert result["highest_gate_flips"] == 0

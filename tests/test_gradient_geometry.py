@@ -5,6 +5,7 @@ cos = 0 the gate's sign could differ between CPU, GPU and TPU. A CPU computes fl
 whatever the flag says, so the flag itself is checked, in the traced update of every combiner.
 """
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import optax
 import pytest
@@ -29,7 +30,7 @@ def _equations(jaxpr):
   """Every equation of ``jaxpr``, including those inside nested jaxprs (jit, cond, scan, ...)."""
   for eqn in jaxpr.eqns:
     yield eqn
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       yield from _equations(sub)
 
 

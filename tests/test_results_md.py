@@ -23,3 +23,33 @@ def test_results_md_is_rebuilt_from_the_committed_results():
       capture_output=True, text=True, check=True).stdout
   assert rebuilt == results_md, (
       "RESULTS.md is stale or edited by hand; rebuild it with the command in its header")
+
+
+def _results_report():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "results_report", REPOSITORY / "experiments" / "results_report.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_a_fronts_protocol_prints_each_setting_s_fronts_and_study_then_the_pilot(tmp_path, capsys):
+  fronts = tmp_path / "results" / "fronts"
+  setting = fronts / "pneumoniamnist"
+  setting.mkdir(parents=True)
+  (fronts / "PROTOCOL.md").write_text("# Protocol\n")
+  (fronts / "pilot.md").write_text("# Pilot\n\n| a |\n")
+  (setting / "fronts.md").write_text("# Fronts\n\n![f](plots/fronts_auc.png)\n## Matched\n")
+  (setting / "study.md").write_text("# Study\n\nNo run failed.\n")
+  (setting / "reading.md").write_text("GradProm does not win here.\n")
+  (fronts / "unfinished").mkdir()   # a setting still running: nothing of it is printed
+  module = _results_report()
+  assert module.is_fronts_directory(fronts)
+  assert not module.is_fronts_directory(REPOSITORY / "results" / "pretrained_recognizer")
+  module.main([str(fronts)])
+  text = capsys.readouterr().out
+  assert text.index("## Methods on their quality–task fronts") < text.index("### pneumoniamnist")
+  assert text.index("**Reading.** GradProm does not win here.") < text.index("#### Fronts")
+  assert f"![f]({setting}/plots/fronts_auc.png)" in text and "##### Matched" in text
+  assert text.index("#### Study") < text.index("### Pilot") and "unfinished" not in text

@@ -5,8 +5,12 @@ config group, is a module of :mod:`gradprom_jax.methods`, which also holds them 
 """
 from gradprom_jax.core.combiners.accumulation import multi_steps
 from gradprom_jax.core.combiners.baselines import enhance_only, joint, pcgrad, random_gate
+from gradprom_jax.core.combiners.cagrad import cagrad
 from gradprom_jax.core.combiners.gradient_geometry import cosine_similarity
 from gradprom_jax.core.combiners.gradprom import GradPromState, gate_weight, gradprom
+from gradprom_jax.core.combiners.gradvac import GradVacState, gradvac
+from gradprom_jax.core.combiners.imtl_g import imtl_g
+from gradprom_jax.core.combiners.mgda import mgda
 from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, GradPromMomentState,
                                                combiner_metrics, find_combiner_metrics,
                                                find_combiner_state, init_combiner_state)
@@ -14,8 +18,8 @@ from gradprom_jax.core.combiners.tasks import MultiTaskState
 
 __all__ = [
     "CombinerState", "GradPromEmaState", "GradPromMomentState", "GradPromState",
-    "combiner_metrics",
+    "GradVacState", "cagrad", "combiner_metrics",
     "cosine_similarity", "enhance_only", "find_combiner_metrics", "find_combiner_state",
-    "gate_weight", "gradprom", "init_combiner_state", "joint", "MultiTaskState",
-    "multi_steps", "pcgrad", "random_gate",
+    "gate_weight", "gradprom", "gradvac", "imtl_g", "init_combiner_state", "joint",
+    "mgda", "MultiTaskState", "multi_steps", "pcgrad", "random_gate",
 ]

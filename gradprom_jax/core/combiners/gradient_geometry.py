@@ -89,6 +89,35 @@ def cosine_similarity(a: Any, b: Any, granularity: Granularity = "global") -> An
   return jax.tree.map(lambda x, y: _cosine_of_leaves([x], [y]), a, b)
 
 
+def rescaled_gram(trees: list[Any]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(Ĝ, s, finite) of n gradient trees: s_i the largest finite |entry| of tree i, Ĝ_ij =
+  ⟨tree_i / s_i, tree_j / s_j⟩ (float32 (n, n), every product at ``Precision.HIGHEST``), and whether
+  each tree is all finite. Each tree at unit max |entry|, no square under- or overflows whatever the
+  trees' scales; ⟨tree_i, tree_j⟩ = s_i s_j Ĝ_ij.
+
+  >>> import jax.numpy as jnp
+  >>> gram, scale, finite = rescaled_gram([{"w": jnp.array([2.0, 0.0])}, {"w": jnp.array([1e-30, 1e-30])}])
+  >>> gram, scale, finite
+  (Array([[1., 1.],
+         [1., 2.]], dtype=float32), Array([2.e+00, 1.e-30], dtype=float32), Array([ True,  True], dtype=bool))
+  """
+  scales, unit = zip(*(_scale_and_rescaled(jax.tree.leaves(tree)) for tree in trees))
+  n = len(trees)
+  dots = [[None] * n for _ in range(n)]
+  for i in range(n):
+    for j in range(i, n):
+      dots[i][j] = dots[j][i] = sum((_dot(x, y) for x, y in zip(unit[i], unit[j])),
+                                    jnp.zeros([], jnp.float32))
+  finite = jnp.stack([is_finite(tree) for tree in trees])
+  return jnp.stack([jnp.stack(row) for row in dots]), jnp.stack(scales), finite
+
+
+def is_finite(tree: Any) -> jax.Array:
+  """Whether every entry of ``tree`` is finite (a bool scalar; True for a tree without leaves)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+                           or [jnp.bool_(True)]))
+
+
 def _norm_of_leaves(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   """(s, ‖x/s‖) with s = max|x|: the norm ``s * ‖x/s‖`` without squares that under- or overflow."""
   scale, rescaled = _scale_and_rescaled(leaves)
