@@ -10,15 +10,21 @@ import pytest
 
 from gradprom_jax import COMBINERS, methods
 from gradprom_jax.configuration import run_spec
-from gradprom_jax.configuration.config import METHODS, base_config
+from gradprom_jax.configuration.config import (METHODS, base_config, classification_recognizer,
+                                               multitask_config)
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.configuration.plain_config import flatten_config
 from gradprom_jax.core.combiners import (combiner_metrics, find_combiner_metrics, find_combiner_state,
                                          gradprom)
 from gradprom_jax.core.combiners.skeleton import make_combiner
 from gradprom_jax.methods import registry
+from gradprom_jax.training.train_step import make_train_step
 from gradprom_jax.training.training_spec import enhancer_tx_from_config, phases_from_config
 
-# A value other than the default for every config key a combiner reads. A key added to a method's
-# config group needs one here, or test_every_method_option_reaches_the_combiner fails.
+from test_train_step import make_batch, setup, tiny_config  # noqa: E402
+
+# A value other than the default for config keys a combiner reads. A number or a flag without one
+# here is moved off its default (`other_value`); a string needs one (or its method's test passes it).
 OTHER_VALUES = {
     "task_weight": 2.0,
     "seed": 1,
@@ -56,28 +62,39 @@ def _set(config, dotted_key, value):
   config[key] = value
 
 
-def keys_not_reaching_combiner(method: methods.Method) -> list[str]:
-  """The config keys of ``method`` (its group's, and those it forwards) that, changed, do not reach
-  the factory argument of their name or leave the built combiner's behaviour unchanged."""
+def other_value(key: str, default, other_values=OTHER_VALUES):
+  """``other_values[key]``, or beside a number's or a flag's ``default``."""
+  if key in other_values:
+    return other_values[key]
+  if isinstance(default, bool):
+    return not default
+  if isinstance(default, (int, float)):
+    return default + (1 if isinstance(default, int) else 0.5)
+  pytest.fail(f"give OTHER_VALUES a non-default value for {key}={default!r}")
+
+
+def keys_not_reaching_combiner(method: methods.Method, other_values=OTHER_VALUES) -> list[str]:
+  """The config keys of ``method`` (its group's, and those it forwards) that, changed (to
+  :func:`other_value`), do not reach the factory argument of their name or leave the built
+  combiner's behaviour unchanged."""
   config = base_config()
   config.method = method.name
   keys = set(method.combiner_args.values())
   if method.options is not None:
     keys |= {f"{method.name}.{key}" for key in config[method.name].keys()}
-  missing = sorted(keys - set(OTHER_VALUES))
-  if missing:
-    pytest.fail(f"give OTHER_VALUES a non-default value for {missing}")
+  flat = flatten_config(config)
+  values = {key: other_value(key, flat[key], other_values) for key in keys}
   default_kwargs = run_spec.combiner_kwargs(config)
   default_behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(config)))
   not_reaching = []
   for key in sorted(keys):
     changed = base_config()
     changed.method = method.name
-    _set(changed, key, OTHER_VALUES[key])
+    _set(changed, key, values[key])
     kwargs = run_spec.combiner_kwargs(changed)
     behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(changed)))
     # By convention a key feeds the factory argument of its own name (gradprom.mode -> mode).
-    forwarded = kwargs.get(key.rsplit(".", 1)[-1]) == OTHER_VALUES[key] and kwargs != default_kwargs
+    forwarded = kwargs.get(key.rsplit(".", 1)[-1]) == values[key] and kwargs != default_kwargs
     acts = behaviour.shape != default_behaviour.shape or not np.allclose(behaviour,
                                                                          default_behaviour)
     if not (forwarded and acts):
@@ -101,11 +118,55 @@ def test_an_option_the_combiner_ignores_is_caught(monkeypatch):
 
 
 def test_the_config_methods_and_combiners_come_from_the_registry():
-  assert METHODS == ("enhance_only", "gradprom", "joint", "pcgrad", "random_gate", "two_stage",
-                     "recognizer_only")
-  assert tuple(COMBINERS) == ("enhance_only", "gradprom", "joint", "pcgrad", "random_gate")
+  combining = tuple(m.name for m in methods.combination_methods())
+  assert combining == tuple(sorted(combining))   # module-name order
+  assert {"enhance_only", "gradprom", "joint", "pcgrad", "random_gate"} <= set(combining)
+  assert METHODS == (*combining, "two_stage", "recognizer_only")
+  assert tuple(COMBINERS) == combining
   assert all(COMBINERS[m.name] is m.combiner for m in methods.combination_methods())
-  assert sorted(k for k in base_config() if k in METHODS) == ["gradprom", "random_gate"]
+  assert ([k for k in base_config() if k in METHODS]
+          == [m.name for m in methods.combination_methods() if m.options is not None])
+
+
+@pytest.mark.parametrize("method", methods.combination_methods(), ids=lambda method: method.name)
+def test_every_method_builds_for_several_tasks(method):
+  config = multitask_config(base_config(), {"segmentation": base_config().model.recognizer,
+                                            "classification": classification_recognizer()})
+  config.method = method.name
+  config.measure_baseline_cosine = True   # the combiner in the chain for joint and enhance_only too
+  assert validate_config(config).names == ("segmentation", "classification")
+  tx = enhancer_tx_from_config(config, phases_from_config(config))
+  g_e = {"w": jnp.array([1.0, 0.0])}
+  g_t = {"segmentation": {"w": jnp.array([1.0, 1.0])}, "classification": {"w": jnp.array([0.0, 1.0])}}
+  update, state = tx.update(g_e, tx.init(g_e), g_e, task_grads=g_t)
+  assert np.all(np.isfinite(update["w"]))
+  assert set(find_combiner_metrics(state)) >= {"gate/segmentation", "gate/classification"}
+
+
+def trains_a_step(name: str) -> dict:
+  """Two train steps of method ``name`` on test_train_step's tiny config; asserts that both models
+  change and the losses are finite; returns the second step's metrics."""
+  system, phases, enhancer_tx, recognizer_tx, state = setup(tiny_config(name))
+  step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+  new_state, _ = step(state, make_batch(0))   # warm-up: the first learning rate is 0
+  new_state, metrics = step(new_state, make_batch(1))
+  for old, new in ((state.enhancer_params, new_state.enhancer_params),
+                   (state.recognizer_params, new_state.recognizer_params)):
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+  assert np.isfinite(float(metrics["enhancement_loss"])) and np.isfinite(float(metrics["task_loss"]))
+  return metrics
+
+
+def refusal(name: str, overrides: dict) -> str:
+  """The ConfigError message for method ``name`` with ``overrides`` (dotted key -> value)."""
+  config = base_config()
+  config.method = name
+  for key, value in overrides.items():
+    _set(config, key, value)
+  with pytest.raises(ConfigError) as error:
+    validate_config(config)
+  return str(error.value)
 
 
 @pytest.mark.parametrize("measure_cosine", [False, True])

@@ -41,8 +41,8 @@ def combination_methods() -> tuple[Method, ...]:
 def method_names() -> tuple[str, ...]:
   """The valid values of ``config.method``: the combination methods, then the schedules.
 
-  >>> method_names()
-  ('enhance_only', 'gradprom', 'joint', 'pcgrad', 'random_gate', 'two_stage', 'recognizer_only')
+  >>> method_names()[:2], method_names()[-2:]
+  (('enhance_only', 'gradprom'), ('two_stage', 'recognizer_only'))
   """
   return (*_METHODS, *(schedule.name for schedule in SCHEDULES))
 
@@ -52,10 +52,10 @@ def lookup(name: str) -> Method | Schedule:
 
   >>> lookup("pcgrad").enhancer_gradient, lookup("two_stage").name
   ('separate', 'two_stage')
-  >>> lookup("gradnorm")
+  >>> lookup("gradnorm")  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  ValueError: Unknown method 'gradnorm'; expected one of enhance_only, gradprom, joint, pcgrad, random_gate, two_stage, recognizer_only.
+  ValueError: Unknown method 'gradnorm'; expected one of enhance_only, gradprom, ..., recognizer_only.
   """
   if name in _METHODS:
     return _METHODS[name]
@@ -100,10 +100,10 @@ def get_combiner(name: str, **kwargs: Any) -> optax.GradientTransformationExtraA
   >>> tx = get_combiner("gradprom", threshold=0.1, mode="soft")
   >>> type(tx).__name__
   'GradientTransformationExtraArgs'
-  >>> get_combiner("gradnorm")
+  >>> get_combiner("gradnorm")  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  ValueError: Unknown combiner 'gradnorm'; valid names: enhance_only, gradprom, joint, pcgrad, random_gate.
+  ValueError: Unknown combiner 'gradnorm'; valid names: enhance_only, gradprom, ..., random_gate.
   """
   if name not in COMBINERS:
     raise ValueError(f"Unknown combiner {name!r}; valid names: {', '.join(sorted(COMBINERS))}.")
