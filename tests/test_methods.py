@@ -177,7 +177,7 @@ def test_each_method_trains_the_enhancer_as_before(measure_cosine):
               "two_stage": ["enhancement", "none"], "recognizer_only": ["none"]}
   config = base_config()
   config.measure_baseline_cosine = measure_cosine
-  for method in METHODS:
+  for method in expected:
     config.method = method
     assert [p.enhancer_gradient for p in phases_from_config(config)] == expected[method], method
 
