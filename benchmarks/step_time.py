@@ -132,7 +132,7 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
   def task_loss(theta, phi):
     images = low_quality + 0.0 * low_quality if keep_forwards_apart else low_quality
     enhanced = system.enhance(theta, images, train=True)
-    return system.task_loss(system.recognize(phi, enhanced, train=True), batch)
+    return system.head.loss(system.head.recognize(phi, enhanced, train=True), batch)
 
   (loss_e, enhanced), g_e = jax.value_and_grad(enhancement_loss, has_aux=True)(enhancer_params)
   loss_t, (g_t, g_phi) = jax.value_and_grad(task_loss, argnums=(0, 1))(enhancer_params,
@@ -150,7 +150,7 @@ def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_q
   enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
   loss_e, d_e = jax.value_and_grad(system.enhancement_loss)(enhanced, batch["image"])
   loss_t, (g_phi, d_t) = jax.value_and_grad(
-      lambda phi, y: system.task_loss(system.recognize(phi, y, train=True), batch),
+      lambda phi, y: system.head.loss(system.head.recognize(phi, y, train=True), batch),
       argnums=(0, 1))(recognizer_params, enhanced)
   both = jax.vmap(lambda cotangent: pullback(cotangent)[0])(jnp.stack([d_e, d_t]))
   return {"enhancement_loss": loss_e, "task_loss": loss_t, "enhanced": enhanced,

@@ -1,5 +1,5 @@
 r"""Throughput of the study's runs: one worker with XLA's default threads against several
-single-threaded workers, each pinned to its share of the cores (`experiment_tools.worker_pool`).
+single-threaded workers, each pinned to its share of the cores (`experiments.tools.worker_pool`).
 
     .venv/bin/python benchmarks/study_workers.py                        # 2 GradProm runs each way
     .venv/bin/python benchmarks/study_workers.py --steps 20 --workers 2 --runs 2   # seconds-long
@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradprom_jax.experiment_tools import comparison, evidence
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # the repository: experiments.tools
+from experiments.tools import comparison, evidence  # noqa: E402
+
 SHRUNK = ["--config.data.image_size=(96, 128)", "--config.data.patch_size=(48, 64)",
           "--config.model.enhancer.features=16", "--config.model.enhancer.num_blocks=2",
           "--config.model.recognizer.features=8", "--config.eval_every=100000",

@@ -3,8 +3,8 @@ r"""Compares methods (and GradProm variants) over seeds; intentionally short.
 Runs every method × seed through the training entry point (`python -m gradprom_jax.training.main`,
 each in its own subprocess, one after the other), skips runs that already finished, then writes
 DIR/summary.md, DIR/summary.csv, DIR/runs.csv and DIR/plots/*.png. Running the same command again
-resumes an interrupted sweep. All logic lives in `gradprom_jax.experiment_tools.comparison` and
-`gradprom_jax.experiment_tools.comparison_plots`.
+resumes an interrupted sweep. All logic lives in `experiments.tools.comparison` and
+`experiments.tools.comparison_plots`.
 
   python experiments/compare.py --config configs/default.py --workdir workdirs/cmp_default \
       --methods gradprom,joint,pcgrad,enhance_only,two_stage --seeds 0,1,2 \
@@ -18,12 +18,14 @@ import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradprom_jax.configuration.config import METHODS
-from gradprom_jax.experiment_tools import comparison
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository: experiments.tools
+from experiments.tools import comparison  # noqa: E402
+from gradprom_jax.configuration.config import METHODS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file shared by every run (overrides with --config.KEY=VALUE).",
@@ -41,7 +43,7 @@ _CACHE_DIR = flags.DEFINE_string(
     "seeds of a row skip the compile (default DIR/jax_cache; '' turns it off). Changes no result.")
 _WORKERS = flags.DEFINE_integer(
     "workers", 1, "Runs at once; more than one: each single-threaded, pinned to its share of the "
-    "cores (experiment_tools.worker_pool).")
+    "cores (experiments.tools.worker_pool).")
 _RUN = flags.DEFINE_bool("run", True, "Run unfinished runs; --norun only aggregates finished ones.")
 flags.mark_flags_as_required(["config", "workdir"])
 

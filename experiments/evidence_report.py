@@ -18,7 +18,7 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
 
 DIR is an `experiments/compare.py` directory whose λ rows are named ``<method>_l<λ>``. Every number
 written is computed here from the runs' results.json and metrics.jsonl; the logic is in
-`gradprom_jax.experiment_tools.evidence` and, for fronts, `gradprom_jax.experiment_tools.fronts`.
+`experiments.tools.evidence` and, for fronts, `experiments.tools.fronts`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gradprom_jax.experiment_tools import evidence, fronts  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository: experiments.tools
+from experiments.tools import evidence, fronts  # noqa: E402
 
 SELECTION_FILENAME = "selection.json"
 CLAIMS_FILENAME = "claims.json"

@@ -6,7 +6,7 @@ Runs, under --workdir, the pre-trained recognisers and the judge, the grid of me
 gate-open rate per λ and seed, the gate-reliability probes, then the reports
 (`experiments/evidence_report.py fronts`, `select`, `report`). Running the same command again resumes:
 finished runs are skipped, a run killed mid-way restarts from its newest checkpoint. The logic lives
-in `gradprom_jax.experiment_tools.study` (stages) and `...worker_pool` (parallel workers).
+in `experiments.tools.study` (stages) and `...worker_pool` (parallel workers).
 
   # the embedded synthetic data (segmentation, Dice)
   python experiments/study.py --config configs/default.py --workdir workdirs/study_default
@@ -32,7 +32,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradprom_jax.experiment_tools import comparison, study, worker_pool
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the repository: experiments.tools
+from experiments.tools import comparison, study, worker_pool  # noqa: E402
 
 _DEFAULTS = study.StudyOptions()
 _CONFIG = config_flags.DEFINE_config_file(

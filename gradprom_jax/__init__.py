@@ -2,8 +2,9 @@
 
 The public optimiser API (``optax.chain(gradprom(), ...)``) is re-exported here from ``core`` (the
 combiners by name from ``methods``); the rest lives in subpackages named by role: ``core`` (the
-paper's maths), ``models``, ``data``, ``methods``, ``configuration``, ``training``, ``inference`` and
-``experiment_tools`` (README, "Layout").
+paper's maths), ``models``, ``data``, ``methods``, ``configuration``, ``training`` and ``inference``
+(README, "Layout"). Sweeps, statistics and the study's tooling live outside the package, in the
+repository's ``experiments/tools``.
 """
 from gradprom_jax.core.combiners import (CombinerState, GradPromState, GradVacState, cagrad,
                                          combiner_metrics, cosine_similarity, enhance_only,

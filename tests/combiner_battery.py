@@ -3,6 +3,8 @@
 Each ``check_*`` takes the combiner's factory (called with ``task_weight=`` and ``tasks=``) and raises
 on failure; a test file runs them all with ``@pytest.mark.parametrize("check", CHECKS)``.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,22 @@ def gradients(seed, tasks=1, scale=1.0):
 
 def update_once(tx, g_e, g_t):
   return tx.update(g_e, tx.init(g_e), task_grads=g_t)
+
+
+@functools.lru_cache(maxsize=None)
+def _built_and_jitted(make, tasks, options):
+  tx = make(tasks=tasks, **dict(options))
+  return tx, jax.jit(tx.update)
+
+
+def update_vectors(make, vectors, **options):
+  """(d as float64, state) of ``make(tasks=K, **options)`` for g_e = vectors[0] and the K task gradients
+  vectors[1:], under jit; built and compiled once per (K, options, shape), so property tests that
+  draw from a few shapes compile a few times only."""
+  tx, update = _built_and_jitted(make, len(vectors) - 1, tuple(sorted(options.items())))
+  g_e = jnp.asarray(vectors[0])
+  d, state = update(g_e, tx.init(g_e), task_grads=tuple(jnp.asarray(v) for v in vectors[1:]))
+  return np.float64(d), state
 
 
 def assert_trees_equal(a, b):
@@ -140,22 +158,41 @@ def check_the_cosine_is_logged_and_it_chains_and_injects(make):
   assert_trees_close(out, update_once(make(task_weight=0.5, tasks=2), g_e, g_t)[0])
 
 
-def check_sharded_over_a_4_device_mesh_equals_unsharded(make):
-  if jax.device_count() < 4:
-    return   # the root conftest simulates 4 CPU devices
+def check_inside_a_partition_it_sees_only_its_own_leaves(make):
+  """Under ``optax.partition(..., mask_compatible_extra_args=True)`` the other leaves are masked out
+  (``MaskedNode``) of g_e and g_t alike: the update is the combiner's on its own leaves alone."""
+  (g_e, g_t), (other_e, other_t) = gradients(11), gradients(12)
+  params = {"enhancer": g_e, "recognizer": other_e}
+  labels = {"enhancer": jax.tree.map(lambda _: "enhancer", g_e),
+            "recognizer": jax.tree.map(lambda _: "recognizer", other_e)}
+  tx = optax.partition({"enhancer": make(), "recognizer": optax.identity()}, labels,
+                       mask_compatible_extra_args=True)
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params,
+                                  task_grads={"enhancer": g_t, "recognizer": other_t})
+  assert_trees_close(updates["enhancer"], update_once(make(), g_e, g_t)[0])
+  assert_trees_equal(updates["recognizer"], other_e)
+
+
+def assert_sharded_update_equals_unsharded(tx, rtol=1e-5, atol=1e-6):
+  """``tx`` (built for 3 tasks) gives the same update and state on gradients sharded over a 4-device
+  mesh, under jit, as on one device, and its update keeps g_e's sharding."""
   mesh = Mesh(np.array(jax.devices()[:4]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  rng = np.random.default_rng(10)
+  rng = np.random.default_rng(0)
   g_e = {"a": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
          "b": jnp.asarray(rng.normal(size=(16,)), jnp.float32)}
   g_t = tuple(jax.tree.map(lambda x: c * x + jnp.asarray(rng.normal(size=x.shape), jnp.float32), g_e)
               for c in (1.0, -1.0, 0.3))
-  tx = make(tasks=3)
   expected = update_once(tx, g_e, g_t)
   shard = NamedSharding(mesh, P("data"))
   put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, shard), tree)
   out, state = jax.jit(tx.update)(put(g_e), tx.init(g_e), task_grads=put(g_t))
   assert out["a"].sharding.is_equivalent_to(shard, 2)
-  assert_trees_close((out, state), expected)
+  assert_trees_close((out, state), expected, rtol=rtol, atol=atol)
+
+
+def check_sharded_over_a_4_device_mesh_equals_unsharded(make):
+  if jax.device_count() >= 4:   # the root conftest simulates 4 CPU devices
+    assert_sharded_update_equals_unsharded(make(tasks=3))
 
 
 CHECKS = [check_jit_matches_eager_and_keeps_the_state_shape,
@@ -166,4 +203,5 @@ CHECKS = [check_jit_matches_eager_and_keeps_the_state_shape,
           check_tuple_and_dict_forms_agree,
           check_zero_task_weight_gives_g_e,
           check_the_cosine_is_logged_and_it_chains_and_injects,
+          check_inside_a_partition_it_sees_only_its_own_leaves,
           check_sharded_over_a_4_device_mesh_equals_unsharded]

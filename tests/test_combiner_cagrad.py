@@ -8,21 +8,14 @@ from hypothesis import given, settings, strategies as st
 from gradprom_jax import cagrad
 from gradprom_jax.core.combiners.cagrad import segment_minimum
 
-from combiner_battery import CHECKS, assert_trees_equal, gradients, update_once  # noqa: E402
+from combiner_battery import (CHECKS, assert_trees_equal, gradients, update_once,  # noqa: E402
+                              update_vectors)
 from test_combiner_mgda import simplex_grid  # noqa: E402
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__[len("check_"):])
 def test_common_combiner_properties(check):
   check(cagrad)
-
-
-def run(vectors, **options):
-  """d (float64) for g_e = vectors[0] and the task gradients vectors[1:], under jit."""
-  tx = cagrad(tasks=len(vectors) - 1, **options)
-  d, _ = jax.jit(tx.update)(jnp.asarray(vectors[0]), tx.init(jnp.asarray(vectors[0])),
-                            task_grads=tuple(jnp.asarray(v) for v in vectors[1:]))
-  return np.float64(d)
 
 
 def worst_improvement(g, d):
@@ -43,15 +36,15 @@ def random_vectors(seed, n, dim):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 3), dim=st.sampled_from([3, 5]),
-       c=st.sampled_from([0.1, 0.4, 0.9, 2.0]))
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 3), dim=st.just(4),
+       c=st.sampled_from([0.4, 2.0]))
 def test_the_update_is_the_best_point_of_the_ball(seed, n, dim, c):
   """d is in the ball, no sampled point of the ball improves the worst gradient more, and its value
   meets the dual's minimum over a fine grid of the simplex (the duality gap closes). Gradients as many
   as the dimensions or fewer, so linearly independent (see the module on the degenerate case)."""
   vectors = random_vectors(seed, n, dim)
   g = np.float64(vectors)
-  d = run(vectors, c=c)
+  d, _ = update_vectors(cagrad, vectors, c=c)
   g0 = g.mean(axis=0)
   radius = c * np.linalg.norm(g0)
   scale = np.max(np.linalg.norm(g, axis=1)) ** 2
@@ -76,7 +69,7 @@ def test_the_pairwise_solver_is_accurate_for_more_gradients(seed, n):
   optimize = pytest.importorskip("scipy.optimize")
   vectors = random_vectors(seed, n, 7)
   g = np.float64(vectors)
-  d = run(vectors, c=0.4)
+  d, _ = update_vectors(cagrad, vectors, c=0.4)
   rng = np.random.default_rng(seed)
   best = min((optimize.minimize(lambda w: dual(g, w, 0.4), rng.dirichlet(np.ones(n)), method="SLSQP",
                                 bounds=[(0, 1)] * n, options=dict(ftol=1e-14, maxiter=500),

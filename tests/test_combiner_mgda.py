@@ -1,7 +1,6 @@
 """MGDA: the minimum-norm point of the gradients' convex hull, checked against brute force."""
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from gradprom_jax import mgda
 from gradprom_jax.core.combiners.mgda import MAX_TASKS, min_norm_weights
 
-from combiner_battery import CHECKS  # noqa: E402
+from combiner_battery import CHECKS, update_vectors  # noqa: E402
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__[len("check_"):])
@@ -19,13 +18,10 @@ def test_common_combiner_properties(check):
 
 
 def run(vectors, task_weight=1.0):
-  """(d, α) for g_e = vectors[0] and the task gradients vectors[1:] (float32 vectors), under jit (one
-  compilation per shape: the property tests draw from a few)."""
-  tx = mgda(task_weight=task_weight, tasks=len(vectors) - 1)
-  d, state = jax.jit(tx.update)(jnp.asarray(vectors[0]), tx.init(jnp.asarray(vectors[0])),
-                       task_grads=tuple(jnp.asarray(v) for v in vectors[1:]))
+  """(d, α) for g_e = vectors[0] and the task gradients vectors[1:] (float32 vectors)."""
+  d, state = update_vectors(mgda, vectors, task_weight=task_weight)
   task_alpha = np.array([float(s.gate) for s in state.tasks]) / task_weight
-  return np.float64(d), np.concatenate([[1.0 - task_alpha.sum()], task_alpha])
+  return d, np.concatenate([[1.0 - task_alpha.sum()], task_alpha])
 
 
 def simplex_grid(n, steps):
@@ -62,10 +58,10 @@ def test_two_gradients_give_the_closed_form(seed, dim):
   np.testing.assert_allclose(run(vectors)[0], alpha * g_e + (1 - alpha) * g_t, rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(4, 6), dim=st.sampled_from([2, 7]))
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(4, 5), dim=st.sampled_from([2, 7]))
 def test_the_face_enumeration_is_exact_for_more_gradients(seed, n, dim):
-  """K + 1 = 4..6 gradients, also more than the dimension (0 may be in the hull): the optimality
+  """K + 1 = 4 or 5 gradients, also more than the dimension (0 may be in the hull): the optimality
   conditions hold to float32 rounding."""
   rng = np.random.default_rng(seed)
   vectors = np.float32(rng.normal(size=(n, dim)))

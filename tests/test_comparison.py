@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradprom_jax.experiment_tools import comparison
+from experiments.tools import comparison
 from gradprom_jax.training.metric_logging import METRICS_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,12 @@
-"""image_folder: a user's folder (and the real PH2 copy) builds; every bad input is named or skipped."""
+"""image_folder: a user's folder (and the real PH2 copy) builds; every bad input, hostile files
+included, is named or skipped and counted with ``data.skip_bad=True`` (through `experiments/main.py`:
+exit status 1, one message, no workdir)."""
 import csv
+import logging
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +15,11 @@ import pytest
 
 from gradprom_jax.data import BadInputError, ManualDownloadError, default_data_config, load_dataset
 
-PH2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ph2"
+from user_runs import error_line, main_command, run_all, write_user_folder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = REPO / "experiments" / "main.py"
+PH2 = REPO.parent / "shared" / "data" / "ph2"
 
 
 def write_folder(root: Path, n=9, size=(24, 32), labels=("a", "b", "c")):
@@ -120,6 +131,46 @@ def test_failed_build_then_fixed_input_builds_cleanly(tmp_path):
   assert sum(len(s) for s in dataset.sources.values()) == 9
 
 
+def test_blank_labels_are_an_error_naming_the_rows(tmp_path):
+  root = write_user_folder(tmp_path / "raw")
+  with pytest.raises(BadInputError, match=r"5 rows with a blank 'image_id' or 'diagnosis' \(line 4: id "
+                                          r"'img2', line 9: id 'img7'.*columns are image_id, diagnosis, grade"):
+    load_dataset(folder_config(root, tmp_path / "tfds"))
+  assert [p.name for p in (tmp_path / "tfds").rglob("*") if not p.name.endswith(".build.lock")] == []
+
+
+def test_blank_labels_are_skipped_and_counted_with_skip_bad(tmp_path):
+  root = write_user_folder(tmp_path / "raw")
+  dataset = load_dataset(folder_config(root, tmp_path / "tfds", skip_bad=True))
+  assert dataset.class_names == ("see notes",)  # No class named "".
+  assert len(dataset.skipped) == 5 and all("blank 'diagnosis'" in m for m in dataset.skipped)
+  assert sum(len(s) for s in dataset.sources.values()) == 20
+
+
+def test_cli_blank_labels_name_the_rows_and_the_columns(tmp_path):
+  write_user_folder(tmp_path / "raw")
+  output, status, workdir, _ = run_all(tmp_path, {"blank_labels": main_command(
+      tmp_path, "blank_labels", "configs/image_folder.py:classification,smoke",
+      ["--config.data.manual_dir={raw}"])})["blank_labels"]
+  line = error_line(output)
+  assert status == 1 and not workdir.exists()
+  assert "BadInputError:" in line and "5 rows with a blank 'image_id' or 'diagnosis'" in line
+  assert "line 4: id 'img2'" in line and "columns are image_id, diagnosis, grade" in line
+
+
+def test_class_counts_per_split_are_logged(tmp_path, caplog):
+  root = write_user_folder(tmp_path / "raw")
+  with caplog.at_level(logging.INFO):
+    dataset = load_dataset(folder_config(root, tmp_path / "tfds", label_column="grade"))
+  assert dataset.class_names == ("benign", "malignant")
+  assert {split: sum(c) for split, c in dataset.class_counts.items()} == {
+      split: len(source) for split, source in dataset.sources.items()}
+  assert [sum(c[k] for c in dataset.class_counts.values()) for k in range(2)] == [18, 7]
+  line = next(r.getMessage() for r in caplog.records if "classes, examples per split" in r.getMessage())
+  train, validation, test = (dataset.class_counts[s] for s in ("train", "validation", "test"))
+  assert (f"'malignant' train {train[1]} / validation {validation[1]} / test {test[1]}") in line
+
+
 def test_unknown_dataset_name_lists_valid_names():
   config = default_data_config()
   config.name = "imagenet"
@@ -139,3 +190,64 @@ def test_loads_the_shared_ph2_copy(tmp_path):
   assert np.bincount(labels).tolist() == [56, 56, 28]  # Stratified 70% of 80/80/40.
   mask = dataset.sources["train"][0]["mask"]
   assert 0 < mask.mean() < 1
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+  """A tiny PNG whose header claims `width` x `height` pixels (a decompression bomb's header)."""
+  def chunk(kind: bytes, payload: bytes) -> bytes:
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+  header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+          + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+HOSTILE = {
+    "not_an_image": (lambda path: path.write_bytes(b"%PDF-1.4 definitely not a png\n" * 10),
+                     "corrupt or truncated image"),
+    "truncated_png": (lambda path: path.write_bytes(path.read_bytes()[:200]),
+                      "corrupt or truncated image"),
+    "decompression_bomb": (lambda path: path.write_bytes(_png_claiming_size(100_000, 100_000)),
+                           "image too large, possibly a decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_file_is_named_or_skipped_and_counted(tmp_path, name):
+  damage, message = HOSTILE[name]
+  root = write_folder(tmp_path / "raw")
+  bad = root / "images" / "img2.png"
+  damage(bad)
+  with pytest.raises(BadInputError, match=f"{bad}: {message}"):
+    load_dataset(folder_config(root, tmp_path / "tfds"))
+
+  dataset = load_dataset(folder_config(root, tmp_path / "tfds", skip_bad=True))
+  assert len(dataset.skipped) == 1 and str(bad) in dataset.skipped[0]
+  assert sum(len(source) for source in dataset.sources.values()) == 8
+
+
+def test_image_over_the_pixel_limit_is_refused_not_decoded(tmp_path, monkeypatch):
+  # PIL only warns between MAX_IMAGE_PIXELS and twice that; we refuse there too.
+  root = write_folder(tmp_path / "raw")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 24 * 32 - 1)
+  with pytest.raises(BadInputError, match=r"img\d.png: image too large, possibly a decompression "
+                                          r"bomb \(Image size \(768 pixels\) exceeds"):
+    load_dataset(folder_config(root, tmp_path / "tfds"))
+
+
+def test_hostile_file_through_main_is_one_message_and_no_workdir(tmp_path):
+  root = write_folder(tmp_path / "raw")
+  bad = root / "images" / "img3.png"
+  HOSTILE["decompression_bomb"][0](bad)
+  workdir = tmp_path / "run"
+  completed = subprocess.run(
+      [sys.executable, str(MAIN), "--config", f"{REPO}/configs/image_folder.py:smoke",
+       f"--workdir={workdir}", f"--config.data.manual_dir={root}",
+       f"--config.data.data_dir={tmp_path / 'tfds'}"],
+      capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert completed.returncode == 1, completed.stderr[-2000:]
+  last = completed.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"{MAIN}: error: BadInputError: {bad}: image too large"), last
+  assert "skip_bad=True" in last
+  assert "Traceback" not in completed.stderr
+  assert not workdir.exists()

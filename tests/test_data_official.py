@@ -1,4 +1,6 @@
-"""Official layouts: each builder parses a miniature tree written here in the released layout."""
+"""Official layouts: each builder parses a miniature tree written here in the released layout; a
+missing manual download is one line naming `--config.data.manual_dir` and only this config's
+archives (also through `experiments/main.py`), leaving no empty dataset folders."""
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +8,8 @@ from PIL import Image
 import pytest
 
 from gradprom_jax.data import ManualDownloadError, default_data_config, load_dataset
+
+from user_runs import error_line, main_command, run_all  # noqa: E402
 
 PNEUMONIAMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pneumoniamnist"
 RNG = np.random.default_rng(0)
@@ -144,6 +148,50 @@ def test_isic_2017_multitask_labels_every_image(tmp_path):
 def test_isic_missing_archive_says_which_files_go_where(tmp_path):
   with pytest.raises(ManualDownloadError, match="ISIC2018_Task1_Training_GroundTruth/ISIC_xxxxxxx_segmentation"):
     load("isic", tmp_path, tmp_path / "tfds", isic_task="2018_task1")
+
+
+def test_missing_manual_dir_is_one_line_naming_the_flag_and_leaves_no_folders(tmp_path):
+  config = default_data_config()
+  config.name, config.data_dir, config.isic_task = "isic", str(tmp_path / "tfds"), "2018_task3"
+  with pytest.raises(ManualDownloadError) as error:
+    load_dataset(config)
+  message = str(error.value)
+  assert "\n" not in message and "--config.data.manual_dir=" in message
+  assert "ISIC2018_Task3_Training_Input.zip" in message
+  assert "Task1" not in message and "2017" not in message
+  assert [p for p in (tmp_path / "tfds").rglob("*") if p.is_dir()] == []
+
+
+MISSING_DOWNLOADS = {  # name -> (config, extra flags)
+    "isic_no_download": ("configs/isic.py:smoke", []),
+    "isic_task3_no_download": ("configs/isic.py:task3,smoke", []),
+    "kvasir_empty_download": ("configs/kvasir.py:smoke", ["--config.data.manual_dir={empty}"]),
+}
+
+
+@pytest.fixture(scope="module")
+def missing_download_runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("missing_downloads")
+  (root / "empty").mkdir()
+  return run_all(root, {name: main_command(root, name, *spec)
+                        for name, spec in MISSING_DOWNLOADS.items()})
+
+
+@pytest.mark.parametrize("name, needed, not_needed", [
+    ("isic_no_download", ["ISIC2018_Task1-2_Training_Input.zip", "ISIC2018_Task1_Training_GroundTruth.zip"],
+     ["Task3", "2017"]),
+    ("isic_task3_no_download", ["ISIC2018_Task3_Training_Input.zip", "ISIC2018_Task3_Training_GroundTruth.zip"],
+     ["Task1", "2017"]),
+    ("kvasir_empty_download", ["kvasir-seg.zip", "Kvasir-SEG/images/<id>.jpg"], ["ISIC"]),
+])
+def test_cli_missing_download_is_one_line_and_leaves_no_dataset_folders(missing_download_runs, name,
+                                                                        needed, not_needed):
+  output, status, workdir, data_dir = missing_download_runs[name]
+  line = error_line(output)
+  assert status == 1 and not workdir.exists()
+  assert "ManualDownloadError:" in line and "--config.data.manual_dir=" in line
+  assert all(archive in line for archive in needed) and not any(other in line for other in not_needed)
+  assert not data_dir.exists() or [p for p in data_dir.rglob("*") if p.is_dir()] == []
 
 
 def test_kvasir_seg_layout(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gradprom_jax.experiment_tools import evidence
+from experiments.tools import evidence
 
 REPORT_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "evidence_report.py"
 

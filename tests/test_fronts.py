@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gradprom_jax.experiment_tools import evidence, fronts
+from experiments.tools import evidence, fronts
 
 REPORT_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "evidence_report.py"
 WEIGHTS = (0.01, 0.1, 1.0)

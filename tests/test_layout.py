@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Which subpackages each may import (its own is always allowed). Lowest layer first: the models and
 # data stand alone, the maths builds on the models, the methods (each a combiner of core's with its
 # config group) on the maths, configuration validates against those, training drives them all, and
-# inference and the experiment tools sit on top.
+# inference sits on top. The experiment tooling is no part of the package: it lives in
+# experiments/tools, above all of it.
 ALLOWED_IMPORTS = {
     "models": set(),
     "data": set(),
@@ -30,7 +31,6 @@ ALLOWED_IMPORTS = {
     "configuration": {"core", "models", "data", "methods"},
     "training": {"core", "models", "data", "methods", "configuration"},
     "inference": {"core", "models", "data", "methods", "configuration", "training"},
-    "experiment_tools": {"core", "models", "data", "methods", "configuration", "training"},
 }
 # Modules a subpackage may not import although their subpackage is allowed.
 FORBIDDEN_MODULES = {
@@ -96,6 +96,28 @@ def layout_violations(package_dir: Path, allowed=None, forbidden=None,
 
 def test_subpackages_import_only_downwards():
   assert layout_violations(PACKAGE_DIR) == []
+
+
+def experiments_importers(package_dir: Path) -> list[str]:
+  """The modules under ``package_dir`` that import the repository's ``experiments`` (its tooling)."""
+  importers = []
+  for path in sorted(package_dir.rglob("*.py")):
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names |= {alias.name for alias in node.names}
+      elif isinstance(node, ast.ImportFrom) and not node.level:
+        names.add(node.module or "")
+    if any(name.split(".")[0] == "experiments" for name in names):
+      importers.append(str(path.relative_to(package_dir)))
+  return importers
+
+
+def test_the_package_never_imports_the_experiment_tooling(tmp_path):
+  """The wheel ships gradprom_jax alone, so an import of experiments/ would fail once installed."""
+  assert experiments_importers(PACKAGE_DIR) == []
+  (tmp_path / "m.py").write_text("def f():\n  from experiments.tools import evidence\n")
+  assert experiments_importers(tmp_path) == ["m.py"]
 
 
 def test_the_check_catches_an_upward_import_a_stray_module_and_an_undeclared_subpackage(tmp_path):

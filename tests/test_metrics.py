@@ -142,13 +142,6 @@ def test_segmentation_merge_equals_single_accumulator():
   assert halves[0].merge(halves[1]).compute() == pytest.approx(whole)
 
 
-def test_logits_to_masks_binary_and_multiclass():
-  sigmoid_logits = jnp.array([[[[-0.5], [0.5]]]])
-  np.testing.assert_array_equal(metrics.logits_to_masks(sigmoid_logits), [[[0, 1]]])
-  softmax_logits = jnp.array([[[[0.1, 0.9, 0.0], [2.0, 0.0, 3.0]]]])
-  np.testing.assert_array_equal(metrics.logits_to_masks(softmax_logits), [[[1, 2]]])
-
-
 def test_enhancement_metrics_accumulate_means_and_ignore_padding():
   pred, target = _image_pairs()
   psnr = np.asarray(metrics.psnr(jnp.asarray(pred), jnp.asarray(target)))

@@ -6,7 +6,6 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import given, settings, strategies as st
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gradprom_jax.core.combiners import (CombinerState, GradPromEmaState, enhance_only,
                                          find_combiner_metrics, find_combiner_state, gradprom,
@@ -14,6 +13,7 @@ from gradprom_jax.core.combiners import (CombinerState, GradPromEmaState, enhanc
 from gradprom_jax.core.combiners.baselines import random_gate_coin
 from gradprom_jax.core.combiners.tasks import MultiTaskState
 
+from combiner_battery import assert_sharded_update_equals_unsharded  # noqa: E402
 from combiner_trees import random_tree, vdot  # noqa: E402
 
 GATE_MODES = st.sampled_from(["hard", "soft"])
@@ -226,18 +226,6 @@ def test_works_under_jit_chain_and_inject_hyperparams():
 def test_sharded_over_a_4_device_mesh_equals_unsharded(name):
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4)")
-  mesh = Mesh(np.array(jax.devices()[:4]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  rng = np.random.default_rng(0)
-  g_e = {"a": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
-         "b": jnp.asarray(rng.normal(size=(16,)), jnp.float32)}
-  g_t = tuple(jax.tree.map(lambda x: c * x + jnp.asarray(rng.normal(size=x.shape), jnp.float32), g_e)
-              for c in (1.0, -1.0, 0.3))
   tx = (gradprom(granularity=("per_leaf", "global", "global"), mode="soft") if name == "gradprom"
         else pcgrad(tasks=3))
-  expected, expected_state = tx.update(g_e, tx.init(g_e), task_grads=g_t)
-  shard = NamedSharding(mesh, P("data"))
-  put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, shard), tree)
-  out, state = jax.jit(tx.update)(put(g_e), tx.init(g_e), task_grads=put(g_t))
-  assert out["a"].sharding.is_equivalent_to(shard, 2)
-  for a, b in zip(jax.tree.leaves((out, state)), jax.tree.leaves((expected, expected_state))):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  assert_sharded_update_equals_unsharded(tx, rtol=1e-6)

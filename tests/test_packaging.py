@@ -4,6 +4,7 @@ Read as text (configparser, packaging): nothing is installed or downloaded.
 """
 import ast
 import configparser
+import fnmatch
 import re
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _pins() -> dict[str, str]:
 
 def _imported_top_level_modules() -> set[str]:
   modules = set()
-  for path in [*ROOT.glob("gradprom_jax/**/*.py"), *ROOT.glob("experiments/*.py")]:
+  for path in [*ROOT.glob("gradprom_jax/**/*.py"), *ROOT.glob("experiments/**/*.py")]:
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.Import):
         modules.update(alias.name.split(".")[0] for alias in node.names)
@@ -67,6 +68,28 @@ def test_every_requirement_is_a_range_with_a_lower_bound_or_a_declared_exception
     assert not exact, f"{requirement}: exact pins belong in constraints.txt"
     if canonicalize_name(requirement.name) != "importlib-resources":
       assert lower, f"{requirement} has no lower bound"
+
+
+def _installed_packages() -> list[str]:
+  """The packages pip installs: setup.cfg's ``find:`` include patterns matched as setuptools does."""
+  include = [p.strip() for p in _setup_cfg()["options.packages.find"]["include"].split(",")]
+  packages, pending = [], [d for d in ROOT.iterdir() if (d / "__init__.py").exists()]
+  while pending:   # like setuptools, into packages only (not .venv/ or workdirs/)
+    directory = pending.pop()
+    packages.append(".".join(directory.relative_to(ROOT).parts))
+    pending += [d for d in directory.iterdir() if (d / "__init__.py").exists()]
+  return sorted(p for p in packages if any(fnmatch.fnmatchcase(p, pattern) for pattern in include))
+
+
+def test_the_wheel_holds_the_library_not_the_experiment_tooling():
+  packages = _installed_packages()
+  assert "gradprom_jax.training" in packages
+  assert all(package.split(".")[0] == "gradprom_jax" for package in packages)
+  installed_modules = {path.stem for package in packages
+                       for path in (ROOT / package.replace(".", "/")).glob("*.py")}
+  tooling = {path.stem for path in (ROOT / "experiments" / "tools").glob("*.py")} - {"__init__"}
+  assert {"comparison", "evidence", "fronts", "study", "worker_pool"} <= tooling
+  assert installed_modules & tooling == set()
 
 
 def test_every_requirement_is_used():

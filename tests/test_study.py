@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gradprom_jax.experiment_tools import comparison, study, worker_pool
+from experiments.tools import comparison, study, worker_pool
 from gradprom_jax.training.metric_logging import METRICS_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]

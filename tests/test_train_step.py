@@ -69,7 +69,7 @@ def test_shared_forward_gradients_equal_two_separate_grads():
 
   def task_loss(theta, phi):
     enhanced = system.enhance(theta, low_quality, train=True)
-    return system.task_loss(system.recognize(phi, enhanced, train=True), batch)
+    return system.head.loss(system.head.recognize(phi, enhanced, train=True), batch)
 
   g_e = jax.jit(jax.grad(enhancement_loss))(state.enhancer_params)
   g_t, g_phi = jax.jit(jax.grad(task_loss, argnums=(0, 1)))(state.enhancer_params,
@@ -101,7 +101,7 @@ def test_shared_forward_runs_the_enhancer_forward_once():
   def two_forwards(e, r):   # what the naive implementation does: the count must change
     enhancement = jax.grad(lambda t: system.enhancement_loss(
         system.enhance(t, low_quality, train=True), batch["image"]))(e)
-    task = jax.grad(lambda t: system.task_loss(system.recognize(
+    task = jax.grad(lambda t: system.head.loss(system.head.recognize(
         r, system.enhance(t, low_quality, train=True), train=True), batch))(e)
     return enhancement, task
   naive = jax.make_jaxpr(two_forwards)(state.enhancer_params, state.recognizer_params)

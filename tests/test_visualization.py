@@ -1,11 +1,11 @@
 """Tests for gradprom_jax.training.visualization (PNG size, overlays actually drawn, labels, input checks) and
-the pictures of gradprom_jax.experiment_tools.comparison_plots (grid size, legends, colours)."""
+the pictures of experiments.tools.comparison_plots (grid size, legends, colours)."""
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from gradprom_jax.experiment_tools import comparison_plots
+from experiments.tools import comparison_plots
 from gradprom_jax.training.visualization import TITLE_PIXELS, save_sample_grid
 
 

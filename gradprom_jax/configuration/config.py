@@ -12,7 +12,6 @@ from gradprom_jax import methods
 from gradprom_jax.core.degradations import parse_degradation
 from gradprom_jax.data.config import default_data_config
 
-RECOGNITION_TASKS = ("segmentation", "classification")
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
 MODEL_DTYPES = ("float32", "bfloat16")

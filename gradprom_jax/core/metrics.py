@@ -57,19 +57,6 @@ def ssim(pred: jax.Array, target: jax.Array) -> jax.Array:
   return dm_pix.ssim(pred, target, max_val=1.0)
 
 
-def logits_to_masks(logits: jax.Array) -> jax.Array:
-  """Predicted class masks (N, H, W) from segmentation logits (N, H, W, K).
-
-  Argmax over K >= 2 classes; for one sigmoid channel, 1 where logit > 0.
-
-  >>> logits_to_masks(jnp.array([[[[-1.0], [2.0]]]]))
-  Array([[[0, 1]]], dtype=int32)
-  """
-  if logits.shape[-1] == 1:
-    return (logits[..., 0] > 0).astype(jnp.int32)
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
 def segmentation_counts(pred_masks: jax.Array, true_masks: jax.Array,
                         num_classes: int) -> dict[str, jax.Array]:
   """Per-example per-class pixel counts, enough for Dice, IoU and accuracy.

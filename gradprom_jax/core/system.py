@@ -160,16 +160,6 @@ class TaskDrivenSystem:
   def num_classes(self) -> int | dict[str, int]:
     return self.join([head.num_classes for head in self.heads])
 
-  @property
-  def class_weights(self) -> tuple[float, ...] | None:
-    return self.head.class_weights
-
-  def recognize(self, params: Any, images: jax.Array, *, train: bool) -> jax.Array:
-    return self.head.recognize(params, images, train=train)
-
-  def task_loss(self, logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
-    return self.head.loss(logits, batch)
-
   def probabilities(self, logits: jax.Array) -> jax.Array:
     return self.heads[0].probabilities(logits)
 

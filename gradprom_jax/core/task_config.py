@@ -26,8 +26,6 @@ RECOGNITION_KINDS = ("segmentation", "classification")
 GATE_OPTIONS = ("threshold", "mode", "granularity", "task_scale")
 # The loss option of each recognition kind (besides class_weights, which both have).
 KIND_LOSS_OPTIONS = {"segmentation": "dice_weight", "classification": "label_smoothing"}
-# The keys a task's group (task.<task>) may hold.
-TASK_GROUP_KEYS = ("weight", "class_weights", "gradprom", *KIND_LOSS_OPTIONS.values())
 
 
 class TaskConfigError(ValueError):
@@ -127,12 +125,3 @@ def parse_recognition(value: Any) -> tuple[str, ...]:
     raise TaskConfigError(f"task.recognition={value!r} names a task twice; each recognition kind "
                           "is one task.")
   return tuple(names)
-
-
-def suffixed(key: str, task: str | None) -> str:
-  """A per-task key: ``key`` for a single-task run (``task`` None), else ``key/<task>``.
-
-  >>> suffixed("dice", None), suffixed("no_enhancement_dice", "segmentation")
-  ('dice', 'no_enhancement_dice/segmentation')
-  """
-  return key if task is None else f"{key}/{task}"

@@ -38,10 +38,6 @@ class Dataset:
     return 0 if self.class_names is None else len(self.class_names)
 
   @property
-  def num_mask_classes(self) -> int:
-    return 0 if self.mask_class_names is None else len(self.mask_class_names)
-
-  @property
   def has_label(self) -> bool:
     return self.class_names is not None
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from gradprom_jax.experiment_tools import evidence  # noqa: E402
+from experiments.tools import evidence  # noqa: E402
 
 METRICS = {"pneumoniamnist": ("balanced_accuracy", "auc"), "ph2_seg": ("dice",)}
 

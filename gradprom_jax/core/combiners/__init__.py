@@ -8,12 +8,13 @@ from gradprom_jax.core.combiners.baselines import enhance_only, joint, pcgrad, r
 from gradprom_jax.core.combiners.cagrad import cagrad
 from gradprom_jax.core.combiners.gradient_geometry import cosine_similarity
 from gradprom_jax.core.combiners.gradprom import GradPromState, gate_weight, gradprom
-from gradprom_jax.core.combiners.gradvac import GradVacState, gradvac
+from gradprom_jax.core.combiners.gradvac import gradvac
 from gradprom_jax.core.combiners.imtl_g import imtl_g
 from gradprom_jax.core.combiners.mgda import mgda
 from gradprom_jax.core.combiners.state import (CombinerState, GradPromEmaState, GradPromMomentState,
-                                               combiner_metrics, find_combiner_metrics,
-                                               find_combiner_state, init_combiner_state)
+                                               GradVacState, combiner_metrics,
+                                               find_combiner_metrics, find_combiner_state,
+                                               init_combiner_state)
 from gradprom_jax.core.combiners.tasks import MultiTaskState
 
 __all__ = [

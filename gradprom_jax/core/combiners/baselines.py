@@ -17,9 +17,7 @@ import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
 from gradprom_jax.core.combiners.skeleton import make_combiner
-from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
-
-PerTask = float | jax.Array | tuple | dict  # one value for every task, or one per task
+from gradprom_jax.core.combiners.tasks import PerTask, TaskSpec, resolve_tasks
 
 
 def joint(task_weight: PerTask = 1.0, *,

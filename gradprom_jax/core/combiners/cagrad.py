@@ -39,9 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gradprom_jax.core.combiners.gram_combiner import (PerTask, check_task_weights,
-                                                       make_gram_combiner, matmul)
-from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
+from gradprom_jax.core.combiners.gram_combiner import make_gram_combiner, matmul
+from gradprom_jax.core.combiners.tasks import PerTask, TaskSpec, check_task_weights, resolve_tasks
 
 # Sweeps over all pairs of gradients for three or more (two need one: the solution is exact).
 SWEEPS = 40
@@ -85,6 +84,11 @@ def dual_weights(gram: jax.Array, mean: jax.Array, c: float | jax.Array, usable:
   """w* ∈ simplex (0 where not ``usable``) minimising wᵀGm + c√(mᵀGm)·√(wᵀGw) (see the module).
 
   ``gram`` G of the gradients, ``mean`` m the weights of g₀ (so Gm = ⟨g_i, g₀⟩); starts from w = m.
+
+  >>> import jax.numpy as jnp
+  >>> gram = jnp.array([[1.0, 0.0], [0.0, 4.0]])   # g_1 = (1, 0), g_2 = (0, 2): g₀ = (0.5, 1)
+  >>> dual_weights(gram, jnp.array([0.5, 0.5]), 0.0, jnp.array([True, True]))   # c = 0: min ⟨g_w, g₀⟩
+  Array([1., 0.], dtype=float32)
   """
   n = gram.shape[0]
   pairs = jnp.asarray(np.array(list(itertools.combinations(range(n), 2)), np.int32).reshape(-1, 2))
@@ -137,7 +141,8 @@ def cagrad(task_weight: PerTask = 1.0, c: float | jax.Array = 0.4, *, rescale: b
   Args:
     task_weight: λ ≥ 0 scaling each task gradient; one, or one per task.
     c: the radius of the ball around g₀, relative to ‖g₀‖ (≥ 0; the authors use 0.4 or 0.5).
-    rescale: divide d by 1 + c² (the authors' ``rescale=1``), so its scale stays near g₀'s.
+    rescale: divide d by 1 + c² (the authors' ``rescale=1``), so its scale stays near g₀'s. A Python
+      bool: under ``optax.inject_hyperparams``, list it (and ``tasks``) in ``static_args``.
     tasks: the tasks combined (see :func:`~gradprom_jax.core.combiners.tasks.resolve_tasks`).
 
   >>> import jax.numpy as jnp

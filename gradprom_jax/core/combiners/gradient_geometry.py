@@ -113,7 +113,12 @@ def rescaled_gram(trees: list[Any]) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def is_finite(tree: Any) -> jax.Array:
-  """Whether every entry of ``tree`` is finite (a bool scalar; True for a tree without leaves)."""
+  """Whether every entry of ``tree`` is finite (a bool scalar; True for a tree without leaves).
+
+  >>> import jax.numpy as jnp
+  >>> bool(is_finite({"w": jnp.ones(2)})), bool(is_finite({"w": jnp.array([1.0, jnp.inf])}))
+  (True, False)
+  """
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
                            or [jnp.bool_(True)]))
 
@@ -162,15 +167,6 @@ def squared_norm_ratio_projection(a: list[jax.Array], b: list[jax.Array]) -> jax
   norm_sq = sum((_dot(y, y) for y in b_hat), jnp.zeros([], jnp.float32))
   defined = (norm_sq > 0) & jnp.isfinite(dot)
   return jnp.where(defined, dot / jnp.where(defined, norm_sq * safe_scale, 1.0), 0.0)
-
-
-def add_scaled(e: jax.Array, t: jax.Array, weight: jax.Array) -> jax.Array:
-  """``e + weight * t`` in float32, cast back to ``e.dtype``; exactly ``e`` where ``weight == 0``.
-
-  The ``where`` (rather than a multiply by 0) keeps a non-finite ``t`` out of a closed gate's output.
-  """
-  combined = e.astype(jnp.float32) + weight * t.astype(jnp.float32)
-  return jnp.where(weight != 0, combined, e.astype(jnp.float32)).astype(e.dtype)
 
 
 def scaled(t: jax.Array, weight: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ every cosine seen was 1) is read as 1 − 5·10⁻¹³ so the division stays fin
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,24 +31,10 @@ import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
 from gradprom_jax.core.combiners.accumulation import check_not_in_optax_multisteps
-from gradprom_jax.core.combiners.gram_combiner import PerTask, check_task_weights
 from gradprom_jax.core.combiners.skeleton import check_task_grads
-from gradprom_jax.core.combiners.state import (CombinerState, init_combiner_state,
+from gradprom_jax.core.combiners.state import (GradVacState, init_combiner_state,
                                                next_combiner_state)
-from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
-
-
-
-class GradVacState(NamedTuple):
-  """State of :func:`gradvac` for one task: the shared state, plus the cosine target.
-
-  Attributes:
-    combiner: the :class:`CombinerState` every combiner keeps (found by ``find_combiner_state``); its
-      ``gate`` is 1 when g_t was added unchanged (φ ≥ φ̂), 0 when it was vaccinated or left out.
-    target_cosine: float32, φ̂ for the next update (0 before the first).
-  """
-  combiner: CombinerState
-  target_cosine: jax.Array
+from gradprom_jax.core.combiners.tasks import PerTask, TaskSpec, check_task_weights, resolve_tasks
 
 
 def vaccinated_coefficient(cosine: jax.Array, target: jax.Array, norm_ratio: jax.Array) -> jax.Array:

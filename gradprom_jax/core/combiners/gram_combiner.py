@@ -24,7 +24,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from gradprom_jax.core.combiners import gradient_geometry as geometry
@@ -36,7 +35,6 @@ from gradprom_jax.core.combiners.tasks import Tasks
 # (gram, usable) -> α: the weights of the gradients (g_e first), float32 of shape (K+1,), 0 where not
 # usable. ``gram`` is float32 (K+1, K+1) with the rows and columns of unusable gradients zero.
 SolveWeights = Callable[[jax.Array, jax.Array], jax.Array]
-PerTask = float | jax.Array | tuple | dict  # an option: one value for every task, or one per task
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -92,28 +90,17 @@ def combine(trees: Sequence[Any], coefficients: jax.Array) -> Any:
 
   A zero coefficient leaves its tree out exactly (its NaNs too): coefficients (1, 0, ...) return the
   first tree's values unchanged.
+
+  >>> import jax.numpy as jnp
+  >>> trees = [{"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.array([jnp.nan, 2.0])}]
+  >>> combine(trees, jnp.array([1.0, 0.0])), combine(trees, jnp.array([0.5, 0.25]))
+  ({'w': Array([1, 1], dtype=bfloat16)}, {'w': Array([nan, 1], dtype=bfloat16)})
   """
   def leaf(*xs):
     total = sum((geometry.scaled(x, coefficients[i]) for i, x in enumerate(xs)),
                 jnp.zeros(xs[0].shape, jnp.float32))
     return total.astype(xs[0].dtype)
   return jax.tree.map(leaf, *trees)
-
-
-def check_task_weights(weights: Sequence[Any]) -> None:
-  """Refuses a negative λ (a traced one is the caller's to keep ≥ 0): it would flip g_t."""
-  for weight in weights:
-    if isinstance(weight, (int, float)) and weight < 0:
-      raise ValueError(f"task_weight must be >= 0, got {weight}.")
-
-
-def faces(n: int) -> np.ndarray:
-  """Every non-empty subset of ``range(n)`` as a bool (2^n − 1, n) NumPy array (static).
-
-  >>> faces(2).astype(int).tolist()
-  [[1, 0], [0, 1], [1, 1]]
-  """
-  return np.array([[(subset >> i) & 1 for i in range(n)] for subset in range(1, 2 ** n)], bool)
 
 
 def make_gram_combiner(name: str, solve: SolveWeights, tasks: Tasks,

@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradprom_jax.core.combiners.gram_combiner import (PerTask, check_task_weights,
-                                                       make_gram_combiner, matmul)
-from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
+from gradprom_jax.core.combiners.gram_combiner import make_gram_combiner, matmul
+from gradprom_jax.core.combiners.tasks import PerTask, TaskSpec, check_task_weights, resolve_tasks
 
 # Singular values of D Uᵀ below this fraction of the largest are taken as 0 (see the module).
 RELATIVE_CUTOFF = 1e-5

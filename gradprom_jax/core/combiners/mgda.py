@@ -22,14 +22,23 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from gradprom_jax.core.combiners.gram_combiner import (PerTask, check_task_weights, faces,
-                                                       make_gram_combiner, matmul)
-from gradprom_jax.core.combiners.tasks import TaskSpec, resolve_tasks
+from gradprom_jax.core.combiners.gram_combiner import make_gram_combiner, matmul
+from gradprom_jax.core.combiners.tasks import PerTask, TaskSpec, check_task_weights, resolve_tasks
 
 # The largest number of tasks whose 2^(K+1) − 1 faces are enumerated (4095 systems of 13×13).
 MAX_TASKS = 11
+
+
+def faces(n: int) -> np.ndarray:
+  """Every non-empty subset of ``range(n)`` as a bool (2^n − 1, n) NumPy array (static).
+
+  >>> faces(2).astype(int).tolist()
+  [[1, 0], [0, 1], [1, 1]]
+  """
+  return np.array([[(subset >> i) & 1 for i in range(n)] for subset in range(1, 2 ** n)], bool)
 
 
 def min_norm_weights(gram: jax.Array, usable: jax.Array) -> jax.Array:

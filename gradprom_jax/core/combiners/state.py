@@ -61,6 +61,18 @@ class GradPromMomentState(NamedTuple):
   moment_cosine: Any
 
 
+class GradVacState(NamedTuple):
+  """State of :func:`~gradprom_jax.gradvac` for one task: the shared state, plus the cosine target.
+
+  Attributes:
+    combiner: the :class:`CombinerState` every combiner keeps (found by `find_combiner_state`); its
+      ``gate`` is 1 when g_t was added unchanged (φ ≥ φ̂), 0 when it was vaccinated or left out.
+    target_cosine: float32, φ̂ for the next update (0 before the first), logged as ``target_cosine``.
+  """
+  combiner: CombinerState
+  target_cosine: jax.Array
+
+
 def next_cosine_ema(cosine_ema: jax.Array, cosine: jax.Array, count: jax.Array,
                     decay: float | jax.Array) -> jax.Array:
   """The bias-corrected EMA after update number ``count + 1`` whose cosine is ``cosine``.
@@ -147,7 +159,7 @@ def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   `combiner_metrics` of its :class:`CombinerState`, plus ``cosine_ema`` (the bias-corrected moving
   average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`, or
   ``moment_cosine`` (the cosine of the gradients' moving averages) for a
-  :class:`GradPromMomentState`. For a combiner of several tasks, each task's, suffixed with the task's name (``cosine/masks``, or
+  :class:`GradPromMomentState`, or ``target_cosine`` (GradVac's φ̂) for a :class:`GradVacState`. For a combiner of several tasks, each task's, suffixed with the task's name (``cosine/masks``, or
   ``cosine/0`` for tasks given by number).
 
   >>> import jax.numpy as jnp, optax
@@ -171,6 +183,9 @@ def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   moment_state = _first(opt_state, GradPromMomentState)
   if moment_state is not None:
     metrics["moment_cosine"] = _mean_over_leaves(moment_state.moment_cosine)
+  vaccine_state = _first(opt_state, GradVacState)
+  if vaccine_state is not None:
+    metrics["target_cosine"] = jnp.asarray(vaccine_state.target_cosine, jnp.float32)
   return metrics
 
 

@@ -17,6 +17,8 @@ import jax
 
 # What a combiner's ``tasks`` argument takes: None (one task), a number of tasks, or their names.
 TaskSpec = int | Sequence[str] | None
+# A combiner option: one value for every task, or one per task (a tuple, a dict by name, a 1-D array).
+PerTask = float | jax.Array | tuple | dict
 
 
 class MultiTaskState(NamedTuple):
@@ -145,6 +147,19 @@ def resolve_tasks(tasks: TaskSpec = None, **options: Any) -> Tasks:
   for name, value in options.items():
     resolved.option(name, value)   # raises for a per-task option that does not match the tasks
   return resolved
+
+
+def check_task_weights(weights: Sequence[Any]) -> None:
+  """Refuses a negative λ among the per-task ``weights`` (a traced one is the caller's to keep ≥ 0).
+
+  >>> check_task_weights((1.0, -0.5))
+  Traceback (most recent call last):
+  ...
+  ValueError: task_weight must be >= 0, got -0.5.
+  """
+  for weight in weights:
+    if isinstance(weight, (int, float)) and weight < 0:
+      raise ValueError(f"task_weight must be >= 0, got {weight}.")
 
 
 def check_task_grads_form(tasks: Tasks, updates: Any, task_grads: Any, name: str) -> None:

@@ -1,7 +1,13 @@
-"""Bad commands fail fast through `experiments/main.py`: one line on stderr, exit status 2, nothing
-written to the workdir and nothing compiled; a workdir holding another config, one that cannot be
-written, checkpoints that do not restore and missing raw files are refused with a message naming
-what is wrong (exit status 2 for the command, 1 for the files)."""
+"""The training entry point (`experiments/main.py`, `gradprom_jax.training.main`) driven as a user
+drives it, as subprocesses with `:smoke` configs, a tmp workdir and a tmp data dir.
+
+Bad commands fail fast: one line on stderr, exit status 2, nothing written to the workdir or the
+data dir and nothing compiled; that covers a task its recogniser cannot do, an enhancer that cannot
+make the degradation's scale and a model option of another model. A workdir holding another config
+(refused before the dataset is built), one that cannot be written, checkpoints that do not restore
+and missing raw files are refused with a message naming what is wrong (exit status 2 for the
+command, 1 for the files). ``--help`` lists the config keys with their documentation and exits 0.
+"""
 import errno
 import json
 import os
@@ -37,6 +43,34 @@ BAD_COMMANDS = {
                             "batch_size=6 is not divisible by the number of devices (4)"),
     "unknown_config_option": ([], "Unknown config option(s) ['smok']"),
 }
+# Models that do not fit the task or the degradation: name -> (config, extra flags, a fragment of
+# the one-line error).
+REFUSED = {
+    "classification_with_a_segmenter": (
+        "configs/image_folder.py", ["--config.task.recognition=classification"],
+        "task.recognition='classification' needs a classification model (resnet), but "
+        "model.recognizer.name='unet_segmenter' is a segmentation model: use the config file's "
+        "':classification' option (e.g. configs/image_folder.py:classification)"),
+    "segmentation_with_a_classifier": (
+        "configs/default.py:classification,smoke", ["--config.task.recognition=segmentation"],
+        "needs a segmentation model (unet_segmenter), but model.recognizer.name='resnet'"),
+    "renamed_recognizer_keeps_the_old_options": (
+        "configs/default.py:smoke", ["--config.task.recognition=classification",
+                                     "--config.model.recognizer.name=resnet"],
+        "model.recognizer.num_levels is not an option of recognizer 'resnet' (its options: "),
+    "two_tasks_with_one_recognizer": (
+        "configs/default.py:smoke", ["--config.task.recognition=segmentation,classification"],
+        "names 2 tasks, but this config has one recogniser (model.recognizer): use a multi-task "
+        "config (e.g. configs/ph2.py:multitask)"),
+    "negative_task_weight_of_one_task": (
+        "configs/default.py:multitask,smoke", ["--config.task.classification.weight=-1"],
+        "task.classification.weight=-1.0 must be a number >= 0"),
+    "edsr_cannot_make_scale_5": (
+        "configs/default.py:smoke", ["--config.task.degradation=downsample(scale=5)",
+                                     "--config.data.image_size=(30, 30)"],
+        "model.enhancer.name='edsr' cannot enhance task.degradation='downsample(scale=5)': EDSR "
+        "scale must be 1, 3 or a power of two, got 5."),
+}
 
 
 def _command(workdir: Path, data_dir: Path, *extra: str, option: str = "smoke") -> list[str]:
@@ -63,6 +97,15 @@ def main_runs(tmp_path_factory):
   for name, (extra, _) in BAD_COMMANDS.items():
     option = "smok" if name == "unknown_config_option" else "smoke"
     commands[name] = (root / name, _command(root / name, root / "tfds", *extra, option=option))
+  for name, (config, extra, _) in REFUSED.items():
+    commands[name] = (root / name, [
+        sys.executable, str(MAIN), f"--config={config}", f"--workdir={root / name}",
+        f"--config.data.data_dir={root / name}_tfds",
+        f"--config.data.manual_dir={root / 'nowhere'}", *extra])
+  commands["help"] = (None, [sys.executable, str(MAIN), "--help"])
+  for name, config in (("help_of_a_config", "configs/ph2.py:classification,smoke"),
+                       ("help_of_a_multitask_config", "configs/ph2.py:multitask")):
+    commands[name] = (None, [sys.executable, str(MAIN), "--help", "--config", config])
   # A workdir holding a run of another config.
   check_or_save_config(root / "other_config", _other_config(root / "tfds_other"))
   commands["other_config"] = (root / "other_config",
@@ -107,6 +150,16 @@ def test_bad_command_is_one_line_exit_2_and_writes_nothing(main_runs, name):
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_models_that_do_not_fit_are_one_line_exit_2(main_runs, name):
+  stdout, stderr, status, workdir = main_runs[name]
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert status == 2, stderr[-2000:]
+  assert len(lines) == 1, stderr[-2000:]   # Also: nothing compiled (JAX_LOG_COMPILES).
+  assert REFUSED[name][2] in lines[0]
+  assert not stdout and not workdir.exists() and not Path(f"{workdir}_tfds").exists()
+
+
 def test_config_errors_are_raised_before_jit_and_before_the_workdir(tmp_path, monkeypatch):
   def no_jit(*args, **kwargs):
     raise AssertionError("compiled before the config was checked")
@@ -138,7 +191,8 @@ def test_unknown_key_message_names_the_group_and_near_keys():
   assert unknown_key_message(config, "model.enhancer.features") is None
 
 
-def test_workdir_of_another_config_is_refused_listing_the_keys(main_runs):
+def test_workdir_of_another_config_is_refused_listing_the_keys_before_the_dataset_is_built(
+    main_runs):
   _, stderr, status, workdir = main_runs["other_config"]
   assert status == 2, stderr[-2000:]
   assert "holds a run with a different config" in stderr
@@ -148,6 +202,8 @@ def test_workdir_of_another_config_is_refused_listing_the_keys(main_runs):
   assert "Compiling" not in stderr
   assert [p.name for p in workdir.iterdir()] == ["config.json"]
   assert json.loads((workdir / "config.json").read_text())["seed"] == 1
+  data_dir = workdir.parent / "tfds_other"
+  assert not data_dir.exists() or not any(data_dir.iterdir())
 
 
 @pytest.mark.slow
@@ -197,3 +253,33 @@ def test_full_disk_is_a_workdir_error_naming_the_path(tmp_path, monkeypatch):
   monkeypatch.setattr(os, "fsync", full_disk)   # Where a full disk shows up for a small write.
   with pytest.raises(WorkdirError, match=rf"{tmp_path / 'run'}.*No space left on device"):
     ensure_writable_directory(tmp_path / "run")
+
+
+def test_help_lists_the_config_keys_with_their_comments_and_exits_0(main_runs):
+  stdout, stderr, status, _ = main_runs["help"]
+  assert status == 0, stderr[-2000:]
+  assert "configs/ph2.py:classification,smoke" in stdout   # How config options combine.
+  assert "  # Global batch size over all devices and hosts.\n  batch_size = 8\n" in stdout
+  assert "  data.patch_size = [96, 128]" in stdout
+  assert "# Low quality simulated on device from the high-quality batch" in stdout
+  assert "--helpfull" in stdout
+
+
+def test_help_with_a_config_shows_its_values(main_runs):
+  stdout, stderr, status, _ = main_runs["help_of_a_config"]
+  assert status == 0, stderr[-2000:]
+  assert "with the values of configs/ph2.py:classification,smoke:" in stdout
+  assert "  model.recognizer.name = 'resnet'" in stdout
+  assert "  task.recognition = 'classification'" in stdout
+  assert "  num_train_steps = 6" in stdout
+
+
+def test_help_of_a_multitask_config_documents_each_task_and_its_recogniser(main_runs):
+  stdout, stderr, status, _ = main_runs["help_of_a_multitask_config"]
+  assert status == 0, stderr[-2000:]
+  assert "  task.recognition = 'segmentation,classification'" in stdout
+  assert "  model.recognizers.classification.name = 'resnet'" in stdout
+  assert "  # λ_k = task_weight × weight" in stdout and "  task.classification.weight = 1.0" in stdout
+  assert "task.segmentation.gradprom.threshold = None" in stdout
+  assert "model.recognizer.name" not in stdout   # one recogniser per task, none shared
+  assert "  data.patch_size = None" in stdout      # whole images: the diagnosis needs the lesion

@@ -35,9 +35,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from experiments.tools import comparison, evidence
+from experiments.tools.comparison import PlannedRun, Row, parse_variant, plan_runs
 from gradprom_jax.core.task_config import parse_recognition
-from gradprom_jax.experiment_tools import comparison, evidence
-from gradprom_jax.experiment_tools.comparison import PlannedRun, Row, parse_variant, plan_runs
 
 REGIMES = ("frozen", "finetuned")
 STAGES = ("recognizers", "grid", "random_gate", "gate_probes", "report")

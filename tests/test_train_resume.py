@@ -1,5 +1,6 @@
-"""Kill and resume: a run interrupted at any moment and started again ends bitwise identical to an
-uninterrupted one; SIGTERM saves and exits within seconds; a corrupt latest checkpoint falls back.
+"""The training loop (`gradprom_jax.training.train`) killed and resumed: a run interrupted at any
+moment and started again ends bitwise identical to an uninterrupted one; SIGTERM saves and exits
+within seconds; a corrupt latest checkpoint falls back.
 
 The fast test resumes in-process (a kill right after checkpoint k leaves the same workdir as a
 finished run whose checkpoints after k are gone). The slow ones run `experiments/main.py` as a

@@ -5,7 +5,7 @@ A comparison directory holds one run per row (a method, or a named *variant* of 
   DIR/<row>/seed_<s>/        a normal workdir of a training run (+ run.log, run.json)
   DIR/summary.md, summary.csv   mean ± std over seeds of every test metric, per row and reference
   DIR/runs.csv                  every run's test metrics, one line per run
-  DIR/plots/*.png               see `gradprom_jax.experiment_tools.comparison_plots`
+  DIR/plots/*.png               see `experiments.tools.comparison_plots`
 
 Each run is a fresh subprocess of the training entry point, ``python -m gradprom_jax.training.main``
 (found wherever the package is installed; ``experiments/main.py`` runs the same), rather than a
@@ -47,8 +47,8 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from experiments.tools import worker_pool
 from gradprom_jax.core.task_config import parse_recognition
-from gradprom_jax.experiment_tools import worker_pool
 from gradprom_jax.methods import method_names
 from gradprom_jax.training.metric_logging import METRICS_FILENAME, read_metrics
 from gradprom_jax.training.run_config import CONFIG_FILENAME, RESUMABLE_KEYS, config_differences
@@ -280,7 +280,7 @@ def execute_run(run: PlannedRun, config_args: Sequence[str], *,
   all runs; compiles of a second or more are cached).
 
   ``worker``: the slot the run is on (its environment and its cores; see
-  `gradprom_jax.experiment_tools.worker_pool`); ``None`` inherits this process's.
+  `experiments.tools.worker_pool`); ``None`` inherits this process's.
 
   Returns:
     (return code, wall seconds). ``run.json`` keeps the command and the seconds summed over
@@ -348,7 +348,7 @@ def run_all(runs: Sequence[PlannedRun], config_args: Sequence[str], *,
 
   All configs are built and checked against existing workdirs before the first run starts.
   ``cache_dir``: see :func:`execute_run`. ``workers``: see
-  `gradprom_jax.experiment_tools.worker_pool` (one: each run with default threads, as before).
+  `experiments.tools.worker_pool` (one: each run with default threads, as before).
   A run killed mid-way is unfinished: the next call resumes it from its newest checkpoint.
   """
   statuses = [run_status(run, run_config(config_args, run)) for run in runs]
@@ -679,7 +679,7 @@ def report(directory: str | os.PathLike[str], runs: Sequence[PlannedRun], rows: 
   Returns:
     The table (row name -> metric -> Statistic).
   """
-  from gradprom_jax.experiment_tools import comparison_plots  # matplotlib only when reporting
+  from experiments.tools import comparison_plots  # matplotlib only when reporting
 
   directory = Path(directory)
   results = read_results(runs)

@@ -274,7 +274,7 @@ def write_comparison_plots(directory: str | os.PathLike[str], *, rows: Sequence[
   """Every plot of a comparison into ``directory``; returns the paths written.
 
   Args:
-    rows: the comparison's rows (`gradprom_jax.experiment_tools.comparison.Row`: ``name``, ``method``).
+    rows: the comparison's rows (`experiments.tools.comparison.Row`: ``name``, ``method``).
     results: run -> its results.json (runs have ``row`` and ``seed``).
     records: run -> its metrics.jsonl records.
     task_metric: the recognition metric of the curves and the scatter plot.

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from gradprom_jax.experiment_tools import evidence
+from experiments.tools import evidence
 
 ENHANCE_ONLY = "enhance_only"
 REFERENCE_METHOD = "gradprom"

@@ -1,1 +1,0 @@
-"""Method × seed comparisons, their plots and the paired evidence statistics."""
