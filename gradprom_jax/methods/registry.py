@@ -41,8 +41,8 @@ def combination_methods() -> tuple[Method, ...]:
 def method_names() -> tuple[str, ...]:
   """The valid values of ``config.method``: the combination methods, then the schedules.
 
-  >>> method_names()[:2], method_names()[-2:]
-  (('enhance_only', 'gradprom'), ('two_stage', 'recognizer_only'))
+  >>> "gradprom" in method_names(), method_names()[-2:]
+  (True, ('two_stage', 'recognizer_only'))
   """
   return (*_METHODS, *(schedule.name for schedule in SCHEDULES))
 
@@ -55,7 +55,7 @@ def lookup(name: str) -> Method | Schedule:
   >>> lookup("gradnorm")  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  ValueError: Unknown method 'gradnorm'; expected one of enhance_only, gradprom, ..., recognizer_only.
+  ValueError: Unknown method 'gradnorm'; expected one of ..., gradprom, ..., recognizer_only.
   """
   if name in _METHODS:
     return _METHODS[name]
@@ -103,7 +103,7 @@ def get_combiner(name: str, **kwargs: Any) -> optax.GradientTransformationExtraA
   >>> get_combiner("gradnorm")  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  ValueError: Unknown combiner 'gradnorm'; valid names: enhance_only, gradprom, ..., random_gate.
+  ValueError: Unknown combiner 'gradnorm'; valid names: ..., gradprom, ..., random_gate.
   """
   if name not in COMBINERS:
     raise ValueError(f"Unknown combiner {name!r}; valid names: {', '.join(sorted(COMBINERS))}.")
