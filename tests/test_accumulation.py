@@ -11,7 +11,8 @@ from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
 from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax import multi_steps
-from gradprom_jax.core.combiners import find_combiner_state, get_combiner, gradprom
+from gradprom_jax.core.combiners import find_combiner_state, gradprom
+from gradprom_jax.methods import get_combiner
 from gradprom_jax.training.gradient_accumulation import accumulate_gradients
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gradprom_jax import COMBINERS, enhance_only, get_combiner, joint, pcgrad
-from gradprom_jax.core.combiners import random_gate
+from gradprom_jax.core.combiners import find_combiner_state, random_gate
 from gradprom_jax.core.combiners.baselines import random_gate_coin
 
 
@@ -67,12 +67,12 @@ def test_registry_builds_every_combiner_with_a_common_signature(name):
   tx = get_combiner(name)
   out, state = jax.jit(tx.update)(g_e, tx.init(g_e), task_grads=g_t)
   assert jax.tree.structure(out) == jax.tree.structure(g_e)
-  assert int(state.count) == 1
+  assert int(find_combiner_state(state).count) == 1
 
 
 def test_registry_rejects_unknown_names_and_bad_options():
-  with pytest.raises(ValueError, match="valid names: enhance_only, gradprom, joint, pcgrad, random_gate"):
-    get_combiner("mgda")
+  with pytest.raises(ValueError, match="Unknown combiner 'gradnorm'; valid names: .*gradprom"):
+    get_combiner("gradnorm")
   with pytest.raises(ValueError, match="task_weight must be >= 0"):
     get_combiner("gradprom", task_weight=-1.0)
   with pytest.raises(TypeError):

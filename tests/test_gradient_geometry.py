@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from gradprom_jax.core.combiners import get_combiner, gradprom
+from gradprom_jax.core.combiners import gradprom
+from gradprom_jax.methods import get_combiner
 
 PARAMS = {"conv": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones((4,)), "scale": jnp.ones(())}
 

@@ -19,24 +19,27 @@ PACKAGE_DIR = Path(gradprom_jax.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]
 
 # Which subpackages each may import (its own is always allowed). Lowest layer first: the models and
-# data stand alone, the maths builds on the models, configuration validates against the three,
-# training drives them all, and inference sits on top. The experiment tooling is no part of the
-# package: it lives in experiments/tools, above all of it.
+# data stand alone, the maths builds on the models, the methods (each a combiner of core's with its
+# config group) on the maths, configuration validates against those, training drives them all, and
+# inference sits on top. The experiment tooling is no part of the package: it lives in
+# experiments/tools, above all of it.
 ALLOWED_IMPORTS = {
     "models": set(),
     "data": set(),
     "core": {"models"},
-    "configuration": {"core", "models", "data"},
-    "training": {"core", "models", "data", "configuration"},
-    "inference": {"core", "models", "data", "configuration", "training"},
+    "methods": {"core"},
+    "configuration": {"core", "models", "data", "methods"},
+    "training": {"core", "models", "data", "methods", "configuration"},
+    "inference": {"core", "models", "data", "methods", "configuration", "training"},
 }
 # Modules a subpackage may not import although their subpackage is allowed.
 FORBIDDEN_MODULES = {
     # Applying a trained run needs the run's state and checkpoints, not the loop that trained it.
     "inference": {"gradprom_jax.training.train", "gradprom_jax.training.main"},
 }
-# gradprom_jax/__init__.py is the public API: it re-exports the combiners, from core.
-ROOT_IMPORTS = {"core"}
+# gradprom_jax/__init__.py is the public API: it re-exports the combiners, from core, and the
+# combiners by name, from methods.
+ROOT_IMPORTS = {"core", "methods"}
 
 
 def _imported_modules(tree: ast.Module, module: str, is_package: bool, root: Path) -> set[str]:
@@ -186,3 +189,15 @@ def test_the_config_check_catches_an_import_and_a_config_parameter(tmp_path):
   module = tmp_path / "m.py"
   module.write_text("import ml_collections\n\ndef f(x, *, config):\n  return x\n")
   assert config_readers(module) == ["ml_collections", "f(config)"]
+
+
+def test_the_combiners_are_pure_optax_importing_nothing_else_of_the_package():
+  combiners = PACKAGE_DIR / "core" / "combiners"
+  outside = []
+  for path in sorted(combiners.glob("*.py")):
+    module = ".".join(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    imported = _imported_modules(ast.parse(path.read_text()), module, path.stem == "__init__",
+                                 PACKAGE_DIR.parent)
+    outside += [f"{module} -> {name}" for name in sorted(imported)
+                if not name.startswith("gradprom_jax.core.combiners")]
+  assert outside == []

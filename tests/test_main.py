@@ -35,7 +35,7 @@ BAD_COMMANDS = {
                     "unknown config key 'optim.enhancer_rl': did you mean 'optim.enhancer_lr'?"),
     "unknown_top_level_key": (["--config.metod=joint"], "did you mean 'method'"),
     "bad_value_type": (["--config.batch_size=four"], "--config.batch_size=four"),
-    "unknown_method": (["--config.method=gradpromm"], "method='gradpromm' is not one of gradprom"),
+    "unknown_method": (["--config.method=gradpromm"], "method='gradpromm' is not one of "),
     "unknown_dataset": (["--config.data.name=ph3"], "data.name='ph3' is not one of"),
     "scale_does_not_divide": (["--config.task.degradation=downsample(scale=3)"],
                               "scale 3, which does not divide the image size 32x32"),

@@ -1,4 +1,4 @@
-"""The method table: what is derived from it, and that every method option reaches the combiner."""
+"""The method registry: what is derived from it, and that every method option reaches the combiner."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,16 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradprom_jax import COMBINERS
+from gradprom_jax import COMBINERS, methods
 from gradprom_jax.configuration import run_spec
-from gradprom_jax.configuration.config import METHODS, base_config
-from gradprom_jax.core import methods
-from gradprom_jax.core.combiners import combiner_metrics, find_combiner_metrics, find_combiner_state
+from gradprom_jax.configuration.config import (METHODS, base_config, classification_recognizer,
+                                               multitask_config)
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.configuration.plain_config import flatten_config
+from gradprom_jax.core.combiners import (combiner_metrics, find_combiner_metrics, find_combiner_state,
+                                         gradprom)
 from gradprom_jax.core.combiners.skeleton import make_combiner
+from gradprom_jax.methods import registry
+from gradprom_jax.training.train_step import make_train_step
 from gradprom_jax.training.training_spec import enhancer_tx_from_config, phases_from_config
 
-# A value other than the default for every config key a combiner reads. A key added to a method's
-# config group needs one here, or test_every_method_option_reaches_the_combiner fails.
+from test_train_step import make_batch, setup, tiny_config  # noqa: E402
+
+# A value other than the default for config keys a combiner reads. A number or a flag without one
+# here is moved off its default (`other_value`); a string needs one (or its method's test passes it).
 OTHER_VALUES = {
     "task_weight": 2.0,
     "seed": 1,
@@ -55,28 +62,39 @@ def _set(config, dotted_key, value):
   config[key] = value
 
 
-def keys_not_reaching_combiner(spec: methods.MethodSpec) -> list[str]:
-  """The config keys of ``spec`` (its group's, and those it forwards) that, changed, do not reach the
-  factory argument of their name or leave the built combiner's behaviour unchanged."""
+def other_value(key: str, default, other_values=OTHER_VALUES):
+  """``other_values[key]``, or beside a number's or a flag's ``default``."""
+  if key in other_values:
+    return other_values[key]
+  if isinstance(default, bool):
+    return not default
+  if isinstance(default, (int, float)):
+    return default + (1 if isinstance(default, int) else 0.5)
+  pytest.fail(f"give OTHER_VALUES a non-default value for {key}={default!r}")
+
+
+def keys_not_reaching_combiner(method: methods.Method, other_values=OTHER_VALUES) -> list[str]:
+  """The config keys of ``method`` (its group's, and those it forwards) that, changed (to
+  :func:`other_value`), do not reach the factory argument of their name or leave the built
+  combiner's behaviour unchanged."""
   config = base_config()
-  config.method = spec.name
-  keys = set(spec.combiner_args.values())
-  if spec.config_group is not None:
-    keys |= {f"{spec.config_group}.{key}" for key in config[spec.config_group].keys()}
-  missing = sorted(keys - set(OTHER_VALUES))
-  if missing:
-    pytest.fail(f"give OTHER_VALUES a non-default value for {missing}")
+  config.method = method.name
+  keys = set(method.combiner_args.values())
+  if method.options is not None:
+    keys |= {f"{method.name}.{key}" for key in config[method.name].keys()}
+  flat = flatten_config(config)
+  values = {key: other_value(key, flat[key], other_values) for key in keys}
   default_kwargs = run_spec.combiner_kwargs(config)
   default_behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(config)))
   not_reaching = []
   for key in sorted(keys):
     changed = base_config()
-    changed.method = spec.name
-    _set(changed, key, OTHER_VALUES[key])
+    changed.method = method.name
+    _set(changed, key, values[key])
     kwargs = run_spec.combiner_kwargs(changed)
     behaviour = _behaviour(methods.build_combiner(run_spec.parse_method(changed)))
     # By convention a key feeds the factory argument of its own name (gradprom.mode -> mode).
-    forwarded = kwargs.get(key.rsplit(".", 1)[-1]) == OTHER_VALUES[key] and kwargs != default_kwargs
+    forwarded = kwargs.get(key.rsplit(".", 1)[-1]) == values[key] and kwargs != default_kwargs
     acts = behaviour.shape != default_behaviour.shape or not np.allclose(behaviour,
                                                                          default_behaviour)
     if not (forwarded and acts):
@@ -84,37 +102,71 @@ def keys_not_reaching_combiner(spec: methods.MethodSpec) -> list[str]:
   return not_reaching
 
 
-@pytest.mark.parametrize("spec", [s for s in methods.METHOD_SPECS if s.combiner is not None],
-                         ids=lambda spec: spec.name)
-def test_every_method_option_reaches_the_combiner(spec):
-  assert keys_not_reaching_combiner(spec) == []
+@pytest.mark.parametrize("method", methods.combination_methods(), ids=lambda method: method.name)
+def test_every_method_option_reaches_the_combiner(method):
+  assert keys_not_reaching_combiner(method) == []
 
 
-def test_an_option_declared_but_not_forwarded_is_caught(monkeypatch):
-  gradprom_spec = methods.method_spec("gradprom")
-  forgetful = dataclasses.replace(gradprom_spec, combiner_args={
-      argument: key for argument, key in gradprom_spec.combiner_args.items()
-      if key != "gradprom.threshold"})
-  monkeypatch.setattr(methods, "METHOD_SPECS", tuple(
-      forgetful if s.name == "gradprom" else s for s in methods.METHOD_SPECS))
+def test_an_option_the_combiner_ignores_is_caught(monkeypatch):
+  def gradprom_ignoring_threshold(threshold=0.0, **kwargs):
+    del threshold
+    return gradprom(**kwargs)
+
+  forgetful = dataclasses.replace(methods.lookup("gradprom"), combiner=gradprom_ignoring_threshold)
+  monkeypatch.setitem(registry._METHODS, "gradprom", forgetful)
   assert keys_not_reaching_combiner(forgetful) == ["gradprom.threshold"]
 
 
-def test_an_option_forwarded_to_the_wrong_argument_is_caught(monkeypatch):
-  gradprom_spec = methods.method_spec("gradprom")
-  crossed = dataclasses.replace(gradprom_spec, combiner_args={
-      **gradprom_spec.combiner_args, "threshold": "gradprom.cosine_ema",
-      "cosine_ema": "gradprom.threshold"})
-  monkeypatch.setattr(methods, "METHOD_SPECS", tuple(
-      crossed if s.name == "gradprom" else s for s in methods.METHOD_SPECS))
-  assert keys_not_reaching_combiner(crossed) == ["gradprom.cosine_ema", "gradprom.threshold"]
+def test_the_config_methods_and_combiners_come_from_the_registry():
+  combining = tuple(m.name for m in methods.combination_methods())
+  assert combining == tuple(sorted(combining))   # module-name order
+  assert {"enhance_only", "gradprom", "joint", "pcgrad", "random_gate"} <= set(combining)
+  assert METHODS == (*combining, "two_stage", "recognizer_only")
+  assert tuple(COMBINERS) == combining
+  assert all(COMBINERS[m.name] is m.combiner for m in methods.combination_methods())
+  assert ([k for k in base_config() if k in METHODS]
+          == [m.name for m in methods.combination_methods() if m.options is not None])
 
 
-def test_the_config_methods_and_combiners_come_from_the_table():
-  assert METHODS == ("gradprom", "joint", "pcgrad", "enhance_only", "two_stage", "random_gate",
-                     "recognizer_only")
-  assert tuple(COMBINERS) == ("gradprom", "joint", "pcgrad", "enhance_only", "random_gate")
-  assert all(COMBINERS[s.name] is s.combiner for s in methods.METHOD_SPECS if s.combiner)
+@pytest.mark.parametrize("method", methods.combination_methods(), ids=lambda method: method.name)
+def test_every_method_builds_for_several_tasks(method):
+  config = multitask_config(base_config(), {"segmentation": base_config().model.recognizer,
+                                            "classification": classification_recognizer()})
+  config.method = method.name
+  config.measure_baseline_cosine = True   # the combiner in the chain for joint and enhance_only too
+  assert validate_config(config).names == ("segmentation", "classification")
+  tx = enhancer_tx_from_config(config, phases_from_config(config))
+  g_e = {"w": jnp.array([1.0, 0.0])}
+  g_t = {"segmentation": {"w": jnp.array([1.0, 1.0])}, "classification": {"w": jnp.array([0.0, 1.0])}}
+  update, state = tx.update(g_e, tx.init(g_e), g_e, task_grads=g_t)
+  assert np.all(np.isfinite(update["w"]))
+  assert set(find_combiner_metrics(state)) >= {"gate/segmentation", "gate/classification"}
+
+
+def trains_a_step(name: str) -> dict:
+  """Two train steps of method ``name`` on test_train_step's tiny config; asserts that both models
+  change and the losses are finite; returns the second step's metrics."""
+  system, phases, enhancer_tx, recognizer_tx, state = setup(tiny_config(name))
+  step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+  new_state, _ = step(state, make_batch(0))   # warm-up: the first learning rate is 0
+  new_state, metrics = step(new_state, make_batch(1))
+  for old, new in ((state.enhancer_params, new_state.enhancer_params),
+                   (state.recognizer_params, new_state.recognizer_params)):
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+  assert np.isfinite(float(metrics["enhancement_loss"])) and np.isfinite(float(metrics["task_loss"]))
+  return metrics
+
+
+def refusal(name: str, overrides: dict) -> str:
+  """The ConfigError message for method ``name`` with ``overrides`` (dotted key -> value)."""
+  config = base_config()
+  config.method = name
+  for key, value in overrides.items():
+    _set(config, key, value)
+  with pytest.raises(ConfigError) as error:
+    validate_config(config)
+  return str(error.value)
 
 
 @pytest.mark.parametrize("measure_cosine", [False, True])
@@ -125,7 +177,7 @@ def test_each_method_trains_the_enhancer_as_before(measure_cosine):
               "two_stage": ["enhancement", "none"], "recognizer_only": ["none"]}
   config = base_config()
   config.measure_baseline_cosine = measure_cosine
-  for method in METHODS:
+  for method in expected:
     config.method = method
     assert [p.enhancer_gradient for p in phases_from_config(config)] == expected[method], method
 
@@ -143,14 +195,13 @@ def test_the_enhancer_optimiser_holds_the_configured_combiner():
   assert find_combiner_state(tx.init(g_e)) is None
 
 
-def test_a_spec_refuses_inconsistent_declarations():
-  with pytest.raises(ValueError, match="needs a combiner"):
-    methods.MethodSpec("gradnorm", "…", enhancer_gradient="separate")
-  with pytest.raises(ValueError, match="only it, needs an enhancer_gradient"):
-    methods.MethodSpec("gradnorm", "…")
-  with pytest.raises(ValueError, match="combiner_args without a combiner"):
-    methods.MethodSpec("gradnorm", "…", enhancer_gradient="summed",
-                       combiner_args={"task_weight": "task_weight"})
+def test_a_method_refuses_an_unknown_gradient_and_the_registry_a_taken_name():
+  with pytest.raises(ValueError, match="enhancer_gradient='both' is not one of"):
+    methods.Method("gradnorm", "…", gradprom, "both")
+  for taken in ("joint", "two_stage"):
+    with pytest.raises(ValueError, match=f"'{taken}' is already registered"):
+      methods.register(methods.Method(taken, "…", gradprom))
+  assert methods.method_names().count("joint") == 1
 
 
 def test_the_skeleton_counts_logs_and_checks_for_its_rule():
@@ -173,12 +224,12 @@ def test_the_skeleton_counts_logs_and_checks_for_its_rule():
 
 def test_metrics_read_per_leaf_from_the_state_structure():
   """A restored checkpoint holds NumPy arrays: the summary must not change with the array type."""
-  tx = methods.COMBINER_FACTORIES["gradprom"](mode="soft")
+  tx = COMBINERS["gradprom"](mode="soft")
   g_e, g_t = jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0])
   _, state = tx.update(g_e, tx.init(g_e), task_grads=g_t)
   restored = jax.tree.map(np.asarray, state)
   assert float(combiner_metrics(restored)["gate"]) == pytest.approx(2 ** -0.5, abs=1e-6)
-  per_leaf = methods.COMBINER_FACTORIES["gradprom"](mode="soft", granularity="per_leaf")
+  per_leaf = COMBINERS["gradprom"](mode="soft", granularity="per_leaf")
   _, state = per_leaf.update(_G_E, per_leaf.init(_G_E), task_grads=_STEPS[1][1])
   for summarised in (state, jax.tree.map(np.asarray, state)):
     assert float(combiner_metrics(summarised)["gate"]) == 0.5   # one leaf of two open

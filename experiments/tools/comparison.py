@@ -48,8 +48,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments.tools import worker_pool
-from gradprom_jax.configuration.config import METHODS
 from gradprom_jax.core.task_config import parse_recognition
+from gradprom_jax.methods import method_names
 from gradprom_jax.training.metric_logging import METRICS_FILENAME, read_metrics
 from gradprom_jax.training.run_config import CONFIG_FILENAME, RESUMABLE_KEYS, config_differences
 
@@ -135,8 +135,9 @@ def parse_variant(spec: str) -> Row:
       method = value.strip()
     else:
       overrides.append((key, value.strip()))
-  if method not in METHODS:
-    raise ValueError(f"Variant {spec!r} names method {method!r}; expected one of {METHODS}.")
+  if method not in method_names():
+    raise ValueError(f"Variant {spec!r} names method {method!r}; expected one of "
+                     f"{method_names()}.")
   return Row(name=name, method=method, overrides=tuple(overrides))
 
 
@@ -146,9 +147,9 @@ def make_rows(methods: Sequence[str], variants: Sequence[str] = ()) -> list[Row]
   >>> [r.name for r in make_rows(["gradprom", "joint"], ["soft:gradprom.mode=soft"])]
   ['gradprom', 'joint', 'soft']
   """
-  unknown = [m for m in methods if m not in METHODS]
+  unknown = [m for m in methods if m not in method_names()]
   if unknown:
-    raise ValueError(f"Unknown method(s) {unknown}; expected some of {', '.join(METHODS)}.")
+    raise ValueError(f"Unknown method(s) {unknown}; expected some of {', '.join(method_names())}.")
   rows = [Row(name=m, method=m) for m in methods] + [parse_variant(v) for v in variants]
   names = [r.name for r in rows]
   repeated = sorted({n for n in names if names.count(n) > 1})

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from gradprom_jax import methods
 from gradprom_jax.core.degradations import parse_degradation
-from gradprom_jax.core.methods import METHODS  # noqa: F401  (re-exported: each declared once, in gradprom_jax.core.methods)
 from gradprom_jax.data import DATASETS
 from gradprom_jax.data.config import default_data_config
 
@@ -20,6 +20,14 @@ WEIGHT_DECAY_MASKS = ("kernels", "all")   # optim.weight_decay_mask
 DISTRIBUTED_MODES = ("auto", "explicit", "off")   # distributed.mode
 
 
+def __getattr__(name: str):
+  # METHODS, the valid values of config.method, read from the registry when asked (a method
+  # registered after this module was imported is among them).
+  if name == "METHODS":
+    return methods.method_names()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The defaults: embedded synthetic lesions, noisy ×4 super-resolution + lesion segmentation, GradProm.
 
@@ -28,10 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
   ('gradprom', 'segmentation', 'downsample(scale=4) > gaussian_noise(sigma=0.05)')
   """
   config = ml_collections.ConfigDict()
-  # How the enhancer's update is made: gradprom | joint | pcgrad | enhance_only | two_stage |
-  # random_gate (a control: λg_t added on a random fraction of steps, see random_gate.open_rate).
-  # recognizer_only trains the recogniser alone on high-quality images (the enhancer stays at its
-  # init): the pre-trained recogniser that recognizer.init_from and judge.workdir restore.
+  # How the enhancer's update is made: a combination method (a module of gradprom_jax.methods), or
+  # a schedule that trains one model at a time (gradprom_jax.methods.schedules).
   config.method = "gradprom"
   config.seed = 0
   config.num_train_steps = 500
@@ -95,26 +101,13 @@ def base_config() -> ml_collections.ConfigDict:
   # recogniser can end up predicting the majority class for every image); or a tuple, one per class.
   config.task.class_weights = ml_collections.config_dict.placeholder(object)
 
-  # GradProm's options (see gradprom_jax.core.combiners.gradprom).
-  config.gradprom = ml_collections.ConfigDict()
-  config.gradprom.granularity = "global"   # global | per_leaf
-  config.gradprom.mode = "hard"            # hard | soft
-  config.gradprom.threshold = 0.0
-  # none | enhancement_norm (g_t rescaled to ‖g_e‖ before λ; ours, for ‖g_t‖ >> ‖g_e‖).
-  config.gradprom.task_scale = "none"
-  # β of a moving average of the cosine that must also exceed the threshold (ours, for small
-  # batches whose per-step cosine is mostly noise); 0.0: off, the paper's per-step rule.
-  config.gradprom.cosine_ema = 0.0
-  # β of moving averages of g_e and g_t whose cosine must also exceed the threshold (ours, the same
-  # aim: the gate reads the averaged signal; two float32 copies of the enhancer's gradients in the
-  # optimiser state); 0.0: off. Exclusive with cosine_ema.
-  config.gradprom.gradient_ema = 0.0
-
-  # random_gate (a control for GradProm's gate): the gate opens on a random `open_rate` fraction of
-  # steps, whatever the cosine; set it to a GradProm run's logged gate_open_rate to test whether the
-  # cosine's choice of steps matters. The coins are seeded by `seed`.
-  config.random_gate = ml_collections.ConfigDict()
-  config.random_gate.open_rate = 0.5
+  # Each combination method's own options, in the group named after it (config.gradprom, ...):
+  # declared, with their comments, in the method's module of gradprom_jax.methods.
+  for method in methods.combination_methods():
+    if method.options is not None:
+      if method.name in config:
+        raise ValueError(f"Method {method.name!r}'s config group would replace config.{method.name}.")
+      config[method.name] = method.default_options()
 
   config.model = ml_collections.ConfigDict()
   # Everything but `name` is passed to the model's constructor.
@@ -161,9 +154,6 @@ def base_config() -> ml_collections.ConfigDict:
   # the interpolated input, judge_high_quality_* on the high-quality images.
   config.judge = ml_collections.ConfigDict()
   config.judge.workdir = ml_collections.config_dict.placeholder(str)
-
-  # two_stage trains the enhancer alone for num_train_steps (less pretrain_steps), then the
-  # recogniser alone as long (skipped when recognizer.frozen): step-matched, no option of its own.
 
   # Multi-host: see gradprom_jax.training.distributed.
   config.distributed = ml_collections.ConfigDict()

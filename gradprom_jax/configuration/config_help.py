@@ -1,7 +1,9 @@
 """The ``--help`` listing of config keys: each key's value with the comment written above it.
 
-The comments in `gradprom_jax/configuration/config.py` (and, for ``data.*``, `gradprom_jax/data/config.py`
-and each dataset module's ``add_config_keys``) are the keys' documentation; `key_comments` reads them from the source, so the help never drifts from it. A
+The comments in `gradprom_jax/configuration/config.py` (`gradprom_jax/data/config.py` and each
+dataset module's ``add_config_keys`` for ``data.*``, each method's module of
+`gradprom_jax/methods/` for its group) are the keys' documentation; `key_comments` reads them
+from the source, so the help never drifts from it. A
 comment above a group (``config.gradprom = ...``) documents every key in the group; a comment above
 several assignments in a row documents each of them; a comment after the value on the same line
 documents that key.
@@ -16,6 +18,7 @@ import tokenize
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gradprom_jax import methods
 from gradprom_jax.configuration import config as config_lib
 from gradprom_jax.configuration.plain_config import flatten_config
 from gradprom_jax.core.task_config import RECOGNITION_KINDS
@@ -32,6 +35,15 @@ DOCUMENTED_SOURCES: tuple[tuple[Callable[..., Any], str], ...] = (
     (config_lib.multitask_config, ""),
     (config_lib.task_options, f"task.{TASK_PLACEHOLDER}."),
 )
+
+
+def documented_sources() -> tuple[tuple[Callable[..., Any], str], ...]:
+  """:data:`DOCUMENTED_SOURCES` and each registered method's options, under its group's name."""
+  return DOCUMENTED_SOURCES + tuple((method.options, f"{method.name}.")
+                                    for method in methods.combination_methods()
+                                    if method.options is not None)
+
+
 # Groups keyed by task name in a multi-task config: task.<task>.*, model.recognizers.<task>.*.
 PER_TASK_PARENTS = ("task", "model.recognizers")
 
@@ -120,11 +132,19 @@ def key_comments() -> dict[str, str]:
   'Global batch size over all devices and hosts.'
   >>> key_comments()["gradprom.mode"]
   'hard | soft'
+  >>> key_comments()["random_gate"]
+  'method=random_gate: g_e + λ g_t on a random open_rate fraction of steps (a control for the gate)'
   """
   comments = {}
   dataset_sources = tuple((spec.add_config_keys, "data.") for spec in DATASETS.values())
-  for function, prefix in DOCUMENTED_SOURCES + dataset_sources:
+  for function, prefix in documented_sources() + dataset_sources:
     comments.update(comments_in_source(inspect.getsource(function), prefix))
+  # The methods, each with its one line; a method's group is documented by that line.
+  listing = [f"{method.name}: {method.doc}." for method in methods.combination_methods()]
+  listing += [f"{schedule.name}: {schedule.doc}." for schedule in methods.SCHEDULES]
+  comments["method"] = " ".join([comments.get("method", ""), *listing]).strip()
+  for method in methods.combination_methods():
+    comments[method.name] = f"method={method.name}: {method.doc}"
   return comments
 
 

@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from gradprom_jax import models
+from gradprom_jax import methods, models
 from gradprom_jax.configuration import config as config_lib
 from gradprom_jax.configuration.task_parsing import parse_task_config
-from gradprom_jax.core.combiners.gradient_geometry import GRANULARITIES
-from gradprom_jax.core.combiners.gradprom import GATE_MODES, TASK_SCALES
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, TaskConfigError
 from gradprom_jax.data import DATASETS
+from gradprom_jax.methods.gradprom import check_gate
 
 
 class ConfigError(ValueError):
@@ -69,18 +68,16 @@ def _check_class_weights(task: RecognitionTask) -> None:
                       "non-negative weights, one per class, not all 0.")
 
 
-def _check_task_options(task: RecognitionTask) -> None:
-  """A task of a multi-task config: its λ_k and gate options (a single task's are the shared keys,
-  checked with them)."""
-  prefix = f"{task.config_prefix}gradprom."
-  _choice(f"{prefix}granularity", task.gate_option("granularity"), GRANULARITIES)
-  _choice(f"{prefix}mode", task.gate_option("mode"), GATE_MODES)
-  _choice(f"{prefix}task_scale", task.gate_option("task_scale"), TASK_SCALES)
-  threshold = task.gate_option("threshold")
-  if task.gate_option("mode") == "hard" and threshold < 0:
-    raise ConfigError(
-        f"{prefix}threshold={threshold} < 0 with mode 'hard' opens the gate on conflicting "
-        f"gradients, breaking the descent guarantee: set {prefix}threshold >= 0.")
+def _check_method_options(config: ml_collections.ConfigDict, tasks: TaskConfig) -> None:
+  """Every registered method's group (each method checks its own), and GradProm's gate options of
+  each task of a multi-task config (a single task's are the shared keys, checked with them)."""
+  try:
+    for method in methods.combination_methods():
+      method.check_options(config[method.name] if method.options is not None else {})
+    for task in tasks.tasks if tasks.multi_task else ():
+      check_gate(dict(task.gate), f"{task.config_prefix}gradprom.")
+  except methods.OptionError as e:
+    raise ConfigError(str(e)) from None
 
 
 def parse_tasks(config: ml_collections.ConfigDict) -> TaskConfig:
@@ -121,7 +118,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   ...
   gradprom_jax.configuration.config_validation.ConfigError: batch_size=6 is not divisible by the number of devices (4).
   """
-  _choice("method", config.method, config_lib.METHODS)
+  _choice("method", config.method, methods.method_names())
   _choice("data.name", config.data.name, tuple(DATASETS))
   try:
     DATASETS[config.data.name].check_config(config.data)
@@ -134,9 +131,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _choice("distributed.mode", config.distributed.mode, config_lib.DISTRIBUTED_MODES)
   _choice("parallel", config.parallel, config_lib.PARALLEL_MODES)
   _choice("recognizer.train_on", config.recognizer.train_on, config_lib.RECOGNIZER_INPUTS)
-  _choice("gradprom.granularity", config.gradprom.granularity, GRANULARITIES)
-  _choice("gradprom.mode", config.gradprom.mode, GATE_MODES)
-  _choice("gradprom.task_scale", config.gradprom.task_scale, TASK_SCALES)
   _choice("model.dtype", config.model.dtype, config_lib.MODEL_DTYPES)
   for key in ("num_train_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "max_nonfinite_steps", "accumulate_steps",
@@ -164,25 +158,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   _check_training_protocol(config)
   for task in tasks.tasks:
     _check_class_weights(task)
-    if tasks.multi_task:
-      _check_task_options(task)
+  _check_method_options(config, tasks)
   _check_optimizer_extras(config)
-  if not 0 <= config.random_gate.open_rate <= 1:
-    raise ConfigError(f"random_gate.open_rate={config.random_gate.open_rate} must be in [0, 1].")
-  if config.gradprom.mode == "hard" and config.gradprom.threshold < 0:
-    raise ConfigError(
-        f"gradprom.threshold={config.gradprom.threshold} < 0 with gradprom.mode='hard' opens the "
-        "gate on conflicting gradients, breaking the descent guarantee: set gradprom.threshold >= 0.")
   if not isinstance(config.gate_reliability_every, int) or config.gate_reliability_every < 0:
     raise ConfigError(f"gate_reliability_every={config.gate_reliability_every!r} must be a "
                       "non-negative integer (0: off).")
-  for key in ("cosine_ema", "gradient_ema"):
-    if not 0 <= config.gradprom[key] < 1:
-      raise ConfigError(f"gradprom.{key}={config.gradprom[key]} must be in [0, 1) "
-                        "(0 turns the moving average off).")
-  if config.gradprom.cosine_ema and config.gradprom.gradient_ema:
-    raise ConfigError("gradprom.cosine_ema and gradprom.gradient_ema are both set: choose one "
-                      "moving average to gate on (set the other to 0).")
   degradation = tasks.degradation
   for key in ("image_size", "patch_size"):
     size = config.data.get(key)

@@ -2,9 +2,9 @@
 lower layers take, so that no module below this one reads a config key.
 
 Each piece is defined in the layer that consumes it: the models (:class:`~gradprom_jax.core.system.
-ModelSpec`), the tasks and degradation (:class:`~gradprom_jax.core.task_config.TaskConfig`) and the
-method with its combiner's arguments resolved (:class:`~gradprom_jax.core.methods.MethodChoice`) in
-``core``.
+ModelSpec`) and the tasks and degradation (:class:`~gradprom_jax.core.task_config.TaskConfig`) in
+``core``, the method with its combiner's arguments resolved
+(:class:`~gradprom_jax.methods.MethodChoice`) in ``methods``.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import ml_collections
 
 from gradprom_jax.configuration.task_parsing import model_options, parse_task_config
-from gradprom_jax.core.methods import MethodChoice, method_spec
 from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
 from gradprom_jax.core.task_config import TaskConfig
+from gradprom_jax.methods import Method, MethodChoice, lookup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _config_value(config: ml_collections.ConfigDict, dotted_key: str) -> Any:
 
 def combiner_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The keyword arguments ``config.method``'s combiner factory is called with, read from ``config``
-  through its :class:`~gradprom_jax.core.methods.MethodSpec`'s ``combiner_args``.
+  through its :class:`~gradprom_jax.methods.Method`'s ``combiner_args`` (none for a schedule).
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> config = base_config()
@@ -70,10 +70,12 @@ def combiner_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   0.2
   >>> config.method = "random_gate"
   >>> combiner_kwargs(config)
-  {'task_weight': 1.0, 'open_rate': 0.5, 'seed': 0}
+  {'task_weight': 1.0, 'seed': 0, 'open_rate': 0.5}
   """
-  spec = method_spec(config.method)
-  return {argument: _config_value(config, key) for argument, key in spec.combiner_args.items()}
+  method = lookup(config.method)
+  if not isinstance(method, Method):
+    return {}
+  return {argument: _config_value(config, key) for argument, key in method.combiner_args.items()}
 
 
 def parse_method(config: ml_collections.ConfigDict) -> MethodChoice:
@@ -84,7 +86,7 @@ def parse_method(config: ml_collections.ConfigDict) -> MethodChoice:
   >>> choice.name, choice.combiner_kwargs["mode"]
   ('gradprom', 'hard')
   """
-  return MethodChoice(method_spec(config.method), combiner_kwargs(config))
+  return MethodChoice(lookup(config.method), combiner_kwargs(config))
 
 
 def parse_run_config(config: ml_collections.ConfigDict) -> RunSpec:

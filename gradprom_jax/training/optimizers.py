@@ -8,8 +8,8 @@ from typing import Any, Literal
 import jax
 import optax
 
-from gradprom_jax.core.methods import MethodChoice, build_combiner
 from gradprom_jax.core.task_config import TaskConfig
+from gradprom_jax.methods import MethodChoice, build_combiner
 from gradprom_jax.training.params_ema import params_ema
 from gradprom_jax.training.phases import Phase
 

@@ -4,10 +4,10 @@ Every method is a sequence of phases over the global step counter, from 0 to `ru
 (``num_train_steps``, except for ``two_stage``):
 
 * optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
-* ``gradprom`` / ``joint`` / ``pcgrad`` / ``enhance_only`` / ``random_gate`` (every method with a
-  ``"joint"`` schedule in :mod:`gradprom_jax.core.methods`): one joint phase in which the enhancer is
-  updated as the method's ``enhancer_gradient`` says and the recogniser by its own loss;
-* ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs,
+* a combination method (``gradprom``, ``joint``, ...: a :class:`~gradprom_jax.methods.Method`): one
+  joint phase in which the enhancer is updated as the method's ``enhancer_gradient`` says and the
+  recogniser by its own loss;
+* the schedules (:mod:`gradprom_jax.methods.schedules`): ``two_stage``: the enhancer alone, then the recogniser alone on the frozen enhancer's outputs,
   step-matched: each stage as many updates as a joint method gives that model (so the run is
   longer); with ``recognizer.frozen`` the second stage is skipped;
 * ``recognizer_only``: the recogniser alone on high-quality images, the enhancer never updated (a
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from gradprom_jax.core.methods import MethodSpec, enhancer_gradient
+from gradprom_jax.methods import Method, Schedule, enhancer_gradient
+from gradprom_jax.methods.schedules import RECOGNIZER_ONLY, TWO_STAGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,8 @@ class PhaseSpec:
   (:func:`gradprom_jax.training.training_spec.parse_phase_spec`).
 
   Attributes:
-    method: the method (``config.method``); its ``schedule`` sets the phase layout.
+    method: the method (``config.method``): a combination method trains in one joint phase, a
+      schedule has a layout of its own.
     num_train_steps: ``num_train_steps``.
     pretrain_steps: ``recognizer.pretrain_steps``, recogniser pre-training on high-quality images.
     recognizer_frozen: ``recognizer.frozen``: the recogniser is never updated after pre-training.
@@ -64,7 +66,7 @@ class PhaseSpec:
     two_stage_enhancer_fraction: ``two_stage.enhancer_fraction`` of configs stored before
       ``two_stage`` was step-matched, else None.
   """
-  method: MethodSpec
+  method: Method | Schedule
   num_train_steps: int
   pretrain_steps: int = 0
   recognizer_frozen: bool = False
@@ -76,29 +78,29 @@ class PhaseSpec:
 def make_phases(spec: PhaseSpec) -> tuple[Phase, ...]:
   """The phases ``spec`` trains through, in order, covering ``[0, run_length(phases))``.
 
-  >>> from gradprom_jax.core.methods import method_spec
-  >>> spec = PhaseSpec(method_spec("gradprom"), num_train_steps=100, pretrain_steps=10)
+  >>> from gradprom_jax.methods import lookup
+  >>> spec = PhaseSpec(lookup("gradprom"), num_train_steps=100, pretrain_steps=10)
   >>> [(p.name, p.start, p.end, p.enhancer_gradient) for p in make_phases(spec)]
   [('recognizer_pretrain', 0, 10, 'none'), ('gradprom', 10, 100, 'separate')]
-  >>> spec = dataclasses.replace(spec, method=method_spec("two_stage"))
+  >>> spec = dataclasses.replace(spec, method=lookup("two_stage"))
   >>> [(p.name, p.start, p.end) for p in make_phases(spec)]
   [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100), ('recognizer', 100, 190)]
   >>> frozen = dataclasses.replace(spec, recognizer_frozen=True)   # nothing left to train after
   >>> [(p.name, p.start, p.end) for p in make_phases(frozen)]
   [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100)]
-  >>> spec = dataclasses.replace(spec, method=method_spec("recognizer_only"), pretrain_steps=0)
+  >>> spec = dataclasses.replace(spec, method=lookup("recognizer_only"), pretrain_steps=0)
   >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(spec)]
   [('recognizer_only', 0, 100, 'none', 'high_quality')]
   """
   total, pretrain, method = spec.num_train_steps, spec.pretrain_steps, spec.method
-  if method.schedule == "recognizer_only":
+  if method == RECOGNIZER_ONLY:
     return (Phase("recognizer_only", 0, total, enhancer_gradient="none", update_recognizer=True,
                   recognizer_input="high_quality"),)
   phases = []
   if pretrain > 0:
     phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
                         update_recognizer=True, recognizer_input="high_quality"))
-  if method.schedule == "two_stage":
+  if method == TWO_STAGE:
     # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
     # many. Configs stored before that split num_train_steps by two_stage.enhancer_fraction.
     fraction = spec.two_stage_enhancer_fraction

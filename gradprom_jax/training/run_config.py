@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gradprom_jax import methods
 from gradprom_jax.configuration.plain_config import flatten_config, to_plain
 from gradprom_jax.data.registry import dataset_key_defaults
 from gradprom_jax.training.checkpointing import WorkdirError
@@ -48,14 +49,10 @@ RESUMABLE_KEYS = (
 
 # Keys added after runs were already being made, each with the value that reproduces how code
 # without the key behaved: a stored config that lacks such a key matches a new config holding this
-# value (so upgrading the code does not lock finished or interrupted runs out of resuming). Each
-# dataset's own keys count too, with their defaults (`dataset_key_defaults`), so a new dataset or a
-# new key of one needs no entry here.
+# value (so upgrading the code does not lock finished or interrupted runs out of resuming). The
+# methods' options and each dataset's own keys are not listed: each counts as its default
+# (`added_key_defaults`), so a new method, dataset or key of one needs no entry here.
 ADDED_KEY_DEFAULTS = {
-    "gradprom.task_scale": "none",
-    "random_gate.open_rate": 0.5,
-    "gradprom.cosine_ema": 0.0,
-    "gradprom.gradient_ema": 0.0,
     "model.dtype": "float32",
     "recognizer.init_from": None,
     "enhancer.init_from": None,
@@ -76,6 +73,17 @@ REMOVED_KEYS = {
 }
 
 
+def added_key_defaults() -> dict[str, Any]:
+  """`ADDED_KEY_DEFAULTS`, every registered method's options and every dataset's own keys with their
+  defaults (an option defaults to how the code behaved without it; see
+  :class:`gradprom_jax.methods.Method`, `gradprom_jax.data.registry.dataset_key_defaults`).
+
+  >>> added_key_defaults()["gradprom.cosine_ema"], added_key_defaults()["model.dtype"]
+  (0.0, 'float32')
+  """
+  return {**dataset_key_defaults(), **methods.option_defaults(), **ADDED_KEY_DEFAULTS}
+
+
 class ConfigMismatchError(ValueError):
   """The workdir holds a run with a different config."""
 
@@ -83,7 +91,7 @@ class ConfigMismatchError(ValueError):
 def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
   """Lines ``key: old -> new`` for every differing dotted key not matching an `ignore` pattern.
 
-  A key of `ADDED_KEY_DEFAULTS` missing from ``old`` counts as holding its listed value there; a
+  A key of :func:`added_key_defaults` missing from ``old`` counts as holding its value there; a
   key of `REMOVED_KEYS` in ``old`` only is ignored where it changed nothing in that run.
 
   >>> config_differences({"lr": 0.1, "log_every": 10, "seed": 0},
@@ -96,9 +104,8 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
   []
   """
   old_flat, new_flat = flatten_config(old), flatten_config(new)
-  ignore = tuple(ignore)
+  ignore, defaults = tuple(ignore), added_key_defaults()
   missing = object()
-  added_key_defaults = {**dataset_key_defaults(), **ADDED_KEY_DEFAULTS}
 
   def show(value: Any) -> str:
     return "<missing>" if value is missing else repr(value)
@@ -107,7 +114,7 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
   for key in sorted(old_flat.keys() | new_flat.keys()):
     if any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore):
       continue
-    before = old_flat.get(key, added_key_defaults.get(key, missing))
+    before = old_flat.get(key, defaults.get(key, missing))
     after = new_flat.get(key, missing)
     if after is missing and key in REMOVED_KEYS and REMOVED_KEYS[key](old_flat):
       continue

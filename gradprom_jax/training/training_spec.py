@@ -16,8 +16,8 @@ import optax
 
 from gradprom_jax.configuration.run_spec import RunSpec, parse_method, parse_run_config
 from gradprom_jax.configuration.task_parsing import parse_task_config
-from gradprom_jax.core.methods import method_spec
 from gradprom_jax.core.task_config import TaskConfig
+from gradprom_jax.methods import lookup
 from gradprom_jax.training.optimizers import OptimizerSpec, make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import Phase, PhaseSpec, make_phases
 
@@ -50,7 +50,7 @@ def parse_phase_spec(config: ml_collections.ConfigDict) -> PhaseSpec:
   ('gradprom', 10, None)
   """
   return PhaseSpec(
-      method=method_spec(config.method), num_train_steps=config.num_train_steps,
+      method=lookup(config.method), num_train_steps=config.num_train_steps,
       pretrain_steps=config.recognizer.pretrain_steps,
       recognizer_frozen=bool(config.recognizer.frozen),
       recognizer_train_on=config.recognizer.train_on,
