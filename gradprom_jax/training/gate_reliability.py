@@ -106,11 +106,3 @@ def make_gate_probe(system: TaskDrivenSystem
 
   return probe
 
-
-def probe_is_due(every: int, done: int) -> bool:
-  """Whether the probe runs after ``done`` steps (``every`` = 0: never).
-
-  >>> [probe_is_due(2, done) for done in (1, 2, 3, 4)], probe_is_due(0, 4)
-  ([False, True, False, True], False)
-  """
-  return every > 0 and done % every == 0

@@ -14,12 +14,13 @@ Workdir outputs:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -39,11 +40,13 @@ from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrain
 from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer,
                                                  ensure_writable_directory, has_checkpoint)
 from gradprom_jax.training.distributed import initialize_distributed
-from gradprom_jax.training.gate_reliability import make_gate_probe, probe_is_due
+from gradprom_jax.training.gate_reliability import make_gate_probe
 from gradprom_jax.training.host_agreement import fail_together
 from gradprom_jax.training.metric_logging import MetricLogger, OneLogStepBehind
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.training.phases import make_phases, phase_at, run_length
+from gradprom_jax.training.periodic_actions import (Intervals, StepEnd, TrainingStopped,
+                                                    loop_actions, run_due_actions)
+from gradprom_jax.training.phases import Phase, make_phases, phase_at, run_length
 from gradprom_jax.training.preemption import PreemptionGuard
 from gradprom_jax.training.prefetch import DevicePrefetcher, device_placer
 from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
@@ -269,178 +272,275 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                     sharding=parallel.replicated)
       workdir = ensure_writable_directory(workdir)
       lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
-    return _train_and_evaluate_locked(config, workdir, parallel, dataset, system, is_main,
-                                      spec=spec, init_params=init_params, judge=judge)
+    return _train_and_evaluate_locked(RunContext(
+        config=config, workdir=workdir, parallel=parallel, dataset=dataset, system=system,
+        spec=spec, init_params=init_params, judge=judge))
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: Path,
-                               parallel: parallel_lib.DataParallel, dataset: Any,
-                               system: TaskDrivenSystem, is_main: bool, *, spec: TrainingSpec,
-                               init_params: dict[str, Any],
-                               judge: pretrained.Judge | None) -> dict[str, Any] | None:
-  """`train_and_evaluate` once the config is valid and this process holds the workdir.
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """A run whose config is valid and whose workdir this process holds: what the loop works with.
 
-  ``init_params`` (train-state field -> params) replace the fresh state's at a fresh start.
+  Attributes:
+    config: the run's config.
+    workdir: its (writable) workdir.
+    parallel: how states and batches are placed on the devices.
+    dataset: the built dataset.
+    system: the models, degradation and losses for the dataset.
+    spec: the config's typed pieces (run, phases, optimisers).
+    init_params: train-state field -> params, replacing the fresh state's at a fresh start.
+    judge: the fixed recogniser that scores the enhanced images, or None.
   """
-  tasks = spec.run.tasks
-  check_or_save_config(workdir, config, overwrite=config.overwrite, write=is_main)
-  if is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
-    _write_json(workdir / MODEL_INFO_FILENAME, model_info(config, system, dataset, tasks))
-  phases = make_phases(spec.phases)
-  enhancer_tx = make_enhancer_tx(spec.optimizer, phases, spec.run.method, tasks)
-  recognizer_tx = make_recognizer_tx(spec.optimizer, phases, tasks)
-  state = initial_state(spec.seed, system, dataset.image_shape, enhancer_tx, recognizer_tx,
-                        sharding=parallel.replicated)
+  config: ml_collections.ConfigDict
+  workdir: Path
+  parallel: parallel_lib.DataParallel
+  dataset: Any
+  system: TaskDrivenSystem
+  spec: TrainingSpec
+  init_params: dict[str, Any]
+  judge: pretrained.Judge | None
 
-  train_iter = iter(data_lib.make_train_loader(
-      dataset, global_batch_size=config.batch_size, seed=config.seed,
+  @property
+  def is_main(self) -> bool:
+    """Whether this is process 0, the one that writes the workdir's files."""
+    return jax.process_index() == 0
+
+
+def _train_and_evaluate_locked(run: RunContext) -> dict[str, Any] | None:
+  """`train_and_evaluate` once the config is valid and this process holds the workdir."""
+  config = run.config
+  check_or_save_config(run.workdir, config, overwrite=config.overwrite, write=run.is_main)
+  if run.is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
+    _write_json(run.workdir / MODEL_INFO_FILENAME,
+                model_info(config, run.system, run.dataset, run.spec.run.tasks))
+  phases = make_phases(run.spec.phases)
+  enhancer_tx = make_enhancer_tx(run.spec.optimizer, phases, run.spec.run.method,
+                                 run.spec.run.tasks)
+  recognizer_tx = make_recognizer_tx(run.spec.optimizer, phases, run.spec.run.tasks)
+  train_iter = _train_batches(run)
+  # The newest keep_checkpoints, and the one that scored best on validation (however old).
+  checkpointer = Checkpointer(run.workdir / "checkpoints",
+                              save_interval_steps=config.checkpoint_every,
+                              max_to_keep=config.keep_checkpoints,
+                              best_metric=config.checkpoint_best_metric)
+  state = _starting_state(run, checkpointer, train_iter, enhancer_tx, recognizer_tx)
+  start_step = int(jax.device_get(state.step))
+  evaluate = _evaluator(run)
+  total_steps = run_length(phases)   # num_train_steps, except for two_stage's two stages
+  # The test record is rewritten at the end of every start (a resumed or re-evaluated run).
+  logger = MetricLogger(run.workdir, total_steps=total_steps, start_step=start_step,
+                        enabled=run.is_main, replace_kinds=("test",))
+  with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard, checkpointer:
+    loop = _TrainLoop(run, phases, enhancer_tx, recognizer_tx, evaluate=evaluate, logger=logger,
+                      checkpointer=checkpointer, train_iter=train_iter)
+    state = loop.train(run.parallel.put_state(state), start_step, guard)
+    if state is None:
+      return None
+    tested_state, tested_step = state, total_steps
+    if config.test_on_best:
+      tested_state, tested_step = _restore_best(checkpointer, state)
+    results = evaluate("test", tested_state)
+    logger.log_eval(total_steps, results, prefix="test")
+  results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
+                 nonfinite_steps=int(jax.device_get(state.nonfinite_total)),
+                 evaluated_step=tested_step)
+  _save_samples(run.workdir / SAMPLES_FILENAME, run.system, tested_state, run.dataset, config,
+                run.parallel)
+  if run.is_main:   # last: results.json marks the run finished (see finished_results_path)
+    _write_json(run.workdir / RESULTS_FILENAME, results)
+  return results
+
+
+def _train_batches(run: RunContext) -> DevicePrefetcher:
+  """The training batches, each ``(host batch, batch placed on the devices)``."""
+  config = run.config
+  batches = iter(data_lib.make_train_loader(
+      run.dataset, global_batch_size=config.batch_size, seed=config.seed,
       patch_size=config.data.patch_size, process_index=jax.process_index(),
       process_count=jax.process_count(), num_workers=config.data.num_workers,
       read_buffer=config.data.read_buffer))
   # The next data.prefetch batches are copied to the devices while a step runs; the checkpointed
-  # position stays that of the last batch trained on. Each item: (host batch, placed batch).
-  place_batch = device_placer(parallel)
-  train_iter = DevicePrefetcher(train_iter, lambda b: (b, place_batch(b)),
-                                size=config.data.prefetch)
-  # The newest keep_checkpoints, and the one that scored best on validation (however old).
-  checkpointer = Checkpointer(workdir / "checkpoints", save_interval_steps=config.checkpoint_every,
-                              max_to_keep=config.keep_checkpoints,
-                              best_metric=config.checkpoint_best_metric)
+  # position stays that of the last batch trained on.
+  place_batch = device_placer(run.parallel)
+  return DevicePrefetcher(batches, lambda b: (b, place_batch(b)), size=config.data.prefetch)
+
+
+def _starting_state(run: RunContext, checkpointer: Checkpointer, train_iter: DevicePrefetcher,
+                    enhancer_tx: Any, recognizer_tx: Any) -> TrainState:
+  """The newest checkpoint's state (``train_iter`` moved to its position), else a fresh one, warm
+  started from ``run.init_params``."""
+  state = initial_state(run.spec.seed, run.system, run.dataset.image_shape, enhancer_tx,
+                        recognizer_tx, sharding=run.parallel.replicated)
   restored = checkpointer.restore_latest(state, train_iter)
   if restored is not None:
-    state, start_step = restored
-    logging.info("Resuming from step %d.", start_step)
-  elif init_params:
+    logging.info("Resuming from step %d.", restored[1])
+    return restored[0]
+  if run.init_params:
     # The optimiser states do not depend on the params' values, except the enhancer's parameter
     # average (optim.ema_decay), which must start at the warm-started params.
-    state = state.replace(**init_params)
+    state = state.replace(**run.init_params)
     state = state.replace(enhancer_opt_state=jax.jit(
-        enhancer_tx.init, out_shardings=parallel.replicated)(state.enhancer_params))
-  start_step = int(jax.device_get(state.step))
+        enhancer_tx.init, out_shardings=run.parallel.replicated)(state.enhancer_params))
+  return state
 
-  train_steps = {}   # phase name -> compiled step, compiled when the phase is first reached
-  gate_probe = None   # compiled at the first gate_reliability_every step
-  eval_step = jax.jit(evaluation.make_eval_step(system, judge and judge.system))
-  eval_batch_size = _eval_batch_size(config, parallel)
 
-  def run_evaluation(split: str, global_state: TrainState) -> dict[str, float]:
-    loader = data_lib.make_eval_loader(dataset, split, global_batch_size=eval_batch_size,
+def _evaluator(run: RunContext) -> Callable[[str, TrainState], dict[str, float]]:
+  """``evaluate(split, global_state) -> metrics``, one compiled eval step for every split."""
+  eval_step = jax.jit(evaluation.make_eval_step(run.system, run.judge and run.judge.system))
+  batch_size = _eval_batch_size(run.config, run.parallel)
+
+  def evaluate(split: str, global_state: TrainState) -> dict[str, float]:
+    loader = data_lib.make_eval_loader(run.dataset, split, global_batch_size=batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
     # A plain jit program in both parallel modes: global state, batch split over the mesh.
-    results = evaluation.evaluate(system, eval_step, global_state.for_evaluation(), loader,
-                                  parallel.put_global_batch, eval_batch_size,
-                                  judge_params=judge and judge.params)
+    results = evaluation.evaluate(run.system, eval_step, global_state.for_evaluation(), loader,
+                                  run.parallel.put_global_batch, batch_size,
+                                  judge_params=run.judge and run.judge.params)
     # recognizer_only never trains its enhancer: scores of its outputs would mean nothing.
-    return (evaluation.without_enhancer_scores(results) if config.method == "recognizer_only"
+    return (evaluation.without_enhancer_scores(results) if run.config.method == "recognizer_only"
             else results)
+  return evaluate
 
-  device_state = parallel.put_state(state)
-  # The test record is rewritten at the end of every start (a resumed or re-evaluated run).
-  total_steps = run_length(phases)   # num_train_steps, except for two_stage's two stages
-  logger = MetricLogger(workdir, total_steps=total_steps, start_step=start_step,
-                        enabled=is_main, replace_kinds=("test",))
-  started, timed_steps, streaks = time.time(), 0, []
-  last_read = time.time()
 
-  def record_train(done: int, pending: tuple) -> None:
+class _CompiledSteps:
+  """Each phase's train step, compiled when the phase is first reached, and what the next train
+  record needs: every step's non-finite streak and the steps timed since the last record."""
+
+  def __init__(self, build: Callable[[Phase], Callable], compile_step: Callable,
+               logger: MetricLogger, several_phases: bool):
+    self._build, self._compile, self._logger = build, compile_step, logger
+    self._several_phases = several_phases
+    self._steps: dict[str, Callable] = {}
+    self._streaks: list[Any] = []
+    self._timed, self._started = 0, time.time()
+
+  def __call__(self, phase: Phase, state: Any, batch: Any) -> tuple[Any, dict[str, Any]]:
+    """Runs ``phase``'s step; returns once it is compiled and dispatched (it runs asynchronously)."""
+    compiling = phase.name not in self._steps
+    label = f" ({phase.name} phase)" if self._several_phases else ""
+    if compiling:
+      self._steps[phase.name] = self._compile(self._build(phase))
+      self._logger.write(f"compiling the train step{label}...")
+      compile_started = time.time()
+    state, metrics = self._steps[phase.name](state, batch)
+    if compiling:
+      self._logger.write(f"compiled the train step{label} in "
+                         f"{time.time() - compile_started:.1f} s")
+      self._started, self._timed = time.time(), 0   # steps_per_second counts steps, not compiles
+    self._timed += 1
+    # Every step's non-finite streak, fetched at the next log: a streak that ends between two
+    # logs must still stop the run. No device op here: even a max waits for the step on CPU.
+    self._streaks.append(metrics["nonfinite_streak"])
+    return state, metrics
+
+  def since_last_record(self) -> tuple[list[Any], int, float]:
+    """The streaks, the number of steps timed and when timing started, since the last call."""
+    taken = (self._streaks, self._timed, self._started)
+    self._streaks, self._timed, self._started = [], 0, 0.0
+    return taken
+
+
+class _TrainLoop:
+  """The steps from a start step to the run's end: each runs the phase's compiled step, then each
+  due periodic action (:mod:`gradprom_jax.training.periodic_actions`)."""
+
+  def __init__(self, run: RunContext, phases: tuple[Phase, ...], enhancer_tx: Any,
+               recognizer_tx: Any, *, evaluate: Callable[[str, TrainState], dict[str, float]],
+               logger: MetricLogger, checkpointer: Checkpointer, train_iter: DevicePrefetcher):
+    self.run, self.phases, self.evaluate = run, phases, evaluate
+    self.logger, self.checkpointer, self.train_iter = logger, checkpointer, train_iter
+    config, parallel = run.config, run.parallel
+    self.steps = _CompiledSteps(
+        lambda phase: make_train_step(
+            run.system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
+            task_weight=run.spec.run.tasks.task_weight, axis_name=parallel.axis_name,
+            accumulate_steps=config.accumulate_steps),
+        parallel.compile_step, logger, several_phases=len(phases) > 1)
+    # A log step's metrics are read at the next log step (the last at the end), so the host never
+    # waits on the step it has just dispatched; a non-finite streak stops the run one log later.
+    self.train_log = OneLogStepBehind(self._write_train_record)
+    self._last_read = time.time()
+    self._gate_probe = None   # compiled at the first probe
+
+  def train(self, device_state: Any, start_step: int, guard: PreemptionGuard
+            ) -> TrainState | None:
+    """Trains from ``start_step`` to the end; returns the final (global) state, or None when
+    stopped by ``guard`` (then saved)."""
+    total_steps = run_length(self.phases)
+    config = self.run.config
+    actions = loop_actions(
+        Intervals(log_every=config.log_every, eval_every=config.eval_every,
+                  checkpoint_every=config.checkpoint_every,
+                  gate_probe_every=config.gate_reliability_every),
+        train_log=self.train_log, train_record=self._train_record, probe_gate=self._probe_gate,
+        validate=self._validate, save_checkpoint=self._save_checkpoint,
+        stop_requested=guard.should_stop_all_hosts)
+    try:
+      for step in range(start_step, total_steps):
+        phase = phase_at(self.phases, step)
+        local_batch, device_batch = next(self.train_iter)
+        device_state, metrics = self.steps(phase, device_state, device_batch)
+        done = step + 1
+        self.logger.advance(done)   # counts dispatched steps: no host sync
+        run_due_actions(actions, StepEnd(done, done == total_steps, phase, state=device_state,
+                                         batch=local_batch, metrics=metrics))
+    except TrainingStopped as stop:
+      self._end(stop.done, device_state)
+      logging.warning("Stopped by %s at step %d; checkpoint saved.", guard.signal_name, stop.done)
+      return None
+    return self._end(total_steps, device_state)
+
+  def _end(self, done: int, device_state: Any) -> TrainState:
+    """Training's one way out, at the end or on a stop: the held record written, the state saved
+    (a step already saved is not written twice) and the write waited for. Returns the state."""
+    self.train_log.flush()
+    state = self.run.parallel.global_state(device_state)
+    self.checkpointer.save(done, state, self.train_iter, force=True)
+    self.checkpointer.wait_until_finished()
+    return state
+
+  def _train_record(self, end: StepEnd) -> tuple:
+    streaks, timed, started = self.steps.since_last_record()
+    return end.metrics, streaks, self.phases.index(end.phase), timed, started
+
+  def _write_train_record(self, done: int, record: tuple) -> None:
     """Logs a log step's metrics (read now, one log step later) and stops a non-finite streak."""
-    nonlocal last_read
-    step_metrics, step_streaks, phase_index, timed, clock_started = pending
-    host_metrics = parallel.metrics_to_host(step_metrics)   # waits for step `done`, long done
+    step_metrics, step_streaks, phase_index, timed, clock_started = record
+    host_metrics = self.run.parallel.metrics_to_host(step_metrics)   # waits for step `done`
     streak = int(max(np.max(s) for s in jax.device_get(step_streaks)))
     # Steps computed per second since the previous log step was read (or a compile ended).
     read = time.time()
-    host_metrics["steps_per_second"] = timed / max(read - max(last_read, clock_started), 1e-9)
-    last_read = read
-    logger.log_train(done, {"phase": phase_index, **host_metrics})
-    if streak >= config.max_nonfinite_steps:
-      checkpointer.wait_until_finished()
+    host_metrics["steps_per_second"] = timed / max(read - max(self._last_read, clock_started),
+                                                   1e-9)
+    self._last_read = read
+    self.logger.log_train(done, {"phase": phase_index, **host_metrics})
+    limit = self.run.config.max_nonfinite_steps
+    if streak >= limit:
       raise NonFiniteTrainingError(
           f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
-          f"(max_nonfinite_steps={config.max_nonfinite_steps}); they were skipped, and the "
-          f"last good checkpoint in {checkpointer.directory} is intact.")
+          f"(max_nonfinite_steps={limit}); they were skipped, and the "
+          f"last good checkpoint in {self.checkpointer.directory} is intact.")
 
-  # A log step's metrics are read at the next log step (the last at the end), so the host never
-  # waits on the step it has just dispatched; a non-finite streak stops the run one log later.
-  train_log = OneLogStepBehind(record_train)
-  with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard:
-    for step in range(start_step, total_steps):
-      phase = phase_at(phases, step)
-      compiling = phase.name not in train_steps
-      if compiling:
-        train_steps[phase.name] = parallel.compile_step(make_train_step(
-            system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-            task_weight=tasks.task_weight, axis_name=parallel.axis_name,
-            accumulate_steps=config.accumulate_steps))
-        phase_label = f" ({phase.name} phase)" if len(phases) > 1 else ""
-        logger.write(f"compiling the train step{phase_label}...")
-        compile_started = time.time()
-      # Returns once the step is compiled and dispatched; the device runs it asynchronously.
-      local_batch, device_batch = next(train_iter)
-      device_state, step_metrics = train_steps[phase.name](device_state, device_batch)
-      if compiling:
-        logger.write(f"compiled the train step{phase_label} in "
-                     f"{time.time() - compile_started:.1f} s")
-        started, timed_steps = time.time(), 0   # steps_per_second counts steps, not compiles
-      timed_steps += 1
-      # Every step's non-finite streak, fetched at the next log: a streak that ends between two
-      # logs must still stop the run. No device op here: even a max waits for the step on CPU.
-      streaks.append(step_metrics["nonfinite_streak"])
-      done = step + 1
-      logger.advance(done)   # counts dispatched steps: no host sync
-      is_last = done == total_steps
-      if done % config.log_every == 0 or is_last:
-        train_log.put(done, (step_metrics, streaks, phases.index(phase), timed_steps, started))
-        streaks, timed_steps, started = [], 0, 0.0
-        if is_last:
-          train_log.flush()
-      if probe_is_due(config.gate_reliability_every, done) and phase.enhancer_gradient != "none":
-        # Do the two halves of the batch just used agree on the cosine's sign? (The updated
-        # parameters, the step's degradation noise.) A train record of gate_probe/* values.
-        gate_probe = gate_probe or make_gate_probe(system)
-        logger.log_train(done, gate_probe(parallel.global_state(device_state),
-                                          parallel.put_global_batch(local_batch), step))
-      # Validation also at the last step, so that variants and λ can be chosen on the final model.
-      validation = None
-      if done % config.eval_every == 0 or is_last:
-        validation = run_evaluation("validation", parallel.global_state(device_state))
-        logger.log_eval(done, validation)
-        if config.checkpoint_best_metric is not None:
-          _check_best_metric(config.checkpoint_best_metric, validation)
-      # One write per step, periodic or best or both (a new best is saved off the interval too).
-      if done % config.checkpoint_every == 0 or is_last or validation is not None:
-        # The held log record is written first: a run killed after this save resumes from here
-        # and keeps only records up to here. (Saving waits for this step anyway.)
-        train_log.flush()
-        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=is_last,
-                          metrics=validation)
-      # Multi-host runs agree on a stop (a blocking all-gather) only every preemption_check_every
-      # steps or where the loop waited for the device anyway; never once per step.
-      waited = is_last or done % config.log_every == 0 or done % config.checkpoint_every == 0
-      if guard.should_stop_all_hosts(done, sync=waited):
-        train_log.flush()
-        checkpointer.save(done, parallel.global_state(device_state), train_iter, force=True)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
-        logging.warning("Stopped by %s at step %d; checkpoint saved.", guard.signal_name, done)
-        return None
+  def _probe_gate(self, end: StepEnd) -> None:
+    """Do the two halves of the batch just used agree on the cosine's sign? (The updated
+    parameters, the step's degradation noise.) A train record of gate_probe/* values."""
+    parallel = self.run.parallel
+    self._gate_probe = self._gate_probe or make_gate_probe(self.run.system)
+    self.logger.log_train(end.done, self._gate_probe(parallel.global_state(end.state),
+                                                     parallel.put_global_batch(end.batch),
+                                                     end.done - 1))
 
-    state = parallel.global_state(device_state)
-    checkpointer.wait_until_finished()
-    tested_state, tested_step = state, total_steps
-    if config.test_on_best:
-      tested_state, tested_step = _restore_best(checkpointer, state)
-    results = run_evaluation("test", tested_state)
-    logger.log_eval(total_steps, results, prefix="test")
-  checkpointer.close()
-  results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
-                 nonfinite_steps=int(jax.device_get(state.nonfinite_total)),
-                 evaluated_step=tested_step)
-  _save_samples(workdir / SAMPLES_FILENAME, system, tested_state, dataset, config, parallel)
-  if is_main:   # last: results.json marks the run finished (see finished_results_path)
-    _write_json(workdir / RESULTS_FILENAME, results)
-  return results
+  def _validate(self, end: StepEnd) -> dict[str, float]:
+    validation = self.evaluate("validation", self.run.parallel.global_state(end.state))
+    self.logger.log_eval(end.done, validation)
+    if self.run.config.checkpoint_best_metric is not None:
+      _check_best_metric(self.run.config.checkpoint_best_metric, validation)
+    return validation
+
+  def _save_checkpoint(self, end: StepEnd) -> None:
+    self.checkpointer.save(end.done, self.run.parallel.global_state(end.state), self.train_iter,
+                           force=end.is_last, metrics=end.validation)

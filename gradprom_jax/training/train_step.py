@@ -11,6 +11,11 @@ With one task (K = 1) g_t is one tree; with several it is a dict by task name, a
 gates each g_t,k against g_e on its own. Joint training pulls back one summed cotangent
 ∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: exactly g_e + Σ_k λ_k g_t,k, at one pull-back's cost.
 
+A phase's ``enhancer_gradient`` picks one gradient mode, each a short builder over the same shared
+forward pass (:data:`GRADIENT_MODES`): ``"separate"`` (g_e and g_t,k for the combiner),
+``"summed"`` (the summed cotangent), ``"enhancement"`` (g_e alone) and ``"none"`` (the recognisers
+alone, on the frozen enhancer's outputs or the high-quality images).
+
 With ``accumulate_steps = k`` the gradients (g_e, g_t and the recognisers') are averaged over k
 micro-batches before the updates, so GradProm's cosine is taken on the accumulated gradients.
 Every mode (1 device, ``pmap`` or a mesh over several, k micro-batches) computes the gradients of
@@ -22,8 +27,9 @@ devices take the same gating decision; under ``jax.jit`` on a mesh gradients are
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +72,39 @@ def task_losses_and_gradients(system: TaskDrivenSystem, recognizer_params: Any,
           system.join(image_grads) if image_gradients else None)
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedForward:
+  """One enhancer forward pass and every loss's cotangent at its output y, before any pull-back.
+
+  Attributes:
+    enhanced: y = enhancer_θ(x_lq).
+    pullback: maps a cotangent at y to the enhancer's gradient (a one-tuple, as ``jax.vjp``'s).
+    enhancement_loss, d_enhancement: L_enh and ∂L_enh/∂y.
+    task_loss, recognizer_grads, d_task: every task's L_k, ∇φ_k L_k and ∂L_k/∂y, in the system's
+      per-task layout.
+  """
+  enhanced: jax.Array
+  pullback: Callable[[jax.Array], tuple[Any]]
+  enhancement_loss: jax.Array
+  d_enhancement: jax.Array
+  task_loss: Any
+  recognizer_grads: Any
+  d_task: Any
+
+
+def shared_forward(system: TaskDrivenSystem, enhancer_params: Any, recognizer_params: Any,
+                   low_quality: jax.Array, batch: Batch, normalizers: Any = None) -> SharedForward:
+  """The enhancer's forward pass on ``low_quality`` (kept for pull-backs) and the losses on its
+  output. ``normalizers``: as in :func:`task_losses_and_gradients`."""
+  enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
+  enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
+      enhanced, batch["image"])
+  task_loss, recognizer_grads, d_task = task_losses_and_gradients(
+      system, recognizer_params, enhanced, batch, normalizers=normalizers)
+  return SharedForward(enhanced, pullback, enhancement_loss, d_enhancement, task_loss,
+                       recognizer_grads, d_task)
+
+
 def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, recognizer_params: Any,
                              low_quality: jax.Array, batch: Batch, normalizers: Any = None
                              ) -> dict[str, Any]:
@@ -81,17 +120,14 @@ def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, rec
     ``task_grads`` (g_t, unweighted) and ``recognizer_grads`` (∇φ L_task on the enhanced image);
     per-task values (task loss, g_t, ∇φ) in the system's layout: dicts by task name for several.
   """
-  enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
-  enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
-      enhanced, batch["image"])
-  task_loss, recognizer_grads, d_task = task_losses_and_gradients(
-      system, recognizer_params, enhanced, batch, normalizers=normalizers)
-  enhancement_grads = pullback(d_enhancement)[0]
-  task_grads = system.join([pullback(d)[0] for d in system.split(d_task)])
+  forward = shared_forward(system, enhancer_params, recognizer_params, low_quality, batch,
+                           normalizers)
+  enhancement_grads = forward.pullback(forward.d_enhancement)[0]
+  task_grads = system.join([forward.pullback(d)[0] for d in system.split(forward.d_task)])
   return {
-      "enhancement_loss": enhancement_loss, "task_loss": task_loss, "enhanced": enhanced,
-      "enhancement_grads": enhancement_grads, "task_grads": task_grads,
-      "recognizer_grads": recognizer_grads,
+      "enhancement_loss": forward.enhancement_loss, "task_loss": forward.task_loss,
+      "enhanced": forward.enhanced, "enhancement_grads": enhancement_grads,
+      "task_grads": task_grads, "recognizer_grads": forward.recognizer_grads,
   }
 
 
@@ -124,6 +160,121 @@ def _learning_rate(opt_state: Any) -> jax.Array:
   return jnp.asarray(injected[0].hyperparams["learning_rate"], jnp.float32)
 
 
+class StepGradients(NamedTuple):
+  """A (micro-)batch's gradients, averaged over micro-batches and devices before any update.
+
+  Attributes:
+    enhancement_grads: what ``enhancer_tx`` updates the enhancer with; None: not updated.
+    task_grads: the combiner's ``task_grads`` (g_t, per task); None: the step combines nothing.
+    recognizer_terms: the recognisers' gradients on each input they train on (averaged).
+    metrics: the losses.
+  """
+  enhancement_grads: Any
+  task_grads: Any
+  recognizer_terms: list[Any]
+  metrics: dict[str, jax.Array]
+
+
+# A gradient mode's gradients of one (micro-)batch: (state, batch, example ids, normalizers).
+GradientsFn = Callable[[TrainState, Batch, jax.Array, Any], StepGradients]
+
+
+def _low_quality(system: TaskDrivenSystem, state: TrainState, batch: Batch,
+                 example_ids: jax.Array) -> jax.Array:
+  """x_lq, each example's noise keyed by the step and the id the loader gave it."""
+  return system.degrade(jax.random.fold_in(state.key, state.step), batch["image"], example_ids)
+
+
+def _losses(system: TaskDrivenSystem, enhancement_loss: jax.Array, task_loss: Any
+            ) -> dict[str, jax.Array]:
+  return {"enhancement_loss": enhancement_loss, **task_metrics(system, "task_loss", task_loss)}
+
+
+def _with_recognizer_terms(system: TaskDrivenSystem, phase: Phase, state: TrainState, batch: Batch,
+                           normalizers: Any, on_enhanced: Any, metrics: dict[str, jax.Array], *,
+                           enhancement_grads: Any = None, task_grads: Any = None
+                           ) -> StepGradients:
+  """The step's gradients with the recognisers' terms ``phase`` trains on: ``on_enhanced`` (∇φ L_k
+  on the enhanced images) and ∇φ L_k on the high-quality images."""
+  terms = [on_enhanced] if phase.recognizer_input in ("enhanced", "both") else []
+  if phase.recognizer_input in ("high_quality", "both") and phase.update_recognizer:
+    task_loss, grads, _ = task_losses_and_gradients(
+        system, state.recognizer_params, batch["image"], batch, image_gradients=False,
+        normalizers=normalizers)
+    metrics = {**metrics, **task_metrics(system, "task_loss_high_quality", task_loss)}
+    terms.append(grads)
+  return StepGradients(enhancement_grads, task_grads, terms, metrics)
+
+
+def separate_gradients(system: TaskDrivenSystem, phase: Phase, task_weight: Any) -> GradientsFn:
+  """g_e and every g_t,k apart, pulled back from one shared forward pass, for the combiner."""
+  del task_weight   # λ is the combiner's
+
+  def gradients(state, batch, example_ids, normalizers):
+    out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
+                                   _low_quality(system, state, batch, example_ids), batch,
+                                   normalizers)
+    return _with_recognizer_terms(
+        system, phase, state, batch, normalizers, out["recognizer_grads"],
+        _losses(system, out["enhancement_loss"], out["task_loss"]),
+        enhancement_grads=out["enhancement_grads"], task_grads=out["task_grads"])
+  return gradients
+
+
+def summed_gradients(system: TaskDrivenSystem, phase: Phase, task_weight: Any) -> GradientsFn:
+  """g_e + Σ_k λ_k g_t,k in one pull-back of the summed cotangent (linearity of the pull-back)."""
+  def gradients(state, batch, example_ids, normalizers):
+    forward = shared_forward(system, state.enhancer_params, state.recognizer_params,
+                             _low_quality(system, state, batch, example_ids), batch, normalizers)
+    cotangent = summed_cotangent(system, forward.d_enhancement, forward.d_task, task_weight)
+    return _with_recognizer_terms(
+        system, phase, state, batch, normalizers, forward.recognizer_grads,
+        _losses(system, forward.enhancement_loss, forward.task_loss),
+        enhancement_grads=forward.pullback(cotangent)[0])
+  return gradients
+
+
+def enhancement_gradients(system: TaskDrivenSystem, phase: Phase, task_weight: Any
+                          ) -> GradientsFn:
+  """g_e alone (the task losses are still measured)."""
+  del task_weight
+
+  def gradients(state, batch, example_ids, normalizers):
+    forward = shared_forward(system, state.enhancer_params, state.recognizer_params,
+                             _low_quality(system, state, batch, example_ids), batch, normalizers)
+    return _with_recognizer_terms(
+        system, phase, state, batch, normalizers, forward.recognizer_grads,
+        _losses(system, forward.enhancement_loss, forward.task_loss),
+        enhancement_grads=forward.pullback(forward.d_enhancement)[0])
+  return gradients
+
+
+def recognizer_gradients(system: TaskDrivenSystem, phase: Phase, task_weight: Any
+                         ) -> GradientsFn:
+  """The recognisers alone, on the frozen enhancer's (evaluation-mode) outputs and/or the
+  high-quality images, as ``phase`` says; the enhancer is not updated."""
+  del task_weight
+
+  def gradients(state, batch, example_ids, normalizers):
+    on_enhanced, metrics = None, {}
+    if phase.needs_enhancer:
+      enhanced = system.enhance(state.enhancer_params,
+                                _low_quality(system, state, batch, example_ids), train=False)
+      task_loss, on_enhanced, _ = task_losses_and_gradients(
+          system, state.recognizer_params, enhanced, batch, image_gradients=False,
+          normalizers=normalizers)
+      metrics = task_metrics(system, "task_loss", task_loss)
+    return _with_recognizer_terms(system, phase, state, batch, normalizers, on_enhanced, metrics)
+  return gradients
+
+
+# Phase.enhancer_gradient -> the builder of that mode's gradients.
+GRADIENT_MODES: dict[str, Callable[[TaskDrivenSystem, Phase, Any], GradientsFn]] = {
+    "separate": separate_gradients, "summed": summed_gradients,
+    "enhancement": enhancement_gradients, "none": recognizer_gradients,
+}
+
+
 def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
                     enhancer_tx: optax.GradientTransformationExtraArgs,
                     recognizer_tx: optax.GradientTransformation,
@@ -149,50 +300,7 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
   def mean_over_devices(tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
-  def gradients(state: TrainState, batch: Batch, example_ids: jax.Array, normalizers: Any):
-    """g_e, g_t, the recognisers' gradient terms and the losses on one (micro-)batch."""
-    high_quality = batch["image"]
-    key = jax.random.fold_in(state.key, state.step)
-    metrics, recognizer_terms = {}, []
-    enhancement_grads = task_grads = None
-
-    if phase.needs_enhancer:
-      low_quality = system.degrade(key, high_quality, example_ids)
-      if phase.enhancer_gradient == "separate":
-        out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
-                                       low_quality, batch, normalizers)
-        enhancement_grads, task_grads = out["enhancement_grads"], out["task_grads"]
-        recognizer_grads_on_enhanced = out["recognizer_grads"]
-        metrics.update(enhancement_loss=out["enhancement_loss"],
-                       **task_metrics(system, "task_loss", out["task_loss"]))
-      elif phase.enhancer_gradient in ("summed", "enhancement"):
-        enhanced, pullback = jax.vjp(
-            lambda p: system.enhance(p, low_quality, train=True), state.enhancer_params)
-        enhancement_loss, d_enhancement = jax.value_and_grad(system.enhancement_loss)(
-            enhanced, high_quality)
-        task_loss, recognizer_grads_on_enhanced, d_task = task_losses_and_gradients(
-            system, state.recognizer_params, enhanced, batch, normalizers=normalizers)
-        # By linearity of the pull-back, one backward pass gives g_e + Σ_k λ_k g_t,k.
-        cotangent = (summed_cotangent(system, d_enhancement, d_task, task_weight)
-                     if phase.enhancer_gradient == "summed" else d_enhancement)
-        enhancement_grads = pullback(cotangent)[0]
-        metrics.update(enhancement_loss=enhancement_loss,
-                       **task_metrics(system, "task_loss", task_loss))
-      else:   # frozen enhancer: the recognisers learn on its (evaluation-mode) outputs
-        enhanced = system.enhance(state.enhancer_params, low_quality, train=False)
-        task_loss, recognizer_grads_on_enhanced, _ = task_losses_and_gradients(
-            system, state.recognizer_params, enhanced, batch, image_gradients=False,
-            normalizers=normalizers)
-        metrics.update(task_metrics(system, "task_loss", task_loss))
-      if phase.recognizer_input in ("enhanced", "both"):
-        recognizer_terms.append(recognizer_grads_on_enhanced)
-    if phase.recognizer_input in ("high_quality", "both") and phase.update_recognizer:
-      task_loss, grads, _ = task_losses_and_gradients(
-          system, state.recognizer_params, high_quality, batch, image_gradients=False,
-          normalizers=normalizers)
-      metrics.update(task_metrics(system, "task_loss_high_quality", task_loss))
-      recognizer_terms.append(grads)
-    return enhancement_grads, task_grads, recognizer_terms, metrics
+  gradients = GRADIENT_MODES[phase.enhancer_gradient](system, phase, task_weight)
 
   def train_step(state: TrainState, batch: Batch):
     check_not_wrapped_in_multisteps(state.enhancer_opt_state)
