@@ -3,6 +3,11 @@
 # at the same absolute paths as the main checkout so the stored configs match; finished runs come back
 # in $OUT/runs.tgz (without checkpoints), plus a replica of one seed-0 run to measure the platform's
 # effect. Usage: SEEDS="8 9" DEADLINE=540 bash .devcarry/fronts_seeds.sh
+# Run from the repository copy on the lent machine, with, beside the tracked files: .whl/ (the wheels
+# of the packages that machine lacks), .devcarry/ (this script, the built TFDS medmnist folder, the
+# PneumoniaMNIST .npz as .devcarry/shared/data/pneumoniamnist/) and the recognisers' workdirs of
+# seeds 0, 8, 9 and the judge (workdirs/fronts/pneumoniamnist/recognizers/recognizer_only/seed_*).
+# The call that made the committed runs: SEEDS="8 9" DEADLINE=530, 540 s on the machine.
 set -uo pipefail
 SEEDS=${SEEDS:-"8 9"}
 DEADLINE=${DEADLINE:-540}          # seconds from the start of this script until the studies stop
