@@ -26,6 +26,7 @@ from PIL import Image
 
 from gradprom_jax.inference import load_trained_system
 from gradprom_jax.training.console import hide_library_noise
+from gradprom_jax.training.run_config import ConfigMismatchError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "Folder of images (png, jpg, bmp, tif).")
@@ -51,8 +52,8 @@ def main(argv):
     sys.exit(f"enhance.py: --input_dir {input_dir} is not a folder.")
   try:
     trained = load_trained_system(_WORKDIR.value)
-  except FileNotFoundError as e:   # not a run's workdir, or a run with no checkpoint yet
-    sys.exit(f"enhance.py: {e}")
+  except (FileNotFoundError, ConfigMismatchError) as e:   # not a run's workdir, no checkpoint
+    sys.exit(f"enhance.py: {e}")                          # yet, or a run of older code
   channels = trained.system.enhancer.channels
   paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
   if not paths:

@@ -39,31 +39,9 @@ def shift_headings(markdown: str, levels: int) -> str:
                    for line in markdown.splitlines())
 
 
-# Summaries written before the reference of the run's own recogniser on high-quality images was
-# renamed (`high_quality` -> `hq_input`; not an upper bound when that recogniser was trained on
-# enhanced images): old text -> today's.
-LEGACY_SUMMARY_TEXT = {
-    "| high_quality |": "| hq_input |",
-    "`high_quality` on the high-quality image (no PSNR/SSIM: it is the target).":
-        "`hq_input` on the high-quality image (no PSNR/SSIM: it is the target; not an upper bound "
-        "when the recogniser was trained on enhanced images).",
-}
-
-
-def upgrade_summary(markdown: str) -> str:
-  """An older summary.md with its reference names as compare.py writes them today.
-
-  >>> upgrade_summary("| high_quality | — | 0.5 |")
-  '| hq_input | — | 0.5 |'
-  """
-  for old, new in LEGACY_SUMMARY_TEXT.items():
-    markdown = markdown.replace(old, new)
-  return markdown
-
-
 def setting_section(setting: Path) -> str:
   """One setting's summary (its own title dropped, plot links made repository-relative) and reading."""
-  body = upgrade_summary((setting / "summary.md").read_text()).split("\n", 1)[1]  # no "# Comparison"
+  body = (setting / "summary.md").read_text().split("\n", 1)[1]  # no "# Comparison"
   text = [f"#### {setting.name}\n", body.replace("](plots/", f"]({setting}/plots/").strip() + "\n"]
   reading = setting / "reading.md"
   if reading.exists():

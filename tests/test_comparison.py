@@ -292,7 +292,7 @@ def test_results_report_stitches_overview_sweeps_summaries_and_readings(tmp_path
   assert f"]({sweep}/a_setting/plots/p.png)" in out and "no_summary" not in out
 
 
-def test_judge_columns_read_the_judge_on_each_rows_images_and_old_keys_are_upgraded(tmp_path):
+def test_judge_columns_read_the_judge_on_each_rows_images(tmp_path):
   rows = comparison.make_rows(["gradprom", "two_stage"])
   runs = comparison.plan_runs(rows, [0, 1], tmp_path)
   results = {}
@@ -300,8 +300,6 @@ def test_judge_columns_read_the_judge_on_each_rows_images_and_old_keys_are_upgra
     result = _write_fake_run(run, gradprom=False)
     result.update(judge_dice=0.5 + 0.01 * index, judge_no_enhancement_dice=0.4,
                   judge_high_quality_dice=0.9)
-    if index == 0:   # a results.json of older code: high_quality_* for hq_input_*
-      result = {k.replace("hq_input_", "high_quality_"): v for k, v in result.items()}
     (run.workdir / "results.json").write_text(json.dumps(result))
     results[run] = result
   metrics, table = comparison.summarize(comparison.read_results(runs), rows)
@@ -310,19 +308,6 @@ def test_judge_columns_read_the_judge_on_each_rows_images_and_old_keys_are_upgra
   assert table["two_stage"]["judge_dice"].mean == pytest.approx(0.525)
   assert table["no_enhancement"]["judge_dice"].mean == pytest.approx(0.4)
   assert table["hq_input"]["judge_dice"].mean == pytest.approx(0.9)
-  assert table["hq_input"]["dice"].n == 4   # the old run's high_quality_dice counted too
+  assert table["hq_input"]["dice"].n == 4
 
 
-def test_results_report_renames_the_old_high_quality_reference(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location("results_report",
-                                                REPO / "experiments" / "results_report.py")
-  results_report = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(results_report)
-  setting = tmp_path / "sweep" / "s"
-  setting.mkdir(parents=True)
-  (setting / "summary.md").write_text(
-      "# Comparison\n\n`high_quality` on the high-quality image (no PSNR/SSIM: it is the target)."
-      "\n\n| row | dice |\n|---|---|\n| high_quality | 0.5 |\n")
-  results_report.main([str(tmp_path / "sweep")])
-  out = capsys.readouterr().out
-  assert "| hq_input | 0.5 |" in out and "high_quality" not in out and "not an upper bound" in out

@@ -102,3 +102,21 @@ def test_enhance_refuses_a_workdir_without_a_run_in_one_line(tmp_path, what):
               else "is not a folder")
   (line,) = [l for l in out.stderr.splitlines() if l.startswith("enhance.py: ")]
   assert expected in line
+
+
+def test_enhance_refuses_a_run_written_by_older_code_in_one_line(untrained_run, tmp_path):
+  import json
+  import shutil
+  old = tmp_path / "old_run"
+  shutil.copytree(untrained_run, old)
+  stored = json.loads((old / "config.json").read_text())
+  del stored["optim"]["ema_decay"]              # a key older code had no notion of
+  (old / "config.json").write_text(json.dumps(stored))
+  inputs = tmp_path / "inputs"
+  _write_images(inputs, 8)
+  out = subprocess.run(
+      [sys.executable, str(ENHANCE), f"--workdir={old}", f"--input_dir={inputs}",
+       f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  (line,) = [l for l in out.stderr.splitlines() if l.startswith("enhance.py: ")]
+  assert "older gradprom_jax" in line and "optim.ema_decay" in line

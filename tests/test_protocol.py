@@ -22,7 +22,6 @@ from gradprom_jax.configuration.config_validation import ConfigError, validate_c
 from gradprom_jax.inference import load_trained_system
 from gradprom_jax.training import evaluation, pretrained
 from gradprom_jax.training.checkpointing import Checkpointer, SourceRunError, restore_field_from_run
-from gradprom_jax.training.run_config import config_differences
 from gradprom_jax.training.training_spec import phases_from_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,16 +62,6 @@ def test_recognizer_only_trains_the_recognizer_alone_on_high_quality_images():
   assert (phase.start, phase.end) == (0, config.num_train_steps)
   assert phase.enhancer_gradient == "none" and phase.update_recognizer
   assert phase.recognizer_input == "high_quality" and not phase.needs_enhancer
-
-
-def test_stored_configs_without_the_new_keys_still_resume():
-  stored = base_config().to_dict()
-  for group, key in (("recognizer", "init_from"), ("judge", "workdir"), ("enhancer", "init_from")):
-    stored[group].pop(key)
-  for group in ("judge", "enhancer"):
-    if not stored[group]:
-      stored.pop(group)
-  assert config_differences(stored, base_config()) == []
 
 
 def test_source_path_formats_the_seed():
@@ -256,17 +245,3 @@ def test_two_stage_is_step_matched_and_skips_the_recognizer_stage_when_frozen():
             == sum(p.end - p.start for p in phases_from_config(config_joint) if updates(p))), field
   config.recognizer.frozen, config.recognizer.init_from = True, "runs/rec"
   assert [p.name for p in phases_from_config(config)] == ["recognizer_pretrain", "enhancer"]
-
-
-def test_old_two_stage_configs_keep_their_fraction_and_only_they_refuse_to_resume():
-  stored = base_config().to_dict()
-  stored["two_stage"] = {"enhancer_fraction": 0.5}
-  assert config_differences(stored, base_config()) == []   # a gradprom run: the key did nothing
-  stored["method"] = "two_stage"
-  new = base_config()
-  new.method = "two_stage"
-  assert config_differences(stored, new) == ["two_stage.enhancer_fraction: 0.5 -> <missing>"]
-  old = ml_collections.ConfigDict(stored)
-  old.num_train_steps = 100
-  assert [(p.name, p.start, p.end) for p in phases_from_config(old)] == [("enhancer", 0, 50),
-                                                                  ("recognizer", 50, 100)]

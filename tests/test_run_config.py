@@ -64,3 +64,46 @@ def test_unwritable_workdir_names_path(tmp_path):
   blocker.write_text("")
   with pytest.raises(WorkdirError, match=str(blocker / "run")):
     check_or_save_config(blocker / "run", _config())
+
+
+def test_a_config_stored_by_other_code_is_refused_in_one_line(tmp_path):
+  """Keys added or removed since the run, no value changed: one line that says what to do."""
+  stored = _config().to_dict()
+  stored["old_group"] = {"dropped_key": 0.5}             # removed from the config since
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  new = _config()
+  new.test_on_best = False                              # added since
+  with pytest.raises(ConfigMismatchError) as refused:
+    check_or_save_config(tmp_path, new)
+  message = str(refused.value)
+  assert "\n" not in message and "another version of gradprom_jax" in message
+  assert "old_group.dropped_key" in message and "test_on_best" in message
+  assert "--workdir" in message
+
+
+def test_a_changed_value_beside_a_new_key_lists_every_difference(tmp_path):
+  check_or_save_config(tmp_path, _config())
+  new = _config(seed=1)
+  new.test_on_best = False
+  with pytest.raises(ConfigMismatchError, match=r"(?s)seed: 0 -> 1.*test_on_best: <missing>"):
+    check_or_save_config(tmp_path, new)
+
+
+def test_committed_run_configs_hold_every_key_the_code_reads():
+  """The committed runs' config.json were migrated once: none lacks a key older code had no
+  notion of (the registries' options aside, which default to the behaviour without them)."""
+  from pathlib import Path
+  from gradprom_jax.configuration.config import base_config
+  from gradprom_jax.configuration.plain_config import flatten_config, to_plain
+  from gradprom_jax.training.run_config import RESUMABLE_KEYS, added_key_defaults
+  results = Path(__file__).resolve().parents[1] / "results"
+  general = {key for key in flatten_config(to_plain(base_config()))
+             if not key.startswith(("model.", "task.")) and key not in added_key_defaults()}
+  lacking = {}
+  for path in results.rglob("config.json"):
+    differences = config_differences(json.loads(path.read_text()),
+                                     {k: 0 for k in general}, ignore=RESUMABLE_KEYS)
+    missing = [line.split(":")[0] for line in differences if ": <missing> ->" in line]
+    if missing:
+      lacking[str(path.relative_to(results))] = missing
+  assert not lacking, f"{len(lacking)} committed config.json lack keys, e.g. {next(iter(lacking.items()))}"

@@ -66,7 +66,6 @@ JUDGE_PREFIX = "judge_"
 JUDGE_REFERENCE_PREFIXES = {"no_enhancement": "judge_no_enhancement_",
                             "hq_input": "judge_high_quality_"}
 # results.json keys written before the rename: high_quality_* is now hq_input_*.
-_LEGACY_PREFIXES = {"high_quality_": "hq_input_"}
 # Results keys that describe a run rather than score it.
 RUN_KEYS = ("method", "seed", "num_train_steps", "nonfinite_steps", "evaluated_step")
 # Column order of the tables; metrics not listed follow in alphabetical order.
@@ -408,24 +407,9 @@ class Statistic:
 
 
 def read_results(runs: Iterable[PlannedRun]) -> dict[PlannedRun, dict[str, Any]]:
-  """The ``results.json`` of every run that has one (older key names read as today's)."""
-  return {run: upgrade_result_keys(json.loads((run.workdir / RESULTS_FILENAME).read_text()))
+  """The ``results.json`` of every run that has one."""
+  return {run: json.loads((run.workdir / RESULTS_FILENAME).read_text())
           for run in runs if (run.workdir / RESULTS_FILENAME).exists()}
-
-
-def upgrade_result_keys(result: Mapping[str, Any]) -> dict[str, Any]:
-  """A results.json written by older code, with its keys renamed as the code now writes them.
-
-  >>> upgrade_result_keys({"dice": 0.5, "high_quality_dice": 0.6})
-  {'dice': 0.5, 'hq_input_dice': 0.6}
-  """
-  upgraded = {}
-  for key, value in result.items():
-    for old, new in _LEGACY_PREFIXES.items():
-      if key.startswith(old):
-        key = new + key[len(old):]
-    upgraded[key] = value
-  return upgraded
 
 
 def reference_key(reference: str, metric: str) -> str:

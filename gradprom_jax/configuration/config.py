@@ -126,9 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.recognizer_lr = 1e-3
   config.optim.warmup_steps = 50
   config.optim.weight_decay = 1e-4
-  # What AdamW's weight decay applies to: "all" (every parameter; the default, so that runs and
-  # sweeps made before this key resume and compare unchanged) or "kernels" (conv and dense kernels
-  # only; biases and norm scales are not decayed: the usual choice for a new study).
+  # What AdamW's weight decay applies to: "all" (every parameter, as optax.adamw without a mask;
+  # every committed result used it) or "kernels" (conv and dense kernels only; biases and norm
+  # scales are not decayed: the usual choice for a new study).
   config.optim.weight_decay_mask = "all"
   # Decay of a moving average of the enhancer's parameters, used by every evaluation (validation,
   # test, samples) when set, e.g. 0.999; it starts at the initial parameters. None or 0: off.

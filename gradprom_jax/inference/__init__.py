@@ -17,6 +17,7 @@ from gradprom_jax.training.checkpointing import Checkpointer
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
+from gradprom_jax.training.run_config import read_stored_config
 from gradprom_jax.training.train_state import initial_state
 from gradprom_jax.training.training_spec import parse_training_config
 
@@ -63,7 +64,7 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   for name in ("config.json", MODEL_INFO_FILENAME):
     if not (workdir / name).exists():
       raise FileNotFoundError(f"{workdir / name} not found: is {workdir} the workdir of a run?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = ml_collections.ConfigDict(read_stored_config(workdir))
   info = json.loads((workdir / MODEL_INFO_FILENAME).read_text())
   image_shape = tuple(info["image_shape"])
   # The stored config, read once into its typed pieces.

@@ -27,6 +27,7 @@ from gradprom_jax.configuration.task_parsing import is_multitask
 from gradprom_jax.core.system import TaskDrivenSystem
 from gradprom_jax.core.task_config import parse_recognition
 from gradprom_jax.training.checkpointing import SourceRunError, restore_field_from_run
+from gradprom_jax.training.run_config import ConfigMismatchError, read_stored_config
 
 # Train-state field -> the config key naming the run it is restored from.
 INIT_FROM_KEYS = {"recognizer_params": "recognizer.init_from",
@@ -108,13 +109,15 @@ def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
     SourceRunError: the workdir is not a finished run, or it recognises another task, dataset,
       number of classes or channel count.
   """
-  path = source_path(config.judge.get("workdir") if "judge" in config else None, config.seed)
+  path = source_path(config.judge.workdir, config.seed)
   if path is None:
     return None
   workdir = Path(path)
   try:
-    judge_config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    judge_config = ml_collections.ConfigDict(read_stored_config(workdir))
     info = json.loads((workdir / MODEL_INFO_FILENAME).read_text())
+  except ConfigMismatchError as e:
+    raise SourceRunError(f"judge.workdir: {e}") from e
   except (OSError, ValueError) as e:
     raise SourceRunError(f"judge.workdir: {path!r} is not a run's workdir (no readable "
                          f"config.json and {MODEL_INFO_FILENAME}: {e})") from e
@@ -129,9 +132,9 @@ def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
   if differing:
     raise SourceRunError(f"judge.workdir: {path!r} cannot judge this run: "
                          + "; ".join(differing))
-  if judge_config.get("method") != "recognizer_only":
+  if judge_config.method != "recognizer_only":
     logging.warning("judge.workdir: %s is a %s run, not recognizer_only: its recogniser was not "
-                    "trained on high-quality images alone.", path, judge_config.get("method"))
+                    "trained on high-quality images alone.", path, judge_config.method)
   judge_system = system_from_config(judge_config, channels=info["image_shape"][-1],
                                     num_classes=info["num_classes"])
   _, target = _abstract_params(judge_system, info["image_shape"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gradprom_jax import methods
+from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.plain_config import flatten_config, to_plain
 from gradprom_jax.data.registry import dataset_key_defaults
 from gradprom_jax.training.checkpointing import WorkdirError
@@ -47,60 +48,67 @@ RESUMABLE_KEYS = (
 )
 
 
-# Keys added after runs were already being made, each with the value that reproduces how code
-# without the key behaved: a stored config that lacks such a key matches a new config holding this
-# value (so upgrading the code does not lock finished or interrupted runs out of resuming). The
-# methods' options and each dataset's own keys are not listed: each counts as its default
-# (`added_key_defaults`), so a new method, dataset or key of one needs no entry here.
-ADDED_KEY_DEFAULTS = {
-    "model.dtype": "float32",
-    "recognizer.init_from": None,
-    "enhancer.init_from": None,
-    "judge.workdir": None,
-    "optim.ema_decay": None,
-    "optim.weight_decay_mask": "all",
-    "checkpoint_best_metric": None,
-    "test_on_best": False,
-}
-
-
-# Keys removed from the config, each with a test of the stored (flat) config that is true when the
-# key changed nothing in that run: such a run matches today's config; any other differs and is
-# refused (its schedule would change under the new code).
-REMOVED_KEYS = {
-    # two_stage is now step-matched; the fraction mattered to two_stage runs only.
-    "two_stage.enhancer_fraction": lambda stored: stored.get("method") != "two_stage",
-}
-
-
 def added_key_defaults() -> dict[str, Any]:
-  """`ADDED_KEY_DEFAULTS`, every registered method's options and every dataset's own keys with their
-  defaults (an option defaults to how the code behaved without it; see
-  :class:`gradprom_jax.methods.Method`, `gradprom_jax.data.registry.dataset_key_defaults`).
+  """Every registered method's options and every dataset's own keys with their defaults: a stored
+  config that lacks one counts as holding its default, so registering a method, a dataset or an
+  option adds no difference to runs made before it (an option defaults to how the code behaved
+  without it; see :class:`gradprom_jax.methods.Method`,
+  `gradprom_jax.data.registry.dataset_key_defaults`). Any other key missing from a stored config
+  means older code wrote it: :func:`check_stored_config` refuses that workdir in one line.
 
-  >>> added_key_defaults()["gradprom.cosine_ema"], added_key_defaults()["model.dtype"]
-  (0.0, 'float32')
+  >>> added_key_defaults()["gradprom.cosine_ema"], added_key_defaults()["cagrad.c"]
+  (0.0, 0.4)
   """
-  return {**dataset_key_defaults(), **methods.option_defaults(), **ADDED_KEY_DEFAULTS}
+  return {**dataset_key_defaults(), **methods.option_defaults()}
 
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run with a different config."""
 
 
+def keys_missing_from(stored: Any) -> list[str]:
+  """The keys of today's config that a stored run's config lacks, besides those that depend on the
+  models and tasks chosen (``model.*``, ``task.*``) and :func:`added_key_defaults`'s: a run written
+  by older code. Empty for every committed run (their config.json were migrated once).
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> keys_missing_from(base_config().to_dict())
+  []
+  >>> stored = base_config().to_dict(); del stored["optim"]["ema_decay"]
+  >>> keys_missing_from(stored)
+  ['optim.ema_decay']
+  """
+  stored_keys = flatten_config(stored).keys()
+  return sorted(key for key in flatten_config(to_plain(base_config()))
+                if not key.startswith(("model.", "task.")) and key not in stored_keys
+                and key not in added_key_defaults())
+
+
+def read_stored_config(workdir: str | os.PathLike[str]) -> dict[str, Any]:
+  """A finished or running run's ``config.json``, refused in one line if older code wrote it.
+
+  Raises:
+    ConfigMismatchError: keys the code reads are missing (see :func:`keys_missing_from`).
+  """
+  path = Path(workdir) / CONFIG_FILENAME
+  stored = json.loads(path.read_text())
+  missing = keys_missing_from(stored)
+  if missing:
+    raise ConfigMismatchError(
+        f"{str(path)!r} was written by an older gradprom_jax (it lacks {', '.join(missing[:3])}"
+        f"{', ...' if len(missing) > 3 else ''}): use the version that wrote it for this run.")
+  return stored
+
+
 def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
   """Lines ``key: old -> new`` for every differing dotted key not matching an `ignore` pattern.
 
-  A key of :func:`added_key_defaults` missing from ``old`` counts as holding its value there; a
-  key of `REMOVED_KEYS` in ``old`` only is ignored where it changed nothing in that run.
+  A key of :func:`added_key_defaults` missing from ``old`` counts as holding its value there.
 
   >>> config_differences({"lr": 0.1, "log_every": 10, "seed": 0},
   ...                    {"lr": 0.2, "log_every": 50})
   ['lr: 0.1 -> 0.2', 'seed: 0 -> <missing>']
   >>> config_differences({"lr": 0.1}, {"lr": 0.1, "gradprom": {"task_scale": "none"}})
-  []
-  >>> config_differences({"method": "joint", "two_stage": {"enhancer_fraction": 0.5}},
-  ...                    {"method": "joint"})
   []
   """
   old_flat, new_flat = flatten_config(old), flatten_config(new)
@@ -116,8 +124,6 @@ def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = RESUMABLE_
       continue
     before = old_flat.get(key, defaults.get(key, missing))
     after = new_flat.get(key, missing)
-    if after is missing and key in REMOVED_KEYS and REMOVED_KEYS[key](old_flat):
-      continue
     if before != after:
       lines.append(f"{key}: {show(before)} -> {show(after)}")
   return lines
@@ -146,6 +152,12 @@ def check_stored_config(workdir: str | os.PathLike[str], config: Any, *, overwri
     return []
   differences = config_differences(json.loads(path.read_text()), config, ignore=ignore)
   if differences and not overwrite:
+    keys = [line.split(":")[0] for line in differences if "<missing>" in line]
+    if len(keys) == len(differences):   # keys added or removed since, no value changed
+      raise ConfigMismatchError(
+          f"{str(path)!r} was written by another version of gradprom_jax (keys added or removed "
+          f"since: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}): finish that run with "
+          "the version that wrote it, or use a new --workdir.")
     listing = "\n  ".join(differences)
     raise ConfigMismatchError(
         f"Workdir {str(workdir)!r} holds a run with a different config "

@@ -46,17 +46,15 @@ def parse_phase_spec(config: ml_collections.ConfigDict) -> PhaseSpec:
   >>> config = base_config()
   >>> config.recognizer.pretrain_steps = 10
   >>> spec = parse_phase_spec(config)
-  >>> spec.method.name, spec.pretrain_steps, spec.two_stage_enhancer_fraction
-  ('gradprom', 10, None)
+  >>> spec.method.name, spec.pretrain_steps
+  ('gradprom', 10)
   """
   return PhaseSpec(
       method=lookup(config.method), num_train_steps=config.num_train_steps,
       pretrain_steps=config.recognizer.pretrain_steps,
       recognizer_frozen=bool(config.recognizer.frozen),
       recognizer_train_on=config.recognizer.train_on,
-      measure_baseline_cosine=bool(config.measure_baseline_cosine),
-      # Only configs stored before two_stage was step-matched have the key.
-      two_stage_enhancer_fraction=config.get("two_stage", {}).get("enhancer_fraction"))
+      measure_baseline_cosine=bool(config.measure_baseline_cosine))
 
 
 def parse_optimizer_spec(config: ml_collections.ConfigDict) -> OptimizerSpec:
