@@ -68,8 +68,8 @@ class ConfigMismatchError(ValueError):
 
 def keys_missing_from(stored: Any) -> list[str]:
   """The keys of today's config that a stored run's config lacks, besides those that depend on the
-  models and tasks chosen (``model.*``, ``task.*``) and :func:`added_key_defaults`'s: a run written
-  by older code. Empty for every committed run (their config.json were migrated once).
+  models and tasks chosen (``model.*``, ``task.*``), :func:`added_key_defaults`'s and the
+  `RESUMABLE_KEYS` (free to change on any resume): a run written by older code. Empty for every committed run (their config.json were migrated once).
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> keys_missing_from(base_config().to_dict())
@@ -78,10 +78,11 @@ def keys_missing_from(stored: Any) -> list[str]:
   >>> keys_missing_from(stored)
   ['optim.ema_decay']
   """
-  stored_keys = flatten_config(stored).keys()
+  stored_keys, defaults = flatten_config(stored).keys(), added_key_defaults()
   return sorted(key for key in flatten_config(to_plain(base_config()))
                 if not key.startswith(("model.", "task.")) and key not in stored_keys
-                and key not in added_key_defaults())
+                and key not in defaults
+                and not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_KEYS))
 
 
 def read_stored_config(workdir: str | os.PathLike[str]) -> dict[str, Any]:
