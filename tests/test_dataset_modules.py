@@ -159,7 +159,6 @@ def test_a_registered_dataset_module_trains_a_smoke_step(toy_registered, tmp_pat
   from gradprom_jax.training.train import train_and_evaluate   # heavy: only for this test
   config = toy_config(tmp_path / "tfds")
   config.num_train_steps = config.log_every = config.eval_every = config.checkpoint_every = 1
-  config.recognizer.pretrain_steps = 0
   results = train_and_evaluate(config, str(tmp_path / "run"))
   assert results["num_train_steps"] == 1 and np.isfinite(results["dice"])
   stored = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -35,7 +35,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 @pytest.mark.parametrize("overrides, message", [
     ({"recognizer.frozen": True}, "random init"),
     ({"method": "recognizer_only", "recognizer.frozen": True}, "train nothing"),
-    ({"method": "recognizer_only", "recognizer.pretrain_steps": 5}, "set it to 0"),
     ({"recognizer.init_from": " "}, "is empty"),
 ])
 def test_contradictory_protocols_are_config_errors(overrides, message):
@@ -47,12 +46,11 @@ def test_contradictory_protocols_are_config_errors(overrides, message):
     validate_config(config)
 
 
-def test_frozen_recognizer_is_valid_with_a_source_or_pretraining():
+def test_frozen_recognizer_is_valid_with_a_source():
   config = base_config()
   config.recognizer.frozen, config.recognizer.init_from = True, "runs/rec/seed_{seed}"
   validate_config(config)
-  config.recognizer.init_from, config.recognizer.pretrain_steps = None, 10
-  validate_config(config)
+  assert "recognizer.pretrain_steps" not in config.recognizer   # recognizer_only is the one way
 
 
 def test_recognizer_only_trains_the_recognizer_alone_on_high_quality_images():
@@ -232,16 +230,15 @@ def test_bad_sources_fail_with_one_line_and_nothing_written(tmp_path, data_dir,
 
 def test_two_stage_is_step_matched_and_skips_the_recognizer_stage_when_frozen():
   config = base_config()
-  config.method, config.num_train_steps, config.recognizer.pretrain_steps = "two_stage", 100, 10
+  config.method, config.num_train_steps = "two_stage", 100
   phases = phases_from_config(config)
-  assert [(p.name, p.start, p.end) for p in phases] == [
-      ("recognizer_pretrain", 0, 10), ("enhancer", 10, 100), ("recognizer", 100, 190)]
+  assert [(p.name, p.start, p.end) for p in phases] == [("enhancer", 0, 100), ("recognizer", 100, 200)]
   # Each model gets the updates a joint method gives it, so each LR schedule spans exactly those.
   for field, updates in (("enhancer", lambda p: p.enhancer_gradient != "none"),
                          ("recognizer", lambda p: p.update_recognizer)):
     config_joint = base_config()
-    config_joint.num_train_steps, config_joint.recognizer.pretrain_steps = 100, 10
+    config_joint.num_train_steps = 100
     assert (sum(p.end - p.start for p in phases if updates(p))
             == sum(p.end - p.start for p in phases_from_config(config_joint) if updates(p))), field
   config.recognizer.frozen, config.recognizer.init_from = True, "runs/rec"
-  assert [p.name for p in phases_from_config(config)] == ["recognizer_pretrain", "enhancer"]
+  assert [p.name for p in phases_from_config(config)] == ["enhancer"]

@@ -203,13 +203,13 @@ def test_mesh_and_pmap_equal_one_device(recognition):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=mode)
 
 
-def test_recognizer_pretraining_leaves_the_enhancer_alone_and_both_inputs_train():
+@pytest.mark.parametrize("method, train_on", [("recognizer_only", "enhanced"), ("gradprom", "both")])
+def test_recognizer_only_leaves_the_enhancer_alone_and_both_inputs_train(method, train_on):
   config = tiny_config()
-  config.recognizer.pretrain_steps = 5
-  config.recognizer.train_on = "both"
+  config.method, config.recognizer.train_on = method, train_on
   system, phases, enhancer_tx, recognizer_tx, state = setup(config)
   assert [(p.name, p.recognizer_input) for p in phases] == [
-      ("recognizer_pretrain", "high_quality"), ("gradprom", "both")]
+      (method, "high_quality" if method == "recognizer_only" else "both")]
   for phase in phases:
     step = jax.jit(make_train_step(system, phase, enhancer_tx=enhancer_tx,
                                    recognizer_tx=recognizer_tx, task_weight=1.0))

@@ -136,11 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Global-norm clipping after the combiner (None: no clipping).
   config.optim.clip_norm = 1.0
 
-  # The recogniser: what it trains on, optional pre-training on high-quality images, freezing.
+  # The recogniser: what it trains on, freezing, a pre-trained one to start from.
   config.recognizer = ml_collections.ConfigDict()
   config.recognizer.train_on = "enhanced"   # enhanced | high_quality | both
-  config.recognizer.pretrain_steps = 0      # steps on high-quality images before joint training
-  config.recognizer.frozen = False          # never update the recogniser (after pre-training)
+  config.recognizer.frozen = False          # never update the recogniser (needs init_from)
   # Another run's workdir: at a fresh start (not on resume) the recogniser's params come from its
   # newest checkpoint. "{seed}" is replaced by config.seed (one sweep, one source per seed).
   config.recognizer.init_from = ml_collections.config_dict.placeholder(str)
@@ -177,7 +176,6 @@ def shrink_for_smoke_test(config: ml_collections.ConfigDict) -> ml_collections.C
   config.checkpoint_every = 3
   config.num_samples = 2
   config.optim.warmup_steps = 1
-  config.recognizer.pretrain_steps = min(config.recognizer.pretrain_steps, 1)
   scale = parse_degradation(config.task.degradation).scale
   dataset = DATASETS.get(config.data.name)
   if dataset is not None and dataset.smoke_test_keys:

@@ -42,14 +42,10 @@ def _check_training_protocol(config: ml_collections.ConfigDict) -> None:
   if config.method == "recognizer_only":
     if recognizer.frozen:
       raise ConfigError("method=recognizer_only with recognizer.frozen=True would train nothing.")
-    if recognizer.pretrain_steps:
-      raise ConfigError(f"recognizer.pretrain_steps={recognizer.pretrain_steps} with "
-                        "method=recognizer_only: that method already trains the recogniser on "
-                        "high-quality images for num_train_steps; set it to 0.")
-  elif recognizer.frozen and recognizer.get("init_from") is None and not recognizer.pretrain_steps:
+  elif recognizer.frozen and recognizer.init_from is None:
     raise ConfigError("recognizer.frozen=True would keep the recogniser at its random init: also "
-                      "set recognizer.init_from (a recognizer_only run's workdir) or "
-                      "recognizer.pretrain_steps.")
+                      "set recognizer.init_from (a recognizer_only run's workdir; pre-train one "
+                      "with --config.method=recognizer_only).")
 
 
 def _check_class_weights(task: RecognitionTask) -> None:
@@ -150,9 +146,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
                       f"does not split into {config.accumulate_steps} equal micro-batches on each "
                       f"of {num_devices} devices; make batch_size a multiple of "
                       f"{num_devices * config.accumulate_steps}.")
-  if not 0 <= config.recognizer.pretrain_steps < config.num_train_steps:
-    raise ConfigError(f"recognizer.pretrain_steps={config.recognizer.pretrain_steps} must be in "
-                      f"[0, num_train_steps={config.num_train_steps}).")
   if config.task_weight < 0:
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
   _check_training_protocol(config)

@@ -3,7 +3,6 @@
 Every method is a sequence of phases over the global step counter, from 0 to `run_length`
 (``num_train_steps``, except for ``two_stage``):
 
-* optional recogniser pre-training on high-quality images (``recognizer.pretrain_steps``);
 * a combination method (``gradprom``, ``joint``, ...: a :class:`~gradprom_jax.methods.Method`): one
   joint phase in which the enhancer is updated as the method's ``enhancer_gradient`` says and the
   recogniser by its own loss;
@@ -11,7 +10,8 @@ Every method is a sequence of phases over the global step counter, from 0 to `ru
   step-matched: each stage as many updates as a joint method gives that model (so the run is
   longer); with ``recognizer.frozen`` the second stage is skipped;
 * ``recognizer_only``: the recogniser alone on high-quality images, the enhancer never updated (a
-  pre-trained recogniser for other runs' ``recognizer.init_from`` or ``judge.workdir``).
+  pre-trained recogniser for other runs' ``recognizer.init_from`` or ``judge.workdir``: the one way
+  to pre-train a recogniser).
 
 Each phase is compiled once into its own train step (the phase is a static argument).
 """
@@ -58,7 +58,6 @@ class PhaseSpec:
     method: the method (``config.method``): a combination method trains in one joint phase, a
       schedule has a layout of its own.
     num_train_steps: ``num_train_steps``.
-    pretrain_steps: ``recognizer.pretrain_steps``, recogniser pre-training on high-quality images.
     recognizer_frozen: ``recognizer.frozen``: the recogniser is never updated after pre-training.
     recognizer_train_on: ``recognizer.train_on``: "enhanced", "high_quality" or "both".
     measure_baseline_cosine: ``measure_baseline_cosine``: g_e and g_t pulled back apart to log
@@ -66,7 +65,6 @@ class PhaseSpec:
   """
   method: Method | Schedule
   num_train_steps: int
-  pretrain_steps: int = 0
   recognizer_frozen: bool = False
   recognizer_train_on: str = "enhanced"
   measure_baseline_cosine: bool = False
@@ -76,41 +74,36 @@ def make_phases(spec: PhaseSpec) -> tuple[Phase, ...]:
   """The phases ``spec`` trains through, in order, covering ``[0, run_length(phases))``.
 
   >>> from gradprom_jax.methods import lookup
-  >>> spec = PhaseSpec(lookup("gradprom"), num_train_steps=100, pretrain_steps=10)
+  >>> spec = PhaseSpec(lookup("gradprom"), num_train_steps=100)
   >>> [(p.name, p.start, p.end, p.enhancer_gradient) for p in make_phases(spec)]
-  [('recognizer_pretrain', 0, 10, 'none'), ('gradprom', 10, 100, 'separate')]
+  [('gradprom', 0, 100, 'separate')]
   >>> spec = dataclasses.replace(spec, method=lookup("two_stage"))
   >>> [(p.name, p.start, p.end) for p in make_phases(spec)]
-  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100), ('recognizer', 100, 190)]
+  [('enhancer', 0, 100), ('recognizer', 100, 200)]
   >>> frozen = dataclasses.replace(spec, recognizer_frozen=True)   # nothing left to train after
   >>> [(p.name, p.start, p.end) for p in make_phases(frozen)]
-  [('recognizer_pretrain', 0, 10), ('enhancer', 10, 100)]
-  >>> spec = dataclasses.replace(spec, method=lookup("recognizer_only"), pretrain_steps=0)
+  [('enhancer', 0, 100)]
+  >>> spec = dataclasses.replace(spec, method=lookup("recognizer_only"))
   >>> [(p.name, p.start, p.end, p.enhancer_gradient, p.recognizer_input) for p in make_phases(spec)]
   [('recognizer_only', 0, 100, 'none', 'high_quality')]
   """
-  total, pretrain, method = spec.num_train_steps, spec.pretrain_steps, spec.method
+  total, method = spec.num_train_steps, spec.method
   if method == RECOGNIZER_ONLY:
     return (Phase("recognizer_only", 0, total, enhancer_gradient="none", update_recognizer=True,
                   recognizer_input="high_quality"),)
   phases = []
-  if pretrain > 0:
-    phases.append(Phase("recognizer_pretrain", 0, pretrain, enhancer_gradient="none",
-                        update_recognizer=True, recognizer_input="high_quality"))
   if method == TWO_STAGE:
     # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
     # many.
-    stage = total - pretrain
-    end = pretrain + 2 * stage
-    phases.append(Phase("enhancer", pretrain, pretrain + stage, enhancer_gradient="enhancement",
+    phases.append(Phase("enhancer", 0, total, enhancer_gradient="enhancement",
                         update_recognizer=False, recognizer_input="enhanced"))
     if not spec.recognizer_frozen:
-      phases.append(Phase("recognizer", pretrain + stage, end, enhancer_gradient="none",
+      phases.append(Phase("recognizer", total, 2 * total, enhancer_gradient="none",
                           update_recognizer=True, recognizer_input="enhanced"))
   else:
     # measure_baseline_cosine: the same update, g_e and g_t pulled back apart to log their cosine.
     gradient = enhancer_gradient(method, spec.measure_baseline_cosine)
-    phases.append(Phase(method.name, pretrain, total, enhancer_gradient=gradient,
+    phases.append(Phase(method.name, 0, total, enhancer_gradient=gradient,
                         update_recognizer=not spec.recognizer_frozen,
                         recognizer_input=spec.recognizer_train_on))
   return tuple(p for p in phases if p.end > p.start)

@@ -44,14 +44,12 @@ def parse_phase_spec(config: ml_collections.ConfigDict) -> PhaseSpec:
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> config = base_config()
-  >>> config.recognizer.pretrain_steps = 10
   >>> spec = parse_phase_spec(config)
-  >>> spec.method.name, spec.pretrain_steps
-  ('gradprom', 10)
+  >>> spec.method.name, spec.num_train_steps == config.num_train_steps
+  ('gradprom', True)
   """
   return PhaseSpec(
       method=lookup(config.method), num_train_steps=config.num_train_steps,
-      pretrain_steps=config.recognizer.pretrain_steps,
       recognizer_frozen=bool(config.recognizer.frozen),
       recognizer_train_on=config.recognizer.train_on,
       measure_baseline_cosine=bool(config.measure_baseline_cosine))
