@@ -1,14 +1,11 @@
 """Evaluation over a split: every metric is the same whatever the batch size, the padding of the last
-batch and the devices, and each batch comes back to the host in one gather; a classifier that
-predicts one class for every example is warned about."""
-import logging
+batch and the devices, and each batch comes back to the host in one gather."""
 
 import jax
 import numpy as np
 import pytest
 
 from gradprom_jax.configuration.run_spec import system_from_config
-from gradprom_jax.core import metrics
 from gradprom_jax.data import default_data_config, load_dataset, make_eval_loader
 from gradprom_jax.training import evaluation
 from gradprom_jax.training.parallel import DataParallel
@@ -63,17 +60,4 @@ def test_each_batch_is_gathered_once(dataset, monkeypatch):
   to_host = evaluation.to_host
   monkeypatch.setattr(evaluation, "to_host", lambda tree: gathers.append(1) or to_host(tree))
   _split_metrics(system, state.for_evaluation(), dataset, 4, _on_one_device)
-  assert len(gathers) == 2   # two batches; outputs, labels and padding flags together
-
-
-def test_single_class_predictions_are_warned_about(caplog):
-  collapsed = metrics.ClassificationMetrics(num_classes=2).update(
-      np.tile([[0.7, 0.3]], (5, 1)), np.array([0, 0, 0, 1, 1]))
-  varied = metrics.ClassificationMetrics(num_classes=2).update(
-      np.array([[0.7, 0.3], [0.2, 0.8]]), np.array([0, 1]))
-  with caplog.at_level(logging.WARNING):
-    assert evaluation.warn_if_single_class_predicted(collapsed)
-    assert not evaluation.warn_if_single_class_predicted(varied)
-  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and "predicts class 0 for all 5 examples" in warnings[0]
-  assert "class_weights=balanced" in warnings[0]
+  assert len(gathers) == 2   # two batches; outputs (with the labels) and padding flags together

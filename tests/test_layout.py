@@ -18,19 +18,21 @@ import gradprom_jax
 PACKAGE_DIR = Path(gradprom_jax.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]
 
-# Which subpackages each may import (its own is always allowed). Lowest layer first: the models and
-# data stand alone, the maths builds on the models, the methods (each a combiner of core's with its
-# config group) on the maths, configuration validates against those, training drives them all, and
-# inference sits on top. The experiment tooling is no part of the package: it lives in
-# experiments/tools, above all of it.
+# Which subpackages each may import (its own is always allowed). Lowest layer first: the models, the
+# data and the task kinds (each kind's loss, metrics, targets and drawing) stand alone, the maths
+# builds on the models and the kinds, the methods (each a combiner of core's with its config group)
+# on the maths, configuration validates against those, training drives them all, and inference sits
+# on top. The experiment tooling is no part of the package: it lives in experiments/tools, above
+# all of it.
 ALLOWED_IMPORTS = {
     "models": set(),
     "data": set(),
-    "core": {"models"},
+    "tasks": set(),
+    "core": {"models", "tasks"},
     "methods": {"core"},
-    "configuration": {"core", "models", "data", "methods"},
-    "training": {"core", "models", "data", "methods", "configuration"},
-    "inference": {"core", "models", "data", "methods", "configuration", "training"},
+    "configuration": {"core", "models", "data", "methods", "tasks"},
+    "training": {"core", "models", "data", "methods", "configuration", "tasks"},
+    "inference": {"core", "models", "data", "methods", "configuration", "training", "tasks"},
 }
 # Modules a subpackage may not import although their subpackage is allowed.
 FORBIDDEN_MODULES = {
@@ -160,9 +162,10 @@ def test_the_training_entry_point_runs_as_a_module_from_any_directory(tmp_path):
 
 # Modules that take typed pieces, never the config itself: configuration/run_spec.py and
 # training/training_spec.py parse the config once into them. Every module of core, and the
-# training modules the loop hands pieces to.
+# training modules the loop hands pieces to, and the task kinds.
 CONFIG_FREE_MODULES = (
     *sorted(str(p.relative_to(PACKAGE_DIR)) for p in (PACKAGE_DIR / "core").rglob("*.py")),
+    *sorted(str(p.relative_to(PACKAGE_DIR)) for p in (PACKAGE_DIR / "tasks").rglob("*.py")),
     "training/phases.py", "training/optimizers.py", "training/train_step.py",
     "training/evaluation.py", "training/train_state.py")
 

@@ -1,4 +1,5 @@
-"""Tests of gradprom_jax.core.losses against direct numpy formulas, and sanity of their gradients."""
+"""Tests of gradprom_jax.core.losses (the enhancement losses) against direct numpy formulas, and sanity of
+their gradients; each task kind's loss is tested in test_tasks_<kind>.py."""
 
 import jax
 import jax.numpy as jnp
@@ -48,113 +49,7 @@ def test_enhancement_loss_rejects_unknown_kind():
     losses.enhancement_loss(jnp.zeros(3), jnp.zeros(3), kind="huber")
 
 
-def _log_softmax(logits):
-  logits = logits - logits.max(-1, keepdims=True)
-  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-
-
-def test_classification_loss_weights_and_smoothing_match_formula():
-  logits = RNG.normal(size=(8, 3))
-  labels = RNG.integers(0, 3, 8)
-  weights = np.array([1.0, 2.0, 0.5])
-  alpha = 0.1
-  targets = (1 - alpha) * np.eye(3)[labels] + alpha / 3
-  per_example = -(targets * _log_softmax(logits)).sum(-1)
-  expected = (weights[labels] * per_example).sum() / weights[labels].sum()
-  loss = losses.classification_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
-                                     class_weights=jnp.asarray(weights), label_smoothing=alpha)
-  assert loss.shape == () and loss.dtype == jnp.float32
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  plain = losses.classification_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
-  np.testing.assert_allclose(plain, -_log_softmax(logits)[np.arange(8), labels].mean(), rtol=1e-5)
-
-
-def test_label_smoothing_penalises_overconfidence():
-  confident = jnp.array([[20.0, -20.0]])
-  labels = jnp.array([0])
-  assert losses.classification_loss(confident, labels) < 1e-6
-  assert losses.classification_loss(confident, labels, label_smoothing=0.2) > 1.0
-
-
-def _lesion_masks(n=2, size=16):
-  masks = np.zeros((n, size, size), np.int32)
-  masks[:, 4:10, 5:12] = 1
-  return jnp.asarray(masks)
-
-
-def test_segmentation_loss_multiclass_matches_ce_plus_foreground_dice():
-  masks = jnp.asarray(RNG.integers(0, 3, (2, 8, 8)), jnp.int32)
-  logits = jnp.asarray(RNG.normal(size=(2, 8, 8, 3)), jnp.float32)
-  np_logits, np_masks = np.asarray(logits, np.float64), np.asarray(masks)
-  ce = -np.take_along_axis(_log_softmax(np_logits), np_masks[..., None], -1).mean()
-  probs = np.exp(_log_softmax(np_logits))[..., 1:]
-  one_hot = np.eye(3)[np_masks][..., 1:]
-  dice = (2 * (probs * one_hot).sum((1, 2)) + 1) / (probs.sum((1, 2)) + one_hot.sum((1, 2)) + 1)
-  np.testing.assert_allclose(losses.segmentation_loss(logits, masks, dice_weight=0.5),
-                             ce + 0.5 * (1 - dice.mean()), rtol=1e-5)
-  np.testing.assert_allclose(losses.segmentation_loss(logits, masks, dice_weight=0.0), ce, rtol=1e-5)
-
-
-@pytest.mark.parametrize("num_channels", [1, 2])
-def test_segmentation_loss_rewards_the_right_mask(num_channels):
-  masks = _lesion_masks()
-  if num_channels == 1:
-    right = 10.0 * (2.0 * masks[..., None] - 1.0)
-  else:
-    right = 10.0 * (2.0 * jax.nn.one_hot(masks, 2) - 1.0)
-  wrong = -right
-  good, bad = losses.segmentation_loss(right, masks), losses.segmentation_loss(wrong, masks)
-  assert good.shape == () and good.dtype == jnp.float32
-  assert float(good) < 0.01 and float(bad) > 10.0
-
-
-def test_segmentation_loss_binary_bce_and_class_weights():
-  masks = _lesion_masks()
-  logits = jnp.asarray(RNG.normal(size=(2, 16, 16, 1)), jnp.float32)
-  x, y = np.asarray(logits[..., 0], np.float64), np.asarray(masks, np.float64)
-  bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-  weights = np.where(y == 1, 3.0, 1.0)
-  np.testing.assert_allclose(
-      losses.segmentation_loss(logits, masks, dice_weight=0.0, class_weights=jnp.array([1.0, 3.0])),
-      (weights * bce).sum() / weights.sum(), rtol=1e-5)
-
-
-def _classification_case():
-  labels = jnp.array([0, 0, 0, 1, 2, 2, 1, 0])
-  logits = jnp.asarray(RNG.normal(size=(8, 3)), jnp.float32)
-  return (lambda parts, **kw: losses.classification_loss(logits[parts], labels[parts], **kw),
-          labels, jnp.array([0.2, 1.0, 3.0]))
-
-
-def _segmentation_case():
-  masks = jnp.asarray(RNG.uniform(size=(8, 16, 16)) > np.linspace(0.1, 0.9, 8)[:, None, None],
-                      jnp.int32)
-  logits = jnp.asarray(RNG.normal(size=(8, 16, 16, 2)), jnp.float32)
-  return (lambda parts, **kw: losses.segmentation_loss(logits[parts], masks[parts], **kw),
-          masks, jnp.array([1.0, 4.0]))
-
-
-@pytest.mark.parametrize("case", [_classification_case, _segmentation_case])
-def test_parts_of_a_batch_average_to_its_loss_with_their_share_of_its_weight_sum(case):
-  # A batch split in 4 (devices, micro-batches): each part divides by 1/4 of the whole Σ w, so the
-  # parts' mean is the whole's Σ w·ℓ / Σ w; each part's own Σ w (the default) would not give it.
-  loss, labels, weights = case()
-  whole = loss(slice(None), class_weights=weights)
-  share = losses.class_weight_sum(labels, weights) / 4
-  parts = [slice(i, i + 2) for i in range(0, 8, 2)]
-  shared = np.mean([loss(p, class_weights=weights, normalizer=share) for p in parts])
-  own = np.mean([loss(p, class_weights=weights) for p in parts])
-  np.testing.assert_allclose(shared, whole, rtol=1e-6)
-  assert abs(own - whole) > 1e-3
-  # Without class weights every term is a mean over equal parts (soft Dice is per image).
-  np.testing.assert_allclose(np.mean([loss(p) for p in parts]), loss(slice(None)), rtol=1e-6)
-
-
-def test_losses_have_finite_gradients():
-  masks = _lesion_masks()
-  logits = jnp.zeros((2, 16, 16, 2))
-  grads = jax.jit(jax.grad(losses.segmentation_loss))(logits, masks)
-  assert bool(jnp.all(jnp.isfinite(grads))) and float(jnp.abs(grads).max()) > 0
+def test_enhancement_loss_has_finite_gradients():
   pred, target = _pair()
   grads = jax.jit(jax.grad(lambda p: losses.enhancement_loss(p, target, "l1", ssim_weight=0.1)))(pred)
   assert bool(jnp.all(jnp.isfinite(grads)))

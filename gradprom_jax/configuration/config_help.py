@@ -21,9 +21,9 @@ from typing import Any
 from gradprom_jax import methods
 from gradprom_jax.configuration import config as config_lib
 from gradprom_jax.configuration.plain_config import flatten_config
-from gradprom_jax.core.task_config import RECOGNITION_KINDS
 from gradprom_jax.data import DATASETS
 from gradprom_jax.data import config as data_config_lib
+from gradprom_jax.tasks import TASK_KINDS
 
 TASK_PLACEHOLDER = "<task>"
 
@@ -60,7 +60,7 @@ def generic_key(key: str) -> str:
     rest = key[len(parent) + 1:] if key.startswith(parent + ".") else None
     if rest is not None:
       name, _, tail = rest.partition(".")
-      if name in RECOGNITION_KINDS:
+      if name in TASK_KINDS:
         return ".".join(p for p in (parent, TASK_PLACEHOLDER, tail) if p)
   return key
 

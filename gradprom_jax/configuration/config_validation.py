@@ -20,6 +20,7 @@ from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig, TaskConfigError
 from gradprom_jax.data import DATASETS
 from gradprom_jax.methods.gradprom import check_gate
+from gradprom_jax.tasks import task_kind
 
 
 class ConfigError(ValueError):
@@ -51,11 +52,12 @@ def _check_training_protocol(config: ml_collections.ConfigDict) -> None:
 def _check_class_weights(task: RecognitionTask) -> None:
   """A task's class_weights: None, "balanced" (classification) or non-negative weights, not all 0."""
   weights, key = task.class_weights, f"{task.config_prefix}class_weights"
-  if weights is None or weights == "balanced" and task.recognition == "classification":
+  kind = task_kind(task.recognition)
+  if weights is None or weights == "balanced" and kind.balanced_class_weights:
     return
   if weights == "balanced":
     raise ConfigError(f"{key}='balanced' weights image labels (classification only); for "
-                      "segmentation give one weight per mask class, e.g. '(1.0, 3.0)'.")
+                      f"{kind.name} give one weight per class, e.g. '(1.0, 3.0)'.")
   numbers = isinstance(weights, (tuple, list)) and all(
       isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
       for w in weights)
@@ -232,10 +234,10 @@ def check_dataset_has_targets(tasks: TaskConfig, dataset) -> None:
   PH2, the synthetic lesions, an image folder with both), so several tasks train on one batch.
   """
   for task in tasks.tasks:
-    present = dataset.has_mask if task.recognition == "segmentation" else dataset.has_label
-    if not present:
-      what = "lesion masks" if task.recognition == "segmentation" else "class labels"
-      raise ConfigError(f"task {task.name!r} needs {what}, but dataset {dataset.name!r} (as "
+    kind = task_kind(task.recognition)
+    if not kind.has_targets(dataset):
+      raise ConfigError(f"task {task.name!r} needs {kind.targets_description}, but dataset "
+                        f"{dataset.name!r} (as "
                         "data.* configures it) has none; choose another dataset or task.")
 
 

@@ -31,8 +31,9 @@ from typing import Any
 import ml_collections
 
 from gradprom_jax.core.degradations import parse_degradation
-from gradprom_jax.core.task_config import (GATE_OPTIONS, KIND_LOSS_OPTIONS, RecognitionTask,
-                                           TaskConfig, TaskConfigError, parse_recognition)
+from gradprom_jax.core.task_config import (GATE_OPTIONS, RecognitionTask, TaskConfig,
+                                           TaskConfigError, parse_recognition)
+from gradprom_jax.tasks import task_kind
 
 
 def is_multitask(config: ml_collections.ConfigDict) -> bool:
@@ -74,7 +75,7 @@ def _task_of_several(config: ml_collections.ConfigDict, name: str) -> Recognitio
   group = config.task.get(name) or ml_collections.ConfigDict()
   if not isinstance(group, ml_collections.ConfigDict):
     raise TaskConfigError(f"task.{name}={group!r} must be a group of the task's options.")
-  allowed = {"weight", "class_weights", "gradprom", KIND_LOSS_OPTIONS[name]}
+  allowed = {"weight", "class_weights", "gradprom", *dict(task_kind(name).loss_options)}
   for key in group:
     if key not in allowed:
       raise TaskConfigError(f"task.{name}.{key} is not an option of a {name} task (its options: "

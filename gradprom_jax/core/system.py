@@ -23,6 +23,18 @@ import jax.numpy as jnp
 from gradprom_jax import models
 from gradprom_jax.core import degradations, losses
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
+from gradprom_jax.tasks import TaskKind, task_kind
+from gradprom_jax.tasks.class_weights import class_weight_sum
+
+
+def metric_key(key: str, task: str, multi_task: bool) -> str:
+  """The key a per-task value is written under: ``key`` itself in a single-task run, ``key/<task>``
+  in a multi-task one (the one place the task's name joins a metric's).
+
+  >>> metric_key("dice", "segmentation", False), metric_key("dice", "segmentation", True)
+  ('dice', 'dice/segmentation')
+  """
+  return f"{key}/{task}" if multi_task else key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,51 +58,49 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RecognitionHead:
-  """One task's recogniser and its loss.
+  """One task's recogniser and its loss; what depends on the task's kind, its kind decides.
 
   Attributes:
     name: the task's name (suffixes its metrics in a multi-task system).
     module: the recognition module (image → class logits or per-pixel logits).
-    recognition: "segmentation" or "classification".
+    recognition: the task's kind, a name of ``tasks.TASK_KINDS``.
     num_classes: classes of the recogniser's output.
-    dice_weight, label_smoothing, class_weights: the task loss's options.
+    loss_options: the kind's loss options (``TaskKind.loss_options``), as ``(name, value)`` pairs.
+    class_weights: the task loss's per-class weights, or None.
   """
   name: str
   module: nn.Module
   recognition: str
   num_classes: int
-  dice_weight: float = 1.0
-  label_smoothing: float = 0.0
+  loss_options: tuple[tuple[str, Any], ...] = ()
   class_weights: tuple[float, ...] | None = None
+
+  @property
+  def kind(self) -> TaskKind:
+    return task_kind(self.recognition)
 
   def recognize(self, params: Any, images: jax.Array, *, train: bool) -> jax.Array:
     return self.module.apply({"params": params}, images, train=train).astype(jnp.float32)
 
   def loss(self, logits: jax.Array, batch: dict[str, jax.Array],
            normalizer: jax.Array | None = None) -> jax.Array:
-    """The task loss; ``normalizer``: the Σ w of a class-weighted loss (see ``losses``)."""
+    """The task loss; ``normalizer``: the Σ w of a class-weighted loss (``tasks.class_weights``)."""
     weights = None if self.class_weights is None else jnp.asarray(self.class_weights, jnp.float32)
-    if self.recognition == "segmentation":
-      return losses.segmentation_loss(logits, batch["mask"], dice_weight=self.dice_weight,
-                                      class_weights=weights, normalizer=normalizer)
-    return losses.classification_loss(logits, batch["label"], class_weights=weights,
-                                      label_smoothing=self.label_smoothing, normalizer=normalizer)
+    return self.kind.loss(logits, batch[self.target_key], class_weights=weights,
+                          normalizer=normalizer, **dict(self.loss_options))
 
   def class_weight_sum(self, batch: dict[str, jax.Array]) -> jax.Array | None:
-    """Σ w over ``batch``'s labels (pixels for segmentation); None without class weights."""
-    return losses.class_weight_sum(batch[self.target_key], self.class_weights)
+    """Σ w over ``batch``'s targets (pixels for segmentation); None without class weights."""
+    return class_weight_sum(batch[self.target_key], self.class_weights)
 
   def probabilities(self, logits: jax.Array) -> jax.Array:
-    """Class probabilities (per pixel for segmentation); a 1-channel output is a sigmoid."""
-    if logits.shape[-1] == 1:
-      positive = jax.nn.sigmoid(logits)
-      return jnp.concatenate([1 - positive, positive], axis=-1)
-    return jax.nn.softmax(logits, axis=-1)
+    """Class probabilities (per pixel for segmentation)."""
+    return self.kind.probabilities(logits)
 
   @property
   def target_key(self) -> str:
-    """The batch entry this task is scored against: ``"mask"`` or ``"label"``."""
-    return "mask" if self.recognition == "segmentation" else "label"
+    """The batch entry this task is scored against (``"mask"``, ``"label"``)."""
+    return self.kind.target_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +146,8 @@ class TaskDrivenSystem:
     return dict(zip(self.task_names, values)) if self.multi_task else values[0]
 
   def metric_key(self, key: str, head: RecognitionHead) -> str:
-    """``key`` of ``head``'s task: unchanged for a single task, ``key/<task>`` for several."""
-    return f"{key}/{head.name}" if self.multi_task else key
+    """``key`` of ``head``'s task (:func:`metric_key`)."""
+    return metric_key(key, head.name, self.multi_task)
 
   # ---- The single task's recogniser (the classic API; a multi-task system goes through heads).
   @property
@@ -251,7 +261,7 @@ def create_system(model: ModelSpec, tasks: TaskConfig, *, channels: int,
         name=task.name, recognition=task.recognition, num_classes=classes,
         module=models.create_recognizer(task.recognizer, num_classes=classes, **precision,
                                         **dict(task.recognizer_options)),
-        dice_weight=task.dice_weight, label_smoothing=task.label_smoothing,
+        loss_options=task.loss_options,
         class_weights=None if weights is None else tuple(float(w) for w in weights)))
   return TaskDrivenSystem(
       enhancer=enhancer, heads=tuple(heads), degradation=tasks.degradation,

@@ -20,12 +20,10 @@ import dataclasses
 from typing import Any
 
 from gradprom_jax.core.degradations import Degradation
+from gradprom_jax.tasks import TASK_KINDS, task_kind
 
-RECOGNITION_KINDS = ("segmentation", "classification")
 # GradProm's options that may differ per task (combiner arguments of the same name).
 GATE_OPTIONS = ("threshold", "mode", "granularity", "task_scale")
-# The loss option of each recognition kind (besides class_weights, which both have).
-KIND_LOSS_OPTIONS = {"segmentation": "dice_weight", "classification": "label_smoothing"}
 
 
 class TaskConfigError(ValueError):
@@ -38,7 +36,7 @@ class RecognitionTask:
 
   Attributes:
     name: the task's name (its recognition kind); suffixes its keys in a multi-task run.
-    recognition: ``"segmentation"`` or ``"classification"``.
+    recognition: its kind, a name of ``tasks.TASK_KINDS``.
     recognizer: the recogniser's model name (``models.RECOGNIZERS``).
     recognizer_options: its constructor's options, as sorted ``(name, value)`` pairs.
     task_weight: λ_k, the weight of this task's gradient in the enhancer's update.
@@ -63,6 +61,13 @@ class RecognitionTask:
 
   def gate_option(self, option: str) -> Any:
     return dict(self.gate)[option]
+
+  @property
+  def loss_options(self) -> tuple[tuple[str, Any], ...]:
+    """The values of its kind's loss options (``TaskKind.loss_options``; a default where this
+    task has no field of that name), as ``(name, value)`` pairs."""
+    return tuple((option, getattr(self, option, default))
+                 for option, default in task_kind(self.recognition).loss_options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +114,19 @@ def parse_recognition(value: Any) -> tuple[str, ...]:
   ...
   gradprom_jax.core.task_config.TaskConfigError: task.recognition='segmentation,detection': 'detection' is not one of segmentation, classification.
   """
+  kinds = tuple(TASK_KINDS)   # read at each call: a kind registered later counts
   names = ([part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str)
            else [str(part).strip() for part in value] if isinstance(value, (tuple, list)) else None)
   if not names:
     raise TaskConfigError(f"task.recognition={value!r} names no task: give one of "
-                          f"{', '.join(RECOGNITION_KINDS)}, or several comma-separated.")
+                          f"{', '.join(kinds)}, or several comma-separated.")
   for name in names:
-    if name not in RECOGNITION_KINDS:
+    if name not in TASK_KINDS:
       if len(names) == 1:
         raise TaskConfigError(f"task.recognition={value!r} is not one of "
-                              f"{', '.join(RECOGNITION_KINDS)}.")
+                              f"{', '.join(kinds)}.")
       raise TaskConfigError(f"task.recognition={value!r}: {name!r} is not one of "
-                            f"{', '.join(RECOGNITION_KINDS)}.")
+                            f"{', '.join(kinds)}.")
   if len(set(names)) != len(names):
     raise TaskConfigError(f"task.recognition={value!r} names a task twice; each recognition kind "
                           "is one task.")

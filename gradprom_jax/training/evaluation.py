@@ -7,7 +7,7 @@ an upper bound when that recogniser was trained on enhanced images). With a judg
 recogniser from another run, ``judge.workdir``) the same three images are scored by it too, in the
 same step from the same enhancer forward pass: ``judge``, ``judge_no_enhancement`` and
 ``judge_high_quality``. Per-example values are computed on device, gathered from every device and
-host in one transfer per batch (with the labels and the padding flags), and accumulated on the host
+host in one transfer per batch (with the padding flags), and accumulated on the host
 over the whole split (Dice/IoU from summed counts, AUC from all scores), so results do not depend on
 the batch size or the number of devices. Each example is degraded with the id the loader gave it
 (:mod:`gradprom_jax.training.example_ids`).
@@ -18,17 +18,15 @@ suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from gradprom_jax.core import metrics as metrics_lib
 from gradprom_jax.core.image_dtype import with_float_images
-from gradprom_jax.core.system import RecognitionHead, TaskDrivenSystem
+from gradprom_jax.core.system import RecognitionHead, TaskDrivenSystem, metric_key
 from gradprom_jax.training.example_ids import example_ids as batch_example_ids
 
 REFERENCES = ("enhanced", "no_enhancement", "hq_input")
@@ -41,11 +39,9 @@ EVAL_SEED = 20250101
 
 def _recognition_outputs(head: RecognitionHead, recognizer_params: Any, images: jax.Array,
                          batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The per-example values the head's kind accumulates (``TaskKind.eval_outputs``)."""
   probabilities = head.probabilities(head.recognize(recognizer_params, images, train=False))
-  if head.recognition == "segmentation":
-    return metrics_lib.segmentation_counts(jnp.argmax(probabilities, axis=-1), batch["mask"],
-                                           probabilities.shape[-1])
-  return {"probabilities": probabilities}
+  return head.kind.eval_outputs(probabilities, batch[head.target_key])
 
 
 def _all_recognition_outputs(system: TaskDrivenSystem, recognizer_params: Any, images: jax.Array,
@@ -123,13 +119,11 @@ class PipelineMetrics:
     self.heads, self.multi_task = tuple(heads), multi_task
     self.references = REFERENCES + (JUDGE_REFERENCES if judged else ())
     self.enhancement = {r: metrics_lib.EnhancementMetrics() for r in REFERENCES[:2]}
-    self.task = {(r, head.name): (metrics_lib.SegmentationMetrics if head.recognition ==
-                                  "segmentation" else metrics_lib.ClassificationMetrics)(
-                                      head.num_classes)
+    self.task = {(r, head.name): head.kind.new_metrics(head.num_classes)
                  for r in self.references for head in self.heads}
 
-  def update(self, outputs: dict[str, dict[str, np.ndarray]], labels: np.ndarray | None,
-             valid: np.ndarray) -> None:
+  def update(self, outputs: dict[str, dict[str, np.ndarray]], valid: np.ndarray) -> None:
+    """Adds one batch's :func:`make_eval_step` outputs (on the host), skipping padding."""
     for reference in self.references:
       values = dict(outputs[reference])
       if reference in self.enhancement:
@@ -137,20 +131,16 @@ class PipelineMetrics:
                                            valid=valid)
       for head in self.heads:
         task_values = values[head.name] if self.multi_task else values
-        metrics = self.task[reference, head.name]
-        if head.recognition == "segmentation":
-          metrics.update(task_values, valid=valid)
-        else:
-          metrics.update(task_values["probabilities"], labels, valid=valid)
+        head.kind.update_metrics(self.task[reference, head.name], task_values, valid)
 
   def compute(self) -> dict[str, float]:
     results = {}
     for reference in self.references:
       prefix = "" if reference == "enhanced" else f"{reference}_"
       for head in self.heads:
-        suffix = f"/{head.name}" if self.multi_task else ""
         values = self.task[reference, head.name].compute()
-        results.update({f"{prefix}{k}{suffix}": float(v) for k, v in values.items()})
+        results.update({metric_key(f"{prefix}{k}", head.name, self.multi_task): float(v)
+                        for k, v in values.items()})
       if reference in self.enhancement:
         results.update({f"{prefix}{k}": float(v)
                         for k, v in self.enhancement[reference].compute().items()})
@@ -171,8 +161,8 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
 
   ``put_batch`` places this host's slice as a global array; ``eval_step`` is the compiled
   :func:`make_eval_step` (made with the judge's system when ``judge_params`` are given).
-  Padding examples (``valid == False``) are ignored. Each batch's outputs, labels and padding flags
-  come back to the host together, in one gather.
+  Padding examples (``valid == False``) are ignored. Each batch's outputs (with the targets a kind
+  scores on the host) and padding flags come back to the host together, in one gather.
   """
   accumulator = PipelineMetrics(system.heads, judged=judge_params is not None,
                                 multi_task=system.multi_task)
@@ -180,11 +170,10 @@ def evaluate(system: TaskDrivenSystem, eval_step: Callable, state: Any,
     batch = put_batch(local_batch)
     outputs = eval_step(state.enhancer_params, state.recognizer_params, batch,
                         index * global_batch_size, judge_params)
-    outputs, labels, valid = to_host((outputs, batch.get("label"), batch["valid"]))
-    accumulator.update(outputs, labels, valid)
+    outputs, valid = to_host((outputs, batch["valid"]))
+    accumulator.update(outputs, valid)
   for head in system.heads:
-    if head.recognition == "classification":
-      warn_if_single_class_predicted(accumulator.task["enhanced", head.name])
+    head.kind.check_predictions(accumulator.task["enhanced", head.name])
   return accumulator.compute()
 
 
@@ -198,25 +187,3 @@ def without_enhancer_scores(results: dict[str, float]) -> dict[str, float]:
   """
   kept = tuple(f"{r}_" for r in REFERENCES[1:] + JUDGE_REFERENCES[1:])
   return {k: v for k, v in results.items() if k.startswith(kept)}
-
-
-def warn_if_single_class_predicted(classification: metrics_lib.ClassificationMetrics) -> bool:
-  """Warns (and returns True) when every example was predicted as the same class.
-
-  A recogniser that collapsed onto the majority class scores a plausible accuracy on imbalanced
-  data while its balanced accuracy is chance; this says so instead of leaving it to the numbers.
-
-  >>> metrics = metrics_lib.ClassificationMetrics(num_classes=2)
-  >>> _ = metrics.update(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))
-  >>> warn_if_single_class_predicted(metrics)
-  True
-  """
-  if not classification.probabilities:
-    return False
-  predictions = np.concatenate(classification.probabilities).argmax(-1)
-  if len(predictions) < 2 or np.any(predictions != predictions[0]):
-    return False
-  logging.warning("The recogniser predicts class %d for all %d examples of this split (balanced "
-                  "accuracy is chance); for imbalanced classes try --config.task.class_weights=balanced.",
-                  predictions[0], len(predictions))
-  return True

@@ -32,10 +32,11 @@ from gradprom_jax.configuration.config_validation import (ConfigError, check_dat
                                                           validate_config_for_dataset)
 from gradprom_jax.configuration.run_spec import parse_model_spec
 from gradprom_jax.configuration.task_parsing import parse_task_config
-from gradprom_jax.core import losses
 from gradprom_jax.core.image_dtype import to_unit_float
 from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
+from gradprom_jax.tasks import task_kind
+from gradprom_jax.tasks.class_weights import balanced_class_weights
 from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrained, visualization
 from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer,
                                                  ensure_writable_directory, has_checkpoint)
@@ -66,10 +67,9 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 def task_class_names(recognition: str, dataset: Any) -> tuple[str, ...]:
-  """A recogniser's output classes: the mask classes for segmentation, else the image labels."""
-  if recognition == "segmentation":
-    return tuple(dataset.mask_class_names or ("background", "lesion"))
-  return tuple(dataset.class_names or ())
+  """A recogniser's output classes on ``dataset``, as its task kind reads them (the mask classes
+  for segmentation, the image labels for classification)."""
+  return task_kind(recognition).class_names(dataset)
 
 
 def recognizer_class_names(config: ml_collections.ConfigDict, dataset: Any,
@@ -88,7 +88,7 @@ def resolve_class_weights(task: RecognitionTask, dataset: Any) -> tuple[float, .
     return None if weights is None else tuple(float(w) for w in weights)
   counts = dataset.class_counts["train"]
   try:
-    weights = losses.balanced_class_weights(counts)
+    weights = balanced_class_weights(counts)
   except ValueError:
     raise ConfigError(f"{task.config_prefix}class_weights='balanced': the training split has no "
                       f"examples of {[n for n, c in zip(dataset.class_names, counts) if not c]}; "
@@ -138,8 +138,7 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
                   config: ml_collections.ConfigDict, parallel: parallel_lib.DataParallel) -> None:
   """Draws the first test examples; every process computes (it is a collective), process 0 writes.
 
-  With several tasks, the first segmentation task's masks and the first classification task's
-  classes are drawn together.
+  With several tasks, the first task of each kind is drawn (the masks and the classes together).
   """
   devices = parallel.num_devices
   batch_size = -(-max(config.num_samples, 1) // devices) * devices
@@ -153,20 +152,15 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
   host_batch = evaluation.to_host(batch)
   keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
-  drawn = {}   # recognition kind -> (predictions, targets), the first task of each kind
+  drawn = {}   # kind name -> the first task of that kind
   for head, probabilities in zip(system.heads, system.split(out["probabilities"])):
-    drawn.setdefault(head.recognition, (probabilities[keep].argmax(-1),
-                                        host_batch[head.target_key][keep]))
-  masks = drawn.get("segmentation", (None, None))
-  classes = drawn.get("classification", (None, None))
+    drawn.setdefault(head.recognition, visualization.DrawnTask(
+        head.kind, head.kind.predictions(probabilities[keep]), host_batch[head.target_key][keep],
+        getattr(dataset, "class_names", None)))
   if jax.process_index() == 0:
-    visualization.save_sample_grid(
+    visualization.save_task_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
-        high_quality=to_unit_float(host_batch["image"][keep]),
-        predictions=masks[0], targets=masks[1],
-        class_predictions=classes[0], class_targets=classes[1],
-        task="segmentation" if "segmentation" in drawn else "classification",
-        class_names=getattr(dataset, "class_names", None))
+        high_quality=to_unit_float(host_batch["image"][keep]), tasks=list(drawn.values()))
 
 
 def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:

@@ -1,9 +1,10 @@
 """`samples.png`: one row per test example, degraded | enhanced | high quality | recognition.
 
-For segmentation the last column is the enhanced image with the predicted lesion outline (red)
-and the ground-truth outline (green); for classification the enhanced image's title adds the
-class predicted from it (green when right, red when wrong) and the high-quality image's title the
-true class; a run of both tasks draws the outlines and the classes. Degraded inputs smaller than the enhanced image are shown with nearest-neighbour
+Each task's kind draws its predictions (``TaskKind.draw``): for segmentation a last column, the
+enhanced image with the predicted lesion outline (red) and the ground-truth outline (green); for
+classification the enhanced image's title adds the class predicted from it (green when right, red
+when wrong) and the high-quality image's title the true class; a run of both tasks draws the
+outlines and the classes. Degraded inputs smaller than the enhanced image are shown with nearest-neighbour
 upsampling, so the panel shows its real pixels. Each example is a band of titles above its panels,
 and the PNG stores the number of examples (`EXAMPLES_KEY`), so a grid cuts back into examples.
 
@@ -14,18 +15,20 @@ safe to call from a training process without a display.
 from __future__ import annotations
 
 import os
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gradprom_jax.tasks import TaskKind, task_kind
+
 TASKS = ("segmentation", "classification")
 PANEL_PIXELS = 160
 TITLE_PIXELS = 14   # Above each panel, for its title.
 # PNG text key holding the number of examples (rows), so the grid can be cut into examples again.
 EXAMPLES_KEY = "Examples"
-_PREDICTED_COLOR, _TRUE_COLOR = "red", "lime"
 
 
 def _check_images(name: str, images: np.ndarray) -> np.ndarray:
@@ -47,8 +50,13 @@ def _upsample_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return image[rows][:, cols]
 
 
-def _class_name(index: int, class_names: Sequence[str] | None) -> str:
-  return class_names[index] if class_names is not None else str(index)
+@dataclasses.dataclass(frozen=True)
+class DrawnTask:
+  """One task's predictions and targets (either may be None) for the grid's examples."""
+  kind: TaskKind
+  predictions: np.ndarray | None
+  targets: np.ndarray | None = None
+  class_names: Sequence[str] | None = None
 
 
 def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
@@ -83,6 +91,41 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
   """
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  enhanced = _check_images("enhanced", enhanced)
+  n, height, width, _ = enhanced.shape
+  for name, labels in (("predictions", predictions), ("targets", targets)):
+    if labels is not None:
+      expected = (n, height, width) if task == "segmentation" else (n,)
+      if np.shape(labels) != expected:
+        raise ValueError(f"{name} for {task} must have shape {expected}, got {np.shape(labels)}")
+  if task == "classification":
+    class_predictions, class_targets = predictions, targets
+  for name, labels in (("class_predictions", class_predictions), ("class_targets", class_targets)):
+    if labels is not None and np.shape(labels) != (n,):
+      raise ValueError(f"{name} must have shape {(n,)}, got {np.shape(labels)}")
+  drawn = []
+  if task == "segmentation" and (predictions is not None or targets is not None):
+    drawn.append(DrawnTask(task_kind("segmentation"), predictions, targets))
+  if class_predictions is not None:
+    drawn.append(DrawnTask(task_kind("classification"), class_predictions, class_targets,
+                           class_names))
+  save_task_grid(path, degraded=degraded, enhanced=enhanced, high_quality=high_quality,
+                 tasks=drawn, panel_pixels=panel_pixels)
+
+
+def save_task_grid(path: str | os.PathLike[str], *, degraded: np.ndarray, enhanced: np.ndarray,
+                   high_quality: np.ndarray, tasks: Sequence[DrawnTask] = (),
+                   panel_pixels: int = PANEL_PIXELS) -> None:
+  """Writes the PNG grid of :func:`save_sample_grid`, each of ``tasks`` drawn by its kind, in order.
+
+  >>> import tempfile, PIL.Image
+  >>> hq = np.zeros((2, 16, 16, 1), np.float32)
+  >>> path = tempfile.mkdtemp() + "/samples.png"
+  >>> save_task_grid(path, degraded=hq, enhanced=hq, high_quality=hq, panel_pixels=64,
+  ...                tasks=[DrawnTask(task_kind("classification"), np.array([0, 1]))])
+  >>> PIL.Image.open(path).size  # 3 columns: classification adds no panel.
+  (192, 156)
+  """
   degraded = _check_images("degraded", degraded)
   enhanced = _check_images("enhanced", enhanced)
   high_quality = _check_images("high_quality", high_quality)
@@ -90,19 +133,13 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
   if len(degraded) != n or high_quality.shape != enhanced.shape:
     raise ValueError(f"expected {n} examples of shape {enhanced.shape[1:]}: got degraded "
                      f"{degraded.shape}, high_quality {high_quality.shape}")
-  for name, labels in (("predictions", predictions), ("targets", targets)):
-    if labels is not None:
-      expected = (n, height, width) if task == "segmentation" else (n,)
-      if np.shape(labels) != expected:
-        raise ValueError(f"{name} for {task} must have shape {expected}, got {np.shape(labels)}")
-
-  if task == "classification":
-    class_predictions, class_targets = predictions, targets
-  for name, labels in (("class_predictions", class_predictions), ("class_targets", class_targets)):
-    if labels is not None and np.shape(labels) != (n,):
-      raise ValueError(f"{name} must have shape {(n,)}, got {np.shape(labels)}")
-  show_masks = task == "segmentation" and (predictions is not None or targets is not None)
-  columns = 4 if show_masks else 3
+  for drawn in tasks:
+    for labels in (drawn.predictions, drawn.targets):
+      if labels is not None and len(labels) != n:
+        raise ValueError(f"{drawn.kind.name} predictions and targets need {n} examples, got "
+                         f"{len(labels)}")
+  extra_panel = any(drawn.kind.draws_extra_panel() for drawn in tasks)
+  columns = 4 if extra_panel else 3
   dpi = 100
   # Each example is a band of its titles above its panels, so the PNG cuts into examples evenly.
   band = panel_pixels + TITLE_PIXELS
@@ -117,27 +154,16 @@ def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
   gray = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
   for row in range(n):
     panels = [_upsample_nearest(degraded[row], height, width), enhanced[row], high_quality[row]]
-    if show_masks:
+    if extra_panel:
       panels.append(enhanced[row])
     for column, image in enumerate(panels):
       ax = axes[row, column]
       ax.imshow(_displayable(image), interpolation="nearest", **gray)
       ax.set_axis_off()
       ax.set_title(titles[column], fontsize=7, pad=2)
-    if show_masks:
-      for mask, color in ((targets, _TRUE_COLOR), (predictions, _PREDICTED_COLOR)):
-        if mask is not None and np.any(mask[row] > 0):
-          axes[row, 3].contour(np.asarray(mask[row]) > 0, levels=[0.5], colors=color,
-                               linewidths=1.0)
-    if class_predictions is not None:
-      color = "black"
-      if class_targets is not None:
-        axes[row, 2].set_title(
-            f"high quality: true {_class_name(int(class_targets[row]), class_names)}",
-            fontsize=7, pad=2)
-        color = "green" if int(class_predictions[row]) == int(class_targets[row]) else "red"
-      axes[row, 1].set_title(
-          f"enhanced: pred {_class_name(int(class_predictions[row]), class_names)}",
-          fontsize=7, pad=2, color=color)
+    for drawn in tasks:
+      row_of = lambda labels: None if labels is None else np.asarray(labels)[row]
+      drawn.kind.draw(axes[row], row_of(drawn.predictions), row_of(drawn.targets),
+                      None if drawn.class_names is None else tuple(drawn.class_names))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=dpi, metadata={EXAMPLES_KEY: str(n)})

@@ -1,0 +1,103 @@
+"""What a recognition task kind is: :class:`TaskKind`, the interface the generic code asks.
+
+A kind (segmentation, classification, ...) owns everything that differs between recognition tasks:
+the batch entry it is scored against, its loss and the loss's own option, how a recogniser's
+logits become probabilities and predictions, the per-example values its evaluation computes on
+device and the accumulator that turns them into whole-split metrics on the host, what it reads
+from a dataset (its classes, whether the targets are there) and how its predictions are drawn on
+the sample grid. The system, the train step, the evaluation and the sample grid call these
+methods and never compare a kind's name. A new kind is one module defining a subclass and its
+instance ``KIND``, and one line in :mod:`gradprom_jax.tasks.registry`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class TaskMetrics(Protocol):
+  """A host accumulator of one task's evaluation outputs over a whole split."""
+
+  def compute(self) -> dict[str, float]:
+    ...
+
+
+class TaskKind(abc.ABC):
+  """One kind of recognition task; subclasses set the class attributes and the abstract methods.
+
+  Attributes:
+    name: the kind's name, as ``task.recognition`` gives it (also the task's name in a config).
+    target_key: the batch entry the task is scored against (``"mask"``, ``"label"``).
+    targets_description: what those targets are, for error messages (``"lesion masks"``).
+    loss_options: the options of the kind's loss besides ``class_weights`` (config keys of the same
+      name, ``task.<option>``), with their defaults.
+    balanced_class_weights: whether ``class_weights="balanced"`` applies (weights from the training
+      split's image-label counts).
+  """
+  name: ClassVar[str]
+  target_key: ClassVar[str]
+  targets_description: ClassVar[str]
+  loss_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
+  balanced_class_weights: ClassVar[bool] = False
+
+  # ---- Training (on device).
+  @abc.abstractmethod
+  def loss(self, logits: jax.Array, targets: jax.Array, *, class_weights: jax.Array | None = None,
+           normalizer: jax.Array | None = None, **options: Any) -> jax.Array:
+    """The task loss of ``logits`` against ``targets``, a float32 scalar; ``options``: the values of
+    :attr:`loss_options`; ``normalizer``: the Σ w of a class-weighted loss
+    (:mod:`gradprom_jax.tasks.class_weights`)."""
+
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """Class probabilities over the last axis; a 1-channel output is a sigmoid."""
+    if logits.shape[-1] == 1:
+      positive = jax.nn.sigmoid(logits)
+      return jnp.concatenate([1 - positive, positive], axis=-1)
+    return jax.nn.softmax(logits, axis=-1)
+
+  def predictions(self, probabilities: Any) -> Any:
+    """The predicted classes of ``probabilities`` (jax or numpy)."""
+    return probabilities.argmax(-1)
+
+  # ---- Evaluation: per-example values on device, a whole-split accumulator on the host.
+  @abc.abstractmethod
+  def eval_outputs(self, probabilities: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+    """Per-example values (leading axis: the batch) that :meth:`update_metrics` accumulates."""
+
+  @abc.abstractmethod
+  def new_metrics(self, num_classes: int) -> TaskMetrics:
+    """An empty accumulator of this kind's metrics."""
+
+  @abc.abstractmethod
+  def update_metrics(self, metrics: TaskMetrics, outputs: dict[str, np.ndarray],
+                     valid: np.ndarray | None) -> None:
+    """Adds :meth:`eval_outputs` (on the host) of the examples ``valid`` marks."""
+
+  def check_predictions(self, metrics: TaskMetrics) -> None:
+    """Warns about a degenerate recogniser, given the enhanced images' metrics (default: nothing)."""
+
+  # ---- The dataset.
+  @abc.abstractmethod
+  def class_names(self, dataset: Any) -> tuple[str, ...]:
+    """The recogniser's output classes on ``dataset``."""
+
+  def has_targets(self, dataset: Any) -> bool:
+    """Whether ``dataset`` holds this kind's targets."""
+    return bool(getattr(dataset, f"has_{self.target_key}"))
+
+  # ---- The sample grid (training/visualization.py): one row of panels per example.
+  def draws_extra_panel(self) -> bool:
+    """Whether the kind adds a fourth panel to each row (the enhanced image with its overlay)."""
+    return False
+
+  def draw(self, axes: Any, prediction: np.ndarray, target: np.ndarray | None,
+           class_names: tuple[str, ...] | None) -> None:
+    """Draws one example's ``prediction`` (and ``target``) on its row of matplotlib ``axes``:
+    degraded, enhanced, high quality (and the extra panel when :meth:`draws_extra_panel`)."""
+
+  def __repr__(self) -> str:
+    return f"<task kind {self.name!r}>"
