@@ -63,8 +63,6 @@ class PhaseSpec:
     recognizer_train_on: ``recognizer.train_on``: "enhanced", "high_quality" or "both".
     measure_baseline_cosine: ``measure_baseline_cosine``: g_e and g_t pulled back apart to log
       their cosine, for a method that would sum them.
-    two_stage_enhancer_fraction: ``two_stage.enhancer_fraction`` of configs stored before
-      ``two_stage`` was step-matched, else None.
   """
   method: Method | Schedule
   num_train_steps: int
@@ -72,7 +70,6 @@ class PhaseSpec:
   recognizer_frozen: bool = False
   recognizer_train_on: str = "enhanced"
   measure_baseline_cosine: bool = False
-  two_stage_enhancer_fraction: float | None = None
 
 
 def make_phases(spec: PhaseSpec) -> tuple[Phase, ...]:
@@ -102,10 +99,9 @@ def make_phases(spec: PhaseSpec) -> tuple[Phase, ...]:
                         update_recognizer=True, recognizer_input="high_quality"))
   if method == TWO_STAGE:
     # Step-matched: the enhancer gets the updates a joint method gives it, then the recogniser as
-    # many. Configs stored before that split num_train_steps by two_stage.enhancer_fraction.
-    fraction = spec.two_stage_enhancer_fraction
-    stage = total - pretrain if fraction is None else round(fraction * (total - pretrain))
-    end = pretrain + 2 * stage if fraction is None else total
+    # many.
+    stage = total - pretrain
+    end = pretrain + 2 * stage
     phases.append(Phase("enhancer", pretrain, pretrain + stage, enhancer_gradient="enhancement",
                         update_recognizer=False, recognizer_input="enhanced"))
     if not spec.recognizer_frozen:

@@ -46,17 +46,15 @@ def parse_phase_spec(config: ml_collections.ConfigDict) -> PhaseSpec:
   >>> config = base_config()
   >>> config.recognizer.pretrain_steps = 10
   >>> spec = parse_phase_spec(config)
-  >>> spec.method.name, spec.pretrain_steps, spec.two_stage_enhancer_fraction
-  ('gradprom', 10, None)
+  >>> spec.method.name, spec.pretrain_steps
+  ('gradprom', 10)
   """
   return PhaseSpec(
       method=lookup(config.method), num_train_steps=config.num_train_steps,
       pretrain_steps=config.recognizer.pretrain_steps,
       recognizer_frozen=bool(config.recognizer.frozen),
       recognizer_train_on=config.recognizer.train_on,
-      measure_baseline_cosine=bool(config.measure_baseline_cosine),
-      # Only configs stored before two_stage was step-matched have the key.
-      two_stage_enhancer_fraction=config.get("two_stage", {}).get("enhancer_fraction"))
+      measure_baseline_cosine=bool(config.measure_baseline_cosine))
 
 
 def parse_optimizer_spec(config: ml_collections.ConfigDict) -> OptimizerSpec:
@@ -67,27 +65,24 @@ def parse_optimizer_spec(config: ml_collections.ConfigDict) -> OptimizerSpec:
   1.0
   """
   optim = config.optim
-  # Configs stored before weight_decay_mask / ema_decay existed decayed every parameter, no EMA.
   return OptimizerSpec(
       enhancer_lr=optim.enhancer_lr, recognizer_lr=optim.recognizer_lr,
       warmup_steps=optim.warmup_steps, weight_decay=optim.weight_decay,
-      weight_decay_mask=optim.get("weight_decay_mask", "all"), clip_norm=optim.clip_norm,
-      ema_decay=optim.get("ema_decay"))
+      weight_decay_mask=optim.weight_decay_mask, clip_norm=optim.clip_norm,
+      ema_decay=optim.ema_decay)
 
 
 def parse_training_config(config: ml_collections.ConfigDict,
                           tasks: TaskConfig | None = None) -> TrainingSpec:
-  """Every typed piece of ``config``; ``tasks`` when already parsed (by ``validate_config``).
+  """Every typed piece of ``config``; ``tasks`` when already parsed (by ``validate_config``), else
+  parsed here.
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> spec = parse_training_config(base_config())
   >>> spec.run.method.name, spec.phases.num_train_steps == base_config().num_train_steps, spec.seed
   ('gradprom', True, 0)
   """
-  run = parse_run_config(config)
-  if tasks is not None:
-    run = dataclasses.replace(run, tasks=tasks)
-  return TrainingSpec(run=run, phases=parse_phase_spec(config),
+  return TrainingSpec(run=parse_run_config(config, tasks), phases=parse_phase_spec(config),
                       optimizer=parse_optimizer_spec(config), seed=config.seed)
 
 
