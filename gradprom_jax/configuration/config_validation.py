@@ -1,8 +1,10 @@
 """Checks a config before anything is built or compiled, with one-line errors that say what to fix.
 
 Two stages: `validate_config` needs only the config and the device count, so it runs before the
-workdir is created; `validate_config_for_dataset` needs the dataset's image shape (MedMNIST keeps its
-native size), so it runs after the dataset is opened and still before the workdir is touched.
+workdir is created (once per run, in ``training/experiment.py``'s ``parse_experiment``; its device
+part, `check_batch_split`, again once JAX knows the devices); `validate_config_for_dataset` needs
+the dataset's image shape (MedMNIST keeps its native size), so it runs on the parsed tasks after the
+dataset is opened and still before the workdir is touched.
 `unknown_key_message` turns a mistyped ``--config.xxx`` into a line naming the keys near it.
 """
 from __future__ import annotations
