@@ -204,3 +204,36 @@ def test_the_combiners_are_pure_optax_importing_nothing_else_of_the_package():
     outside += [f"{module} -> {name}" for name in sorted(imported)
                 if not name.startswith("gradprom_jax.core.combiners")]
   assert outside == []
+
+
+# Modules that take the parsed experiment (training/experiment.py) and read no config key: the
+# config reaches them only to be stored and compared as config.json, or handed to a parse function.
+EXPERIMENT_TAKING_MODULES = ("training/train.py",)
+
+
+def config_key_reads(path: Path) -> list[str]:
+  """Where the module at ``path`` reads a key of a config: an attribute or item (``.get`` too) of a
+  name ``config`` or of any ``<x>.config``."""
+  found = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, (ast.Attribute, ast.Subscript)):
+      owner = node.value
+      if (isinstance(owner, ast.Name) and owner.id == "config"
+          or isinstance(owner, ast.Attribute) and owner.attr == "config"):
+        found.append((node.lineno, node.col_offset, f"line {node.lineno}: {ast.unparse(node)}"))
+  return [read for _, _, read in sorted(found)]
+
+
+@pytest.mark.parametrize("module", EXPERIMENT_TAKING_MODULES)
+def test_the_loop_reads_the_parsed_experiment_not_config_keys(module):
+  assert config_key_reads(PACKAGE_DIR / module) == []
+
+
+def test_the_config_key_check_catches_attribute_item_and_get_reads(tmp_path):
+  module = tmp_path / "m.py"
+  module.write_text("def f(config, run, experiment):\n"
+                    "  store(config, experiment.config)\n"   # handing it on reads no key
+                    "  return config.seed, run.config.data.name, config['method'], config.get('x')\n")
+  assert config_key_reads(module) == [
+      "line 3: config.seed", "line 3: run.config.data", "line 3: config['method']",
+      "line 3: config.get"]

@@ -18,10 +18,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from absl import flags, logging as absl_logging
 
 from configs import default
+from gradprom_jax.configuration import config_validation
 from gradprom_jax.configuration.config_validation import ConfigError, unknown_key_message
-from gradprom_jax.training import train
+from gradprom_jax.training import main as main_module, train
 from gradprom_jax.training.checkpointing import WorkdirError, ensure_writable_directory
 from gradprom_jax.training.run_config import check_or_save_config
 
@@ -180,6 +182,34 @@ def test_config_errors_are_raised_before_jit_and_before_the_workdir(tmp_path, mo
   with pytest.raises(ConfigError, match=r"data.image_size=\(28, 28\) \(the dataset's native size\)"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_a_run_validates_its_config_once(tmp_path, monkeypatch):
+  """The entry point parses the config into one experiment, checked once, and passes it down: no
+  layer validates it again (the loop itself is stubbed out: it reads no config)."""
+  validate_config, calls = config_validation.validate_config, []
+
+  def counted(*args, **kwargs):
+    calls.append(kwargs)
+    return validate_config(*args, **kwargs)
+
+  for module in list(sys.modules.values()):   # wherever it was imported by name
+    if (getattr(module, "__name__", "").startswith("gradprom_jax")
+        and getattr(module, "validate_config", None) is validate_config):
+      monkeypatch.setattr(module, "validate_config", counted)
+  monkeypatch.setattr(train, "_train_and_evaluate_locked", lambda run: {})
+  monkeypatch.setattr(main_module, "hide_library_noise", lambda: None)
+  monkeypatch.setenv("GRADPROM_COMPILATION_CACHE", "off")
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))   # where data.data_dir=None builds
+  verbosity = absl_logging.get_verbosity()
+  flags.FLAGS(["main", f"--config={REPO}/configs/default.py:smoke",
+               f"--workdir={tmp_path / 'run'}"])
+  try:
+    main_module.main(["main"])
+  finally:
+    flags.FLAGS.unparse_flags()
+    absl_logging.set_verbosity(verbosity)
+  assert len(calls) == 1 and (tmp_path / "run").is_dir()
 
 
 def test_unknown_key_message_names_the_group_and_near_keys():

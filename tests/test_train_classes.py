@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from configs import image_folder as image_folder_config
-from gradprom_jax.configuration.config_validation import (ConfigError, validate_config,
-                                                          validate_config_for_dataset)
+from gradprom_jax.configuration.config_validation import ConfigError, parse_tasks, validate_config
 from gradprom_jax.data import default_data_config, load_dataset
+from gradprom_jax.training.experiment import parse_experiment
 from gradprom_jax.training.train import build_system, recognizer_class_names
 
 from user_runs import error_line, main_command, run_all, write_user_folder  # noqa: E402
@@ -32,10 +32,10 @@ def test_segmentation_recognizer_classes_are_the_mask_classes(tmp_path):
   root = write_user_folder(tmp_path / "raw")
   dataset = load_dataset(folder_data_config(root, tmp_path / "tfds", label_column="grade"))
   config = image_folder_config.get_config("smoke")
-  assert recognizer_class_names(config, dataset) == ("background", "lesion")
+  assert recognizer_class_names(parse_tasks(config), dataset) == ("background", "lesion")
   assert build_system(config, dataset).num_classes == 2
   config = image_folder_config.get_config("classification,smoke")
-  assert recognizer_class_names(config, dataset) == ("benign", "malignant")
+  assert recognizer_class_names(parse_tasks(config), dataset) == ("benign", "malignant")
 
 
 def test_balanced_class_weights_are_inverse_train_frequencies_with_mean_one(tmp_path):
@@ -58,8 +58,7 @@ def test_class_weights_validation(weights, error):
   config = image_folder_config.get_config("classification,smoke")
   config.task.class_weights = weights
   if error is None:
-    validate_config(config)
-    validate_config_for_dataset(config, (64, 64, 3), ("benign", "malignant"))
+    parse_experiment(config).check_dataset((64, 64, 3), ("benign", "malignant"))
   else:
     with pytest.raises(ConfigError, match=error):
       validate_config(config)
@@ -69,7 +68,7 @@ def test_class_weights_of_the_wrong_length_or_balanced_segmentation_are_refused(
   config = image_folder_config.get_config("classification,smoke")
   config.task.class_weights = (1.0, 2.0, 3.0)
   with pytest.raises(ConfigError, match="has 3 weights but the recogniser has 2 classes: benign, malignant"):
-    validate_config_for_dataset(config, (64, 64, 3), ("benign", "malignant"))
+    parse_experiment(config).check_dataset((64, 64, 3), ("benign", "malignant"))
   config = image_folder_config.get_config("smoke")
   config.task.class_weights = "balanced"
   with pytest.raises(ConfigError, match="classification only"):

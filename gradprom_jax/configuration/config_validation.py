@@ -1,8 +1,10 @@
 """Checks a config before anything is built or compiled, with one-line errors that say what to fix.
 
 Two stages: `validate_config` needs only the config and the device count, so it runs before the
-workdir is created; `validate_config_for_dataset` needs the dataset's image shape (MedMNIST keeps its
-native size), so it runs after the dataset is opened and still before the workdir is touched.
+workdir is created (once per run, in ``training/experiment.py``'s ``parse_experiment``; its device
+part, `check_batch_split`, again once JAX knows the devices); `validate_config_for_dataset` needs
+the dataset's image shape (MedMNIST keeps its native size), so it runs on the parsed tasks after the
+dataset is opened and still before the workdir is touched.
 `unknown_key_message` turns a mistyped ``--config.xxx`` into a line naming the keys near it.
 """
 from __future__ import annotations
@@ -35,9 +37,9 @@ def _choice(name: str, value, valid) -> None:
 def _check_training_protocol(config: ml_collections.ConfigDict) -> None:
   """What trains what, and from where: recognizer_only, frozen recognisers, other runs' workdirs."""
   recognizer = config.recognizer
-  for key, value in (("recognizer.init_from", recognizer.get("init_from")),
-                     ("enhancer.init_from", config.enhancer.get("init_from")),
-                     ("judge.workdir", config.judge.get("workdir"))):
+  for key, value in (("recognizer.init_from", recognizer.init_from),
+                     ("enhancer.init_from", config.enhancer.init_from),
+                     ("judge.workdir", config.judge.workdir)):
     if value is not None and not str(value).strip():
       raise ConfigError(f"{key}={value!r} is empty: give another run's workdir, or leave it unset.")
   if config.method == "recognizer_only":
@@ -102,6 +104,19 @@ def _check_optimizer_extras(config: ml_collections.ConfigDict) -> None:
                       "validation metric picks the best checkpoint?")
 
 
+def check_batch_split(batch_size: int, accumulate_steps: int, num_devices: int) -> None:
+  """Raises :class:`ConfigError` unless the global batch splits evenly over ``num_devices``
+  devices and each device's share into ``accumulate_steps`` micro-batches."""
+  if batch_size % num_devices:
+    raise ConfigError(f"batch_size={batch_size} is not divisible by the number of devices "
+                      f"({num_devices}).")
+  if batch_size % (num_devices * accumulate_steps):
+    raise ConfigError(f"accumulate_steps={accumulate_steps}: batch_size={batch_size} "
+                      f"does not split into {accumulate_steps} equal micro-batches on each "
+                      f"of {num_devices} devices; make batch_size a multiple of "
+                      f"{num_devices * accumulate_steps}.")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> TaskConfig:
   """Raises :class:`ConfigError` if ``config`` cannot run on ``num_devices`` devices; returns its
   parsed tasks (:class:`~gradprom_jax.core.task_config.TaskConfig`), which the layers below receive.
@@ -140,14 +155,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
       raise ConfigError(f"data.{key}={config.data[key]!r} must be a non-negative integer.")
   if not isinstance(config.data.read_buffer, int) or config.data.read_buffer < 1:
     raise ConfigError(f"data.read_buffer={config.data.read_buffer!r} must be a positive integer.")
-  if config.batch_size % num_devices:
-    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the number of devices "
-                      f"({num_devices}).")
-  if config.batch_size % (num_devices * config.accumulate_steps):
-    raise ConfigError(f"accumulate_steps={config.accumulate_steps}: batch_size={config.batch_size} "
-                      f"does not split into {config.accumulate_steps} equal micro-batches on each "
-                      f"of {num_devices} devices; make batch_size a multiple of "
-                      f"{num_devices * config.accumulate_steps}.")
+  check_batch_split(config.batch_size, config.accumulate_steps, num_devices)
   if config.task_weight < 0:
     raise ConfigError(f"task_weight={config.task_weight} must be >= 0.")
   _check_training_protocol(config)
@@ -160,7 +168,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
                       "non-negative integer (0: off).")
   degradation = tasks.degradation
   for key in ("image_size", "patch_size"):
-    size = config.data.get(key)
+    size = config.data[key]
     if size is not None:
       try:
         degradation.check_image_size(*size)
@@ -241,33 +249,31 @@ def check_dataset_has_targets(tasks: TaskConfig, dataset) -> None:
                         "data.* configures it) has none; choose another dataset or task.")
 
 
-def validate_config_for_dataset(config: ml_collections.ConfigDict,
-                                image_shape: Sequence[int],
+def validate_config_for_dataset(tasks: TaskConfig, image_shape: Sequence[int],
                                 class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                                *, tasks: TaskConfig | None = None) -> None:
-  """Raises :class:`ConfigError` if ``config`` cannot train on images of ``image_shape`` (H, W, C).
+                                *, image_size: Sequence[int] | None,
+                                patch_size: Sequence[int] | None) -> None:
+  """Raises :class:`ConfigError` if the config (its parsed ``tasks``, ``data.image_size`` and
+  ``data.patch_size``) cannot train on images of ``image_shape`` (H, W, C).
 
   Catches what `validate_config` cannot see: a dataset kept at its native size (``image_size=None``)
   that the super-resolution scale does not divide, and ``task.class_weights`` of another length
   than the recogniser's ``class_names`` (for several tasks, a dict of each task's by name).
-  ``tasks`` is the config's parsed tasks (parsed here when not given).
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> config = base_config()
   >>> config.task.degradation = "downsample(scale=3)"
-  >>> config.data.image_size = config.data.patch_size = None
-  >>> validate_config_for_dataset(config, (28, 28, 1))
+  >>> validate_config_for_dataset(parse_tasks(config), (28, 28, 1), image_size=None, patch_size=None)
   Traceback (most recent call last):
   ...
   gradprom_jax.configuration.config_validation.ConfigError: data.image_size=(28, 28) (the dataset's native size): degradation 'downsample(scale=3)' has scale 3, which does not divide the image size 28x28
   """
-  tasks = parse_tasks(config) if tasks is None else tasks
   degradation = tasks.degradation
   height, width = image_shape[:2]
   sizes = {"data.image_size": ((height, width), " (the dataset's native size)"
-                               if config.data.get("image_size") is None else "")}
-  if config.data.get("patch_size") is not None:
-    sizes["data.patch_size"] = (tuple(config.data.patch_size), "")
+                               if image_size is None else "")}
+  if patch_size is not None:
+    sizes["data.patch_size"] = (tuple(patch_size), "")
   for key, (size, note) in sizes.items():
     try:
       degradation.check_image_size(*size)

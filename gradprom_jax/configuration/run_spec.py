@@ -46,10 +46,8 @@ def parse_model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
   """
   enhancer = config.model.enhancer
   options = model_options(enhancer)
-  # Configs stored before model.dtype / model.remat existed ran float32 without remat.
-  return ModelSpec(enhancer=enhancer.name, enhancer_options=options,
-                   dtype=str(config.model.get("dtype", "float32")),
-                   remat=bool(config.model.get("remat", False)))
+  return ModelSpec(enhancer=enhancer.name, enhancer_options=options, dtype=str(config.model.dtype),
+                   remat=bool(config.model.remat))
 
 
 def _config_value(config: ml_collections.ConfigDict, dotted_key: str) -> Any:
@@ -89,15 +87,17 @@ def parse_method(config: ml_collections.ConfigDict) -> MethodChoice:
   return MethodChoice(lookup(config.method), combiner_kwargs(config))
 
 
-def parse_run_config(config: ml_collections.ConfigDict) -> RunSpec:
+def parse_run_config(config: ml_collections.ConfigDict, tasks: TaskConfig | None = None) -> RunSpec:
   """Every typed piece of ``config`` (see the module docstring); errors name the config key.
+  ``tasks``: its tasks when already parsed (else parsed here).
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> spec = parse_run_config(base_config())
   >>> spec.model.enhancer, spec.tasks.names, spec.method.name
   ('edsr', ('segmentation',), 'gradprom')
   """
-  return RunSpec(model=parse_model_spec(config), tasks=parse_task_config(config),
+  return RunSpec(model=parse_model_spec(config),
+                 tasks=parse_task_config(config) if tasks is None else tasks,
                  method=parse_method(config))
 
 

@@ -52,8 +52,7 @@ from ml_collections import config_flags
 
 from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.config_help import describe_config
-from gradprom_jax.configuration.config_validation import (ConfigError, unknown_key_message,
-                                                          validate_config)
+from gradprom_jax.configuration.config_validation import ConfigError, unknown_key_message
 from gradprom_jax.data import BadInputError, ManualDownloadError
 from gradprom_jax.training import train
 from gradprom_jax.training.accelerator_check import warn_if_accelerators_unused
@@ -61,6 +60,7 @@ from gradprom_jax.training.checkpointing import CheckpointRestoreError, SourceRu
 from gradprom_jax.training.compilation_cache import enable_compilation_cache
 from gradprom_jax.training.console import hide_library_noise
 from gradprom_jax.training.distributed import initialize_distributed
+from gradprom_jax.training.experiment import parse_experiment
 from gradprom_jax.training.host_agreement import HostFailureError
 from gradprom_jax.training.run_config import ConfigMismatchError
 from gradprom_jax.training.workdir_lock import WorkdirLockedError
@@ -170,18 +170,19 @@ def main(argv):
   with _expected_failures_as_exit_status():
     # Quiet until the config is known to be good, so that a bad one prints exactly one line.
     logging.set_verbosity(logging.WARNING)
-    validate_config(config, num_devices=1)  # Everything but the device count, before touching JAX.
-    finished = None if _REEVALUATE.value else train.finished_results_path(workdir, config)
+    # The config validated and parsed, once: everything but the device count, before touching JAX.
+    experiment = parse_experiment(config)
+    finished = None if _REEVALUATE.value else train.finished_results_path(workdir, experiment)
     if finished is not None:
       print(f"already finished, results in {finished} (--reevaluate scores it again)", flush=True)
       return
-    initialize_distributed(config.distributed)
+    initialize_distributed(experiment.distributed)
     warn_if_accelerators_unused()
     enable_compilation_cache()   # after initialising: a multi-host run needs a shared directory
-    validate_config(config, num_devices=jax.device_count())
+    experiment.check_devices(jax.device_count())
     logging.set_verbosity(max(requested_verbosity, logging.INFO))
     hide_library_noise()
-    results = train.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
+    results = train.train_and_evaluate(experiment, workdir, reevaluate=_REEVALUATE.value)
   if results is None:
     sys.exit(EXIT_PREEMPTED)
   print(f"results in {Path(workdir) / train.RESULTS_FILENAME}, "

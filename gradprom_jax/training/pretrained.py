@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +47,17 @@ def source_path(template: str | None, seed: int) -> str | None:
   return None if template is None else str(template).replace("{seed}", str(seed))
 
 
-def _config_value(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  group, key = dotted.split(".")
-  return config[group].get(key) if group in config else None
-
-
-def load_init_params(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
+def load_init_params(init_from: Mapping[str, str], system: TaskDrivenSystem,
                      image_shape: tuple[int, ...], *, sharding: Any = None) -> dict[str, Any]:
-  """Train-state field -> params restored from the run its ``init_from`` names (only those set).
+  """Train-state field -> params restored from the run ``init_from`` names for it (a field of
+  `INIT_FROM_KEYS` -> a workdir, ``{seed}`` already replaced).
 
   The params get this run's model shapes (a mismatch names both shapes and the source) and
   ``sharding``.
   """
   restored = {}
-  for field, key in INIT_FROM_KEYS.items():
-    path = source_path(_config_value(config, key), config.seed)
-    if path is None:
-      continue
+  for field, path in init_from.items():
+    key = INIT_FROM_KEYS[field]
     targets = dict(zip(("enhancer_params", "recognizer_params"),
                        _abstract_params(system, image_shape)))
     params, step = restore_field_from_run(path, field, _placed(targets[field], sharding), what=key)
@@ -101,15 +96,15 @@ class Judge:
   step: int
 
 
-def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
-               image_shape: tuple[int, ...], *, sharding: Any = None) -> Judge | None:
-  """The judge ``config.judge.workdir`` names (None if unset), checked against this run's task.
+def load_judge(path: str | None, system: TaskDrivenSystem, image_shape: tuple[int, ...], *,
+               data_name: str, sharding: Any = None) -> Judge | None:
+  """The judge in workdir ``path`` (``judge.workdir``, ``{seed}`` already replaced; None: no
+  judge), checked against this run's task and its dataset ``data_name``.
 
   Raises:
     SourceRunError: the workdir is not a finished run, or it recognises another task, dataset,
       number of classes or channel count.
   """
-  path = source_path(config.judge.workdir, config.seed)
   if path is None:
     return None
   workdir = Path(path)
@@ -126,7 +121,7 @@ def load_judge(config: ml_collections.ConfigDict, system: TaskDrivenSystem,
             "multi-task form": is_multitask(judge_config), "data.name": judge_config.data.name,
             "classes": info["num_classes"], "image channels": info["image_shape"][-1]}
   ours = {"task.recognition": system.recognition, "multi-task form": system.multi_task,
-          "data.name": config.data.name, "classes": system.num_classes,
+          "data.name": data_name, "classes": system.num_classes,
           "image channels": image_shape[-1]}
   differing = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
   if differing:

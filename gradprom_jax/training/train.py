@@ -1,4 +1,8 @@
-"""The training loop: ``train_and_evaluate(config, workdir)`` runs a whole experiment.
+"""The training loop: ``train_and_evaluate(experiment, workdir)`` runs a whole experiment.
+
+It takes the run's config parsed once (:class:`~gradprom_jax.training.experiment.Experiment`) and
+reads no config key itself; the config travels along only to be stored and compared as
+``config.json``.
 
 Resumable at any moment: running it again on the same workdir continues from the newest checkpoint
 (parameters, optimiser states with GradProm's counters, step, RNG and the data iterator position).
@@ -28,10 +32,8 @@ import numpy as np
 
 from gradprom_jax import data as data_lib
 from gradprom_jax.configuration.config_validation import (ConfigError, check_dataset_has_targets,
-                                                          validate_config,
-                                                          validate_config_for_dataset)
+                                                          parse_tasks)
 from gradprom_jax.configuration.run_spec import parse_model_spec
-from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core.image_dtype import to_unit_float
 from gradprom_jax.core.system import ModelSpec, TaskDrivenSystem, create_system
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
@@ -41,12 +43,13 @@ from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrain
 from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer,
                                                  ensure_writable_directory, has_checkpoint)
 from gradprom_jax.training.distributed import initialize_distributed
+from gradprom_jax.training.experiment import Experiment, parse_experiment
 from gradprom_jax.training.gate_reliability import make_gate_probe
 from gradprom_jax.training.host_agreement import fail_together
 from gradprom_jax.training.metric_logging import MetricLogger, OneLogStepBehind
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
-from gradprom_jax.training.periodic_actions import (Intervals, StepEnd, TrainingStopped,
-                                                    loop_actions, run_due_actions)
+from gradprom_jax.training.periodic_actions import (StepEnd, TrainingStopped, loop_actions,
+                                                    run_due_actions)
 from gradprom_jax.training.phases import Phase, make_phases, phase_at, run_length
 from gradprom_jax.training.preemption import PreemptionGuard
 from gradprom_jax.training.prefetch import DevicePrefetcher, device_placer
@@ -55,7 +58,6 @@ from gradprom_jax.training.run_config import (CONFIG_FILENAME, check_or_save_con
                                               check_stored_config, config_differences)
 from gradprom_jax.training.train_state import TrainState, initial_state
 from gradprom_jax.training.train_step import make_train_step
-from gradprom_jax.training.training_spec import TrainingSpec, parse_training_config
 from gradprom_jax.training.workdir_lock import lock_workdir
 
 RESULTS_FILENAME = "results.json"
@@ -72,11 +74,10 @@ def task_class_names(recognition: str, dataset: Any) -> tuple[str, ...]:
   return task_kind(recognition).class_names(dataset)
 
 
-def recognizer_class_names(config: ml_collections.ConfigDict, dataset: Any,
-                           tasks: TaskConfig | None = None
+def recognizer_class_names(tasks: TaskConfig, dataset: Any
                            ) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
-  """The recogniser's output classes (:func:`task_class_names`); for several tasks, a dict by task."""
-  tasks = parse_task_config(config) if tasks is None else tasks
+  """The recogniser's output classes (:func:`task_class_names`) of the ``tasks``; for several tasks,
+  a dict by task."""
   names = [task_class_names(task.recognition, dataset) for task in tasks.tasks]
   return dict(zip(tasks.names, names)) if tasks.multi_task else names[0]
 
@@ -98,11 +99,10 @@ def resolve_class_weights(task: RecognitionTask, dataset: Any) -> tuple[float, .
   return weights
 
 
-def build_system(config: ml_collections.ConfigDict, dataset: Any,
-                 tasks: TaskConfig | None = None) -> TaskDrivenSystem:
-  """The system ``config`` (its parsed ``tasks``) describes for ``dataset``'s images and classes."""
-  return system_for_dataset(parse_model_spec(config),
-                            parse_task_config(config) if tasks is None else tasks, dataset)
+def build_system(config: ml_collections.ConfigDict, dataset: Any) -> TaskDrivenSystem:
+  """The system ``config`` describes for ``dataset``'s images and classes (for tools that hold a
+  config; the loop builds its system from the parsed experiment, :func:`system_for_dataset`)."""
+  return system_for_dataset(parse_model_spec(config), parse_tasks(config), dataset)
 
 
 def system_for_dataset(model: ModelSpec, tasks: TaskConfig, dataset: Any) -> TaskDrivenSystem:
@@ -118,12 +118,11 @@ def system_for_dataset(model: ModelSpec, tasks: TaskConfig, dataset: Any) -> Tas
                        num_classes=num_classes, class_weights=weights)
 
 
-def model_info(config: ml_collections.ConfigDict, system: TaskDrivenSystem, dataset: Any,
-               tasks: TaskConfig) -> dict[str, Any]:
+def model_info(system: TaskDrivenSystem, dataset: Any, tasks: TaskConfig) -> dict[str, Any]:
   """``model_info.json``: what ``experiments/enhance.py`` needs to rebuild the models without the
   dataset. For several tasks ``num_classes`` and ``class_names`` are dicts by task name."""
   return {"image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
-          "class_names": jax.tree.map(list, recognizer_class_names(config, dataset, tasks),
+          "class_names": jax.tree.map(list, recognizer_class_names(tasks, dataset),
                                       is_leaf=lambda x: isinstance(x, tuple)),
           "recognition": system.recognition}
 
@@ -135,13 +134,13 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, dataset: Any,
-                  config: ml_collections.ConfigDict, parallel: parallel_lib.DataParallel) -> None:
+                  num_samples: int, parallel: parallel_lib.DataParallel) -> None:
   """Draws the first test examples; every process computes (it is a collective), process 0 writes.
 
   With several tasks, the first task of each kind is drawn (the masks and the classes together).
   """
   devices = parallel.num_devices
-  batch_size = -(-max(config.num_samples, 1) // devices) * devices
+  batch_size = -(-max(num_samples, 1) // devices) * devices
   loader = data_lib.make_eval_loader(dataset, "test", global_batch_size=batch_size,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
@@ -151,7 +150,7 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   state = state.for_evaluation()
   out = evaluation.to_host(predict_step(state.enhancer_params, state.recognizer_params, batch, 0))
   host_batch = evaluation.to_host(batch)
-  keep = np.flatnonzero(host_batch["valid"])[:config.num_samples]
+  keep = np.flatnonzero(host_batch["valid"])[:num_samples]
   drawn = {}   # kind name -> the first task of that kind
   for head, probabilities in zip(system.heads, system.split(out["probabilities"])):
     drawn.setdefault(head.recognition, visualization.DrawnTask(
@@ -163,10 +162,10 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
         high_quality=to_unit_float(host_batch["image"][keep]), tasks=list(drawn.values()))
 
 
-def _eval_batch_size(config: ml_collections.ConfigDict, parallel) -> int:
+def _eval_batch_size(batch_size: int, parallel) -> int:
   """The eval batch: the train batch rounded up to a multiple of the device count."""
   devices = parallel.num_devices
-  return -(-config.batch_size // devices) * devices
+  return -(-batch_size // devices) * devices
 
 
 def _check_best_metric(metric: str, validation: dict[str, float]) -> None:
@@ -193,16 +192,16 @@ def _refuse_separate_best_checkpoints(workdir: str | os.PathLike[str]) -> None:
 
 
 def finished_results_path(workdir: str | os.PathLike[str],
-                          config: ml_collections.ConfigDict) -> Path | None:
-  """``workdir/results.json`` if the workdir holds this config's finished run, else None.
+                          experiment: Experiment) -> Path | None:
+  """``workdir/results.json`` if the workdir holds this experiment's finished run, else None.
 
   A run is finished once ``results.json`` is written (the last output, after ``samples.png``) for
-  this run length, with a stored ``config.json`` equal to ``config`` (ignoring what may change on
-  resume, such as how often to log).
+  this run length, with a stored ``config.json`` equal to the experiment's config (ignoring what
+  may change on resume, such as how often to log).
 
   >>> import tempfile
   >>> from gradprom_jax.configuration.config import base_config
-  >>> print(finished_results_path(tempfile.mkdtemp(), base_config()))
+  >>> print(finished_results_path(tempfile.mkdtemp(), parse_experiment(base_config())))
   None
   """
   results_path, config_path = Path(workdir) / RESULTS_FILENAME, Path(workdir) / CONFIG_FILENAME
@@ -211,19 +210,20 @@ def finished_results_path(workdir: str | os.PathLike[str],
     stored_config = json.loads(config_path.read_text())
   except (OSError, ValueError):   # absent, unreadable or cut short: not finished
     return None
-  if (results.get("num_train_steps") != config.num_train_steps
-      or stored_config.get("num_train_steps") != config.num_train_steps
-      or config_differences(stored_config, config)):
+  length = experiment.num_train_steps
+  if (results.get("num_train_steps") != length or stored_config.get("num_train_steps") != length
+      or config_differences(stored_config, experiment.config)):
     return None
   return results_path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def train_and_evaluate(experiment: Experiment | ml_collections.ConfigDict, workdir: str, *,
                        reevaluate: bool = False) -> dict[str, Any] | None:
-  """Trains and evaluates as ``config`` says, writing everything to ``workdir``.
+  """Trains and evaluates ``experiment`` (a config is parsed into one first, see
+  :func:`~gradprom_jax.training.experiment.parse_experiment`), writing everything to ``workdir``.
 
-  A workdir that already holds this config's finished run (see :func:`finished_results_path`) is
-  not touched: its stored results are returned at once, before the dataset is built, unless
+  A workdir that already holds this experiment's finished run (see :func:`finished_results_path`)
+  is not touched: its stored results are returned at once, before the dataset is built, unless
   ``reevaluate``, which restores the final checkpoint and scores the test set again (rewriting
   ``results.json``, ``samples.png`` and the test record of ``metrics.jsonl``).
 
@@ -231,12 +231,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The test results (also in ``results.json``), or None if the run was preempted (SIGTERM/SIGINT):
     then a checkpoint was saved and running again resumes.
   """
-  initialize_distributed(config.distributed)
-  parallel = parallel_lib.DataParallel(config.parallel)
-  # The config's tasks, parsed once (with the whole config checked), and its other typed pieces:
-  # the layers below take those, not the config.
-  tasks = validate_config(config, num_devices=parallel.num_devices)
-  spec = parse_training_config(config, tasks)
+  if not isinstance(experiment, Experiment):
+    experiment = parse_experiment(experiment)
+  initialize_distributed(experiment.distributed)
+  parallel = parallel_lib.DataParallel(experiment.parallel)
+  experiment.check_devices(parallel.num_devices)
+  tasks, config = experiment.tasks, experiment.config
   is_main = jax.process_index() == 0
   # Every config error is raised before the workdir is touched: a bad command leaves nothing behind.
   # A workdir of another run is refused before the (possibly long) dataset build, writing nothing.
@@ -245,30 +245,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # The checks below may fail on one host only (its disk, its data, the lock process 0 takes):
     # every host then raises the same error instead of the others waiting in a collective.
     with fail_together():
-      check_stored_config(workdir, config, overwrite=config.overwrite)
-      finished = finished_results_path(workdir, config)
+      check_stored_config(workdir, config, overwrite=experiment.overwrite)
+      finished = finished_results_path(workdir, experiment)
       if finished is not None and not reevaluate:
         logging.info("Already finished, results in %s.", finished)
         return json.loads(finished.read_text())
       _refuse_separate_best_checkpoints(workdir)
-      dataset = data_lib.load_dataset(config.data)
+      dataset = data_lib.load_dataset(experiment.data)
       check_dataset_has_targets(tasks, dataset)
-      validate_config_for_dataset(config, dataset.image_shape,
-                                  recognizer_class_names(config, dataset, tasks), tasks=tasks)
+      experiment.check_dataset(dataset.image_shape, recognizer_class_names(tasks, dataset))
       # Other runs' models the config names are read before the workdir is touched, so a missing
       # or mismatched one leaves nothing behind. Warm starts are for a fresh start only.
-      system = system_for_dataset(spec.run.model, tasks, dataset)
+      system = system_for_dataset(experiment.spec.run.model, tasks, dataset)
       fresh_start = not has_checkpoint(Path(workdir) / "checkpoints")
-      init_params = (pretrained.load_init_params(config, system, dataset.image_shape,
-                                                 sharding=parallel.replicated)
+      init_params = (pretrained.load_init_params(experiment.init_from, system,
+                                                 dataset.image_shape, sharding=parallel.replicated)
                      if fresh_start else {})
-      judge = pretrained.load_judge(config, system, dataset.image_shape,
-                                    sharding=parallel.replicated)
+      judge = pretrained.load_judge(experiment.judge_workdir, system, dataset.image_shape,
+                                    data_name=dataset.name, sharding=parallel.replicated)
       workdir = ensure_writable_directory(workdir)
       lock = lock_workdir(workdir, enabled=is_main)   # one live run per workdir, before any write
     return _train_and_evaluate_locked(RunContext(
-        config=config, workdir=workdir, parallel=parallel, dataset=dataset, system=system,
-        spec=spec, init_params=init_params, judge=judge))
+        experiment=experiment, workdir=workdir, parallel=parallel, dataset=dataset, system=system,
+        init_params=init_params, judge=judge))
   finally:
     if lock is not None:
       lock.release()
@@ -279,21 +278,19 @@ class RunContext:
   """A run whose config is valid and whose workdir this process holds: what the loop works with.
 
   Attributes:
-    config: the run's config.
+    experiment: the run's parsed config.
     workdir: its (writable) workdir.
     parallel: how states and batches are placed on the devices.
     dataset: the built dataset.
     system: the models, degradation and losses for the dataset.
-    spec: the config's typed pieces (run, phases, optimisers).
     init_params: train-state field -> params, replacing the fresh state's at a fresh start.
     judge: the fixed recogniser that scores the enhanced images, or None.
   """
-  config: ml_collections.ConfigDict
+  experiment: Experiment
   workdir: Path
   parallel: parallel_lib.DataParallel
   dataset: Any
   system: TaskDrivenSystem
-  spec: TrainingSpec
   init_params: dict[str, Any]
   judge: pretrained.Judge | None
 
@@ -305,21 +302,22 @@ class RunContext:
 
 def _train_and_evaluate_locked(run: RunContext) -> dict[str, Any] | None:
   """`train_and_evaluate` once the config is valid and this process holds the workdir."""
-  config = run.config
-  check_or_save_config(run.workdir, config, overwrite=config.overwrite, write=run.is_main)
+  experiment = run.experiment
+  spec = experiment.spec
+  check_or_save_config(run.workdir, experiment.config, overwrite=experiment.overwrite,
+                       write=run.is_main)
   if run.is_main:   # what `experiments/enhance.py` needs to rebuild the models without the dataset
     _write_json(run.workdir / MODEL_INFO_FILENAME,
-                model_info(config, run.system, run.dataset, run.spec.run.tasks))
-  phases = make_phases(run.spec.phases)
-  enhancer_tx = make_enhancer_tx(run.spec.optimizer, phases, run.spec.run.method,
-                                 run.spec.run.tasks)
-  recognizer_tx = make_recognizer_tx(run.spec.optimizer, phases, run.spec.run.tasks)
+                model_info(run.system, run.dataset, experiment.tasks))
+  phases = make_phases(spec.phases)
+  enhancer_tx = make_enhancer_tx(spec.optimizer, phases, spec.run.method, experiment.tasks)
+  recognizer_tx = make_recognizer_tx(spec.optimizer, phases, experiment.tasks)
   train_iter = _train_batches(run)
   # The newest keep_checkpoints, and the one that scored best on validation (however old).
   checkpointer = Checkpointer(run.workdir / "checkpoints",
-                              save_interval_steps=config.checkpoint_every,
-                              max_to_keep=config.keep_checkpoints,
-                              best_metric=config.checkpoint_best_metric)
+                              save_interval_steps=experiment.checkpoints.every,
+                              max_to_keep=experiment.checkpoints.keep,
+                              best_metric=experiment.checkpoints.best_metric)
   state = _starting_state(run, checkpointer, train_iter, enhancer_tx, recognizer_tx)
   start_step = int(jax.device_get(state.step))
   evaluate = _evaluator(run)
@@ -327,22 +325,24 @@ def _train_and_evaluate_locked(run: RunContext) -> dict[str, Any] | None:
   # The test record is rewritten at the end of every start (a resumed or re-evaluated run).
   logger = MetricLogger(run.workdir, total_steps=total_steps, start_step=start_step,
                         enabled=run.is_main, replace_kinds=("test",))
-  with logger, PreemptionGuard(check_every=config.preemption_check_every) as guard, checkpointer:
+  with (logger, PreemptionGuard(check_every=experiment.preemption_check_every) as guard,
+        checkpointer):
     loop = _TrainLoop(run, phases, enhancer_tx, recognizer_tx, evaluate=evaluate, logger=logger,
                       checkpointer=checkpointer, train_iter=train_iter)
     state = loop.train(run.parallel.put_state(state), start_step, guard)
     if state is None:
       return None
     tested_state, tested_step = state, total_steps
-    if config.test_on_best:
+    if experiment.checkpoints.test_on_best:
       tested_state, tested_step = _restore_best(checkpointer, state)
     results = evaluate("test", tested_state)
     logger.log_eval(total_steps, results, prefix="test")
-  results.update(method=config.method, seed=config.seed, num_train_steps=config.num_train_steps,
+  results.update(method=experiment.method, seed=experiment.seed,
+                 num_train_steps=experiment.num_train_steps,
                  nonfinite_steps=int(jax.device_get(state.nonfinite_total)),
                  evaluated_step=tested_step)
-  _save_samples(run.workdir / SAMPLES_FILENAME, run.system, tested_state, run.dataset, config,
-                run.parallel)
+  _save_samples(run.workdir / SAMPLES_FILENAME, run.system, tested_state, run.dataset,
+                experiment.num_samples, run.parallel)
   if run.is_main:   # last: results.json marks the run finished (see finished_results_path)
     _write_json(run.workdir / RESULTS_FILENAME, results)
   return results
@@ -350,23 +350,23 @@ def _train_and_evaluate_locked(run: RunContext) -> dict[str, Any] | None:
 
 def _train_batches(run: RunContext) -> DevicePrefetcher:
   """The training batches, each ``(host batch, batch placed on the devices)``."""
-  config = run.config
+  batching = run.experiment.input
   batches = iter(data_lib.make_train_loader(
-      run.dataset, global_batch_size=config.batch_size, seed=config.seed,
-      patch_size=config.data.patch_size, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_workers=config.data.num_workers,
-      read_buffer=config.data.read_buffer))
+      run.dataset, global_batch_size=batching.batch_size, seed=run.experiment.seed,
+      patch_size=batching.patch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_workers=batching.num_workers,
+      read_buffer=batching.read_buffer))
   # The next data.prefetch batches are copied to the devices while a step runs; the checkpointed
   # position stays that of the last batch trained on.
   place_batch = device_placer(run.parallel)
-  return DevicePrefetcher(batches, lambda b: (b, place_batch(b)), size=config.data.prefetch)
+  return DevicePrefetcher(batches, lambda b: (b, place_batch(b)), size=batching.prefetch)
 
 
 def _starting_state(run: RunContext, checkpointer: Checkpointer, train_iter: DevicePrefetcher,
                     enhancer_tx: Any, recognizer_tx: Any) -> TrainState:
   """The newest checkpoint's state (``train_iter`` moved to its position), else a fresh one, warm
   started from ``run.init_params``."""
-  state = initial_state(run.spec.seed, run.system, run.dataset.image_shape, enhancer_tx,
+  state = initial_state(run.experiment.seed, run.system, run.dataset.image_shape, enhancer_tx,
                         recognizer_tx, sharding=run.parallel.replicated)
   restored = checkpointer.restore_latest(state, train_iter)
   if restored is not None:
@@ -384,7 +384,7 @@ def _starting_state(run: RunContext, checkpointer: Checkpointer, train_iter: Dev
 def _evaluator(run: RunContext) -> Callable[[str, TrainState], dict[str, float]]:
   """``evaluate(split, global_state) -> metrics``, one compiled eval step for every split."""
   eval_step = jax.jit(evaluation.make_eval_step(run.system, run.judge and run.judge.system))
-  batch_size = _eval_batch_size(run.config, run.parallel)
+  batch_size = _eval_batch_size(run.experiment.input.batch_size, run.parallel)
 
   def evaluate(split: str, global_state: TrainState) -> dict[str, float]:
     loader = data_lib.make_eval_loader(run.dataset, split, global_batch_size=batch_size,
@@ -395,8 +395,8 @@ def _evaluator(run: RunContext) -> Callable[[str, TrainState], dict[str, float]]
                                   run.parallel.put_global_batch, batch_size,
                                   judge_params=run.judge and run.judge.params)
     # recognizer_only never trains its enhancer: scores of its outputs would mean nothing.
-    return (evaluation.without_enhancer_scores(results) if run.config.method == "recognizer_only"
-            else results)
+    recognizer_only = run.experiment.method == "recognizer_only"
+    return evaluation.without_enhancer_scores(results) if recognizer_only else results
   return evaluate
 
 
@@ -447,12 +447,12 @@ class _TrainLoop:
                logger: MetricLogger, checkpointer: Checkpointer, train_iter: DevicePrefetcher):
     self.run, self.phases, self.evaluate = run, phases, evaluate
     self.logger, self.checkpointer, self.train_iter = logger, checkpointer, train_iter
-    config, parallel = run.config, run.parallel
+    experiment, parallel = run.experiment, run.parallel
     self.steps = _CompiledSteps(
         lambda phase: make_train_step(
             run.system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-            task_weight=run.spec.run.tasks.task_weight, axis_name=parallel.axis_name,
-            accumulate_steps=config.accumulate_steps),
+            task_weight=experiment.tasks.task_weight, axis_name=parallel.axis_name,
+            accumulate_steps=experiment.accumulate_steps),
         parallel.compile_step, logger, several_phases=len(phases) > 1)
     # A log step's metrics are read at the next log step (the last at the end), so the host never
     # waits on the step it has just dispatched; a non-finite streak stops the run one log later.
@@ -465,13 +465,9 @@ class _TrainLoop:
     """Trains from ``start_step`` to the end; returns the final (global) state, or None when
     stopped by ``guard`` (then saved)."""
     total_steps = run_length(self.phases)
-    config = self.run.config
     actions = loop_actions(
-        Intervals(log_every=config.log_every, eval_every=config.eval_every,
-                  checkpoint_every=config.checkpoint_every,
-                  gate_probe_every=config.gate_reliability_every),
-        train_log=self.train_log, train_record=self._train_record, probe_gate=self._probe_gate,
-        validate=self._validate, save_checkpoint=self._save_checkpoint,
+        self.run.experiment.intervals, train_log=self.train_log, train_record=self._train_record,
+        probe_gate=self._probe_gate, validate=self._validate, save_checkpoint=self._save_checkpoint,
         stop_requested=guard.should_stop_all_hosts)
     try:
       for step in range(start_step, total_steps):
@@ -512,7 +508,7 @@ class _TrainLoop:
                                                    1e-9)
     self._last_read = read
     self.logger.log_train(done, {"phase": phase_index, **host_metrics})
-    limit = self.run.config.max_nonfinite_steps
+    limit = self.run.experiment.max_nonfinite_steps
     if streak >= limit:
       raise NonFiniteTrainingError(
           f"{streak} consecutive steps (by step {done}) had non-finite losses or gradients "
@@ -531,8 +527,9 @@ class _TrainLoop:
   def _validate(self, end: StepEnd) -> dict[str, float]:
     validation = self.evaluate("validation", self.run.parallel.global_state(end.state))
     self.logger.log_eval(end.done, validation)
-    if self.run.config.checkpoint_best_metric is not None:
-      _check_best_metric(self.run.config.checkpoint_best_metric, validation)
+    best_metric = self.run.experiment.checkpoints.best_metric
+    if best_metric is not None:
+      _check_best_metric(best_metric, validation)
     return validation
 
   def _save_checkpoint(self, end: StepEnd) -> None:

@@ -63,27 +63,24 @@ def parse_optimizer_spec(config: ml_collections.ConfigDict) -> OptimizerSpec:
   1.0
   """
   optim = config.optim
-  # Configs stored before weight_decay_mask / ema_decay existed decayed every parameter, no EMA.
   return OptimizerSpec(
       enhancer_lr=optim.enhancer_lr, recognizer_lr=optim.recognizer_lr,
       warmup_steps=optim.warmup_steps, weight_decay=optim.weight_decay,
-      weight_decay_mask=optim.get("weight_decay_mask", "all"), clip_norm=optim.clip_norm,
-      ema_decay=optim.get("ema_decay"))
+      weight_decay_mask=optim.weight_decay_mask, clip_norm=optim.clip_norm,
+      ema_decay=optim.ema_decay)
 
 
 def parse_training_config(config: ml_collections.ConfigDict,
                           tasks: TaskConfig | None = None) -> TrainingSpec:
-  """Every typed piece of ``config``; ``tasks`` when already parsed (by ``validate_config``).
+  """Every typed piece of ``config``; ``tasks`` when already parsed (by ``validate_config``), else
+  parsed here.
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> spec = parse_training_config(base_config())
   >>> spec.run.method.name, spec.phases.num_train_steps == base_config().num_train_steps, spec.seed
   ('gradprom', True, 0)
   """
-  run = parse_run_config(config)
-  if tasks is not None:
-    run = dataclasses.replace(run, tasks=tasks)
-  return TrainingSpec(run=run, phases=parse_phase_spec(config),
+  return TrainingSpec(run=parse_run_config(config, tasks), phases=parse_phase_spec(config),
                       optimizer=parse_optimizer_spec(config), seed=config.seed)
 
 
