@@ -2,7 +2,6 @@
 predictions and targets of the first test examples (a classification run names the predicted and
 the true classes in the titles, a segmentation run adds the outline panel)."""
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -33,7 +32,7 @@ def test_each_task_kind_draws_its_predictions(dataset, recognition, columns, tmp
   parallel = DataParallel("mesh")
   state = jax.device_put(state, parallel.replicated)
   train._save_samples(tmp_path / "samples.png", system, state, dataset,
-                      ml_collections.ConfigDict({"num_samples": 2}), parallel)
+                      2, parallel)
   axes = np.array(figures[0].axes).reshape(2, columns)
   titles = [ax.get_title() for ax in axes[:, 1]]
   if recognition == "classification":
