@@ -7,7 +7,8 @@
 # of the packages that machine lacks), .devcarry/ (this script, the built TFDS medmnist folder, the
 # PneumoniaMNIST .npz as .devcarry/shared/data/pneumoniamnist/) and the recognisers' workdirs of
 # seeds 0, 8, 9 and the judge (workdirs/fronts/pneumoniamnist/recognizers/recognizer_only/seed_*).
-# The call that made the committed runs: SEEDS="8 9" DEADLINE=530, 540 s on the machine.
+# The call that made the committed runs: SEEDS="8 9" DEADLINE=530, 540 s on the machine (that version
+# stopped leftover runs with pkill; the process-group stop below is the only change since).
 set -uo pipefail
 SEEDS=${SEEDS:-"8 9"}
 DEADLINE=${DEADLINE:-540}          # seconds from the start of this script until the studies stop
@@ -53,11 +54,13 @@ REC=$PWD/$W/recognizers/recognizer_only
     > "$OUT/replica.log" 2>&1; cp $REPLICA/results.json "$OUT/replica_results.json" ) &
 # Each study on its own cores, one core per worker, as on the 2-core main machine (results depend on
 # the cores a worker sees, in the last digits).
-i=0
+i=0; GROUPS_TO_STOP=()
 for s in $SEEDS; do
   CORES="$((i * PER))-$(( (i + 1) * PER - 1 ))"; i=$((i + 1))
-  taskset -c "$CORES" timeout -s TERM $((DEADLINE - SECONDS)) $PY experiments/study.py "${ARGS[@]}" --seeds "$s" \
+  # Each study in its own process group, so that only its runs are stopped at the deadline.
+  setsid taskset -c "$CORES" timeout -s TERM $((DEADLINE - SECONDS)) $PY experiments/study.py "${ARGS[@]}" --seeds "$s" \
       > "$OUT/study_seed_$s.log" 2>&1 &
+  GROUPS_TO_STOP+=($!)
 done
 # Meanwhile on the GPU: every combination method on the default config (embedded data), 3 seeds.
 if [[ "${COMPARE:-1}" == 1 ]]; then
@@ -71,7 +74,9 @@ if [[ "${COMPARE:-1}" == 1 ]]; then
     (cd /tmp && tar czf "$OUT/compare.tgz" --exclude=checkpoints --exclude=run.lock --exclude=jax_cache cmp) ) &
 fi
 wait
-pkill -f gradprom_jax.training.main; sleep 2
+# The runs a stopped study leaves behind (not `pkill -f gradprom_jax.training.main`, which stopped
+# every run on the machine when this script was tried beside a running study).
+for g in "${GROUPS_TO_STOP[@]}"; do kill -- -"$g" 2>/dev/null; done; sleep 2
 # Finished runs only (results.json at the planned step), without checkpoints and lock files.
 $PY - "$W" "$SEEDS" > "$OUT/finished.txt" <<'PY'
 import json, sys
