@@ -73,11 +73,13 @@ def test_user_overrides_win_over_the_study_schedule(tmp_path):
   assert comparison.run_config(recognizer_args, runs[0]).num_train_steps == 600
 
 
-def _write_gradprom_log(run_dir: Path, rates: list[float]) -> None:
+def _write_gradprom_log(run_dir: Path, rates: list[float], finished: bool = True) -> None:
   run_dir.mkdir(parents=True)
   records = [{"kind": "train", "step": i, "gate_open_rate": r} for i, r in enumerate(rates)]
   records.insert(1, {"kind": "val", "step": 1, "psnr": 20.0})
   (run_dir / METRICS_FILENAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+  if finished:
+    (run_dir / "results.json").write_text("{}")
 
 
 def test_random_gate_runs_take_the_open_rate_of_their_own_gradprom_run(tmp_path):
@@ -85,6 +87,8 @@ def test_random_gate_runs_take_the_open_rate_of_their_own_gradprom_run(tmp_path)
   _write_gradprom_log(grid / "gradprom_l0.01" / "seed_0", [0.9, 0.61234])
   _write_gradprom_log(grid / "gradprom_l0.01" / "seed_1", [0.2, 0.25])
   _write_gradprom_log(grid / "gradprom_l1" / "seed_0", [0.4])
+  # Stopped mid-way (its last rate is not its final one): its control waits for it.
+  _write_gradprom_log(grid / "gradprom_l1" / "seed_1", [0.3], finished=False)
   runs, missing = study.random_gate_runs(OPTIONS, tmp_path)
   rates = {(r.row.name, r.seed): dict(r.row.overrides) for r in runs}
   assert rates == {
@@ -93,7 +97,7 @@ def test_random_gate_runs_take_the_open_rate_of_their_own_gradprom_run(tmp_path)
       ("random_gate_l1", 0): {"task_weight": "1", "random_gate.open_rate": "0.4"}}
   assert all(r.row.method == "random_gate" and r.workdir == grid / r.row.name / f"seed_{r.seed}"
              for r in runs)
-  assert missing == ["gradprom_l1 seed 1"]   # that GradProm run has not logged yet
+  assert missing == ["gradprom_l1 seed 1"]   # that GradProm run has not finished
   config = comparison.run_config(study.regime_config_args(SMOKE_ARGS, OPTIONS, tmp_path), runs[0])
   assert config.method == "random_gate" and config.random_gate.open_rate == pytest.approx(0.612)
 
