@@ -212,7 +212,10 @@ def grid_runs(options: StudyOptions, workdir: str | Path) -> list[PlannedRun]:
 
 def gate_open_rate(run_dir: str | Path) -> float | None:
   """A GradProm run's final cumulative gate-open rate (its last logged train record), to 3 decimals
-  as evidence_report's ``select`` writes it; ``None`` if the run logged none."""
+  as evidence_report's ``select`` writes it; ``None`` if the run has not finished (a stopped run's
+  rate is not its final one) or logged none."""
+  if not (Path(run_dir) / "results.json").exists():
+    return None
   rates = [r["gate_open_rate"] for r in evidence.read_run_records(run_dir)
            if r.get("kind") == "train" and "gate_open_rate" in r]
   return round(float(rates[-1]), 3) if rates else None
