@@ -3,8 +3,9 @@
 # experiments/study.py (it resumes: run the same command again after an interruption), then the runs
 # copied into results/fronts/<setting>/ (configs, results, gzip-compressed metrics).
 #   bash results/fronts/reproduce.sh pneumoniamnist|ph2_sr8_noisy_seg [--workers N]
-# The study's runs are made by the code of commit f7af346 (its whole study, every setting, runs from a
-# checkout of it: `git worktree add --detach ../study f7af346`, then this script from there with
+# The study's runs are made by the code of commit 4a7c925 (f7af346 and the random-gate open-rate fix
+# of experiments/tools/study.py; its whole study, every setting, runs from a
+# checkout of it: `git worktree add --detach ../study 4a7c925`, then this script from there with
 # PYTHON=<this checkout>/.venv/bin/python): later code refuses to resume those workdirs in one line,
 # since their config.json holds recognizer.pretrain_steps, which it no longer has.
 set -euo pipefail
