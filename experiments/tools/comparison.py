@@ -48,7 +48,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments.tools import worker_pool
+from gradprom_jax.core.system import metric_key
 from gradprom_jax.core.task_config import parse_recognition
+from gradprom_jax.tasks import task_kind
 from gradprom_jax.methods import method_names
 from gradprom_jax.training.metric_logging import METRICS_FILENAME, read_metrics
 from gradprom_jax.training.run_config import CONFIG_FILENAME, RESUMABLE_KEYS, config_differences
@@ -640,15 +642,14 @@ def gradient_geometry(records: Mapping[PlannedRun, Sequence[Mapping[str, Any]]],
 
 
 def default_task_metric(recognition: str | Sequence[str]) -> str:
-  """The task metric plotted against PSNR: Dice for segmentation, accuracy for classification; for
-  several tasks (``task.recognition`` naming them), the first task's, suffixed with its name.
+  """The task metric plotted against PSNR, the first task's kind's ``primary_metric`` (Dice for
+  segmentation, accuracy for classification), suffixed with the task's name when there are several.
 
   >>> default_task_metric("segmentation"), default_task_metric("segmentation,classification")
   ('dice', 'dice/segmentation')
   """
   tasks = parse_recognition(recognition)
-  metric = "dice" if tasks[0] == "segmentation" else "accuracy"
-  return metric if len(tasks) == 1 else f"{metric}/{tasks[0]}"
+  return metric_key(task_kind(tasks[0]).primary_metric, tasks[0], len(tasks) > 1)
 
 
 def report(directory: str | os.PathLike[str], runs: Sequence[PlannedRun], rows: Sequence[Row], *,

@@ -37,7 +37,9 @@ from pathlib import Path
 
 from experiments.tools import comparison, evidence
 from experiments.tools.comparison import PlannedRun, Row, parse_variant, plan_runs
+from gradprom_jax.core.system import metric_key
 from gradprom_jax.core.task_config import parse_recognition
+from gradprom_jax.tasks import task_kind
 
 REGIMES = ("frozen", "finetuned")
 STAGES = ("recognizers", "grid", "random_gate", "gate_probes", "report")
@@ -265,15 +267,15 @@ def probe_runs(options: StudyOptions, workdir: str | Path, weight: float) -> lis
 
 
 def default_task_metrics(recognition: str | Sequence[str]) -> list[str]:
-  """The task metrics the fronts are read on: AUC and balanced accuracy for classification, Dice
-  for segmentation; of the first task, suffixed with its name, when there are several.
+  """The task metrics the fronts are read on, as the first task's kind names them (its
+  ``front_metrics``: AUC and balanced accuracy for classification, Dice for segmentation), suffixed
+  with the task's name when there are several.
 
   >>> default_task_metrics("classification"), default_task_metrics("segmentation,classification")
   (['auc', 'balanced_accuracy'], ['dice/segmentation'])
   """
   tasks = parse_recognition(recognition)
-  metrics = ["dice"] if tasks[0] == "segmentation" else ["auc", "balanced_accuracy"]
-  return metrics if len(tasks) == 1 else [f"{m}/{tasks[0]}" for m in metrics]
+  return [metric_key(m, tasks[0], len(tasks) > 1) for m in task_kind(tasks[0]).front_metrics]
 
 
 # --------------------------------------------------------------------------- extending the grid

@@ -182,6 +182,8 @@ class Classification(TaskKind):
   targets_description = "class labels"
   loss_options = (("label_smoothing", 0.0),)
   balanced_class_weights = True
+  primary_metric = "accuracy"
+  front_metrics = ("auc", "balanced_accuracy")
 
   def loss(self, logits, targets, *, class_weights=None, normalizer=None, label_smoothing=0.0):
     return classification_loss(logits, targets, class_weights=class_weights,

@@ -37,12 +37,17 @@ class TaskKind(abc.ABC):
       name, ``task.<option>``), with their defaults.
     balanced_class_weights: whether ``class_weights="balanced"`` applies (weights from the training
       split's image-label counts).
+    primary_metric: the metric a comparison plots against PSNR (``compare.py``'s default).
+    front_metrics: the metrics a study reads its quality–task fronts on (``study.py``'s default),
+      a threshold metric beside a ranking one where the kind has both.
   """
   name: ClassVar[str]
   target_key: ClassVar[str]
   targets_description: ClassVar[str]
   loss_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
   balanced_class_weights: ClassVar[bool] = False
+  primary_metric: ClassVar[str]
+  front_metrics: ClassVar[tuple[str, ...]]
 
   # ---- Training (on device).
   @abc.abstractmethod

@@ -234,6 +234,8 @@ class Segmentation(TaskKind):
   target_key = "mask"
   targets_description = "lesion masks"
   loss_options = (("dice_weight", 1.0),)
+  primary_metric = "dice"
+  front_metrics = ("dice",)
 
   def loss(self, logits, targets, *, class_weights=None, normalizer=None, dice_weight=1.0):
     return segmentation_loss(logits, targets, dice_weight=dice_weight,
