@@ -16,7 +16,7 @@ from gradprom_jax.tasks import TASK_KINDS, TaskKind, task_kind
 from gradprom_jax.tasks.padding import valid_rows
 from gradprom_jax.training import evaluation
 from gradprom_jax.training.train_step import make_train_step
-from gradprom_jax.training.visualization import DrawnTask, save_task_grid
+from gradprom_jax.training.visualization import DrawnTask, save_sample_grid
 
 from test_train_step import make_batch, setup, tiny_config  # noqa: E402
 
@@ -109,6 +109,6 @@ def test_a_registered_toy_kind_trains_is_scored_and_drawn(presence, tmp_path):
 
   images = make_batch(3, batch_size=2, recognition="classification")["image"]
   path = tmp_path / "samples.png"
-  save_task_grid(path, degraded=images, enhanced=images, high_quality=images, panel_pixels=40,
+  save_sample_grid(path, degraded=images, enhanced=images, high_quality=images, panel_pixels=40,
                  tasks=[DrawnTask(presence, np.array([0, 2]), np.array([0, 1]))])
   assert PIL.Image.open(path).size == (120, 2 * (40 + 14))

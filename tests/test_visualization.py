@@ -6,7 +6,10 @@ import PIL.Image
 import pytest
 
 from experiments.tools import comparison_plots
-from gradprom_jax.training.visualization import TITLE_PIXELS, save_sample_grid
+from gradprom_jax.tasks import task_kind
+from gradprom_jax.training.visualization import TITLE_PIXELS, DrawnTask, save_sample_grid
+
+SEGMENTATION, CLASSIFICATION = task_kind("segmentation"), task_kind("classification")
 
 
 def _images(n=3, size=32, channels=3, seed=0):
@@ -21,7 +24,7 @@ def test_segmentation_grid_size_and_outlines(tmp_path):
   masks[:, 8:24, 8:24] = 1
   path = tmp_path / "out" / "samples.png"
   save_sample_grid(path, degraded=degraded, enhanced=enhanced, high_quality=high_quality,
-                   predictions=masks, targets=np.zeros_like(masks), panel_pixels=100)
+                   tasks=[DrawnTask(SEGMENTATION, masks, np.zeros_like(masks))], panel_pixels=100)
   image = np.asarray(PIL.Image.open(path).convert("RGB")).astype(int)
   assert image.shape == (3 * (100 + TITLE_PIXELS), 400, 3)
   # The red prediction outline shows in the fourth column only (images are at most 0.5 bright).
@@ -34,19 +37,21 @@ def test_classification_grid_grayscale(tmp_path):
   degraded, enhanced, high_quality = _images(n=2, channels=1)
   path = tmp_path / "samples.png"
   save_sample_grid(path, degraded=degraded, enhanced=enhanced, high_quality=high_quality,
-                   predictions=np.array([0, 1]), targets=np.array([0, 0]),
-                   task="classification", class_names=["normal", "pneumonia"], panel_pixels=80)
+                   tasks=[DrawnTask(CLASSIFICATION, np.array([0, 1]), np.array([0, 0]),
+                                    ["normal", "pneumonia"])], panel_pixels=80)
   assert PIL.Image.open(path).size == (240, 2 * (80 + TITLE_PIXELS))
 
 
 def test_rejects_mismatched_inputs(tmp_path):
   degraded, enhanced, high_quality = _images()
-  with pytest.raises(ValueError, match=r"predictions for segmentation must have shape \(3, 32, 32\)"):
+  with pytest.raises(ValueError, match=r"segmentation predictions must have shape \(3, 32, 32\)"):
     save_sample_grid(tmp_path / "x.png", degraded=degraded, enhanced=enhanced,
-                     high_quality=high_quality, predictions=np.zeros((3,), np.int32))
-  with pytest.raises(ValueError, match="task must be one of"):
+                     high_quality=high_quality,
+                     tasks=[DrawnTask(SEGMENTATION, np.zeros((3,), np.int32))])
+  with pytest.raises(ValueError, match=r"classification targets must have shape \(3,\)"):
     save_sample_grid(tmp_path / "x.png", degraded=degraded, enhanced=enhanced,
-                     high_quality=high_quality, task="detection")
+                     high_quality=high_quality,
+                     tasks=[DrawnTask(CLASSIFICATION, np.zeros(3, int), np.zeros(2, int))])
   with pytest.raises(ValueError, match="enhanced must be"):
     save_sample_grid(tmp_path / "x.png", degraded=degraded, enhanced=enhanced[..., :2],
                      high_quality=high_quality)
@@ -69,9 +74,9 @@ def test_classification_grid_keeps_enhanced_as_the_middle_title(tmp_path, monkey
   figures = _capture_figures(monkeypatch)
   degraded, enhanced, high_quality = _images(n=2, channels=1)
   save_sample_grid(tmp_path / "samples.png", degraded=degraded, enhanced=enhanced,
-                   high_quality=high_quality, predictions=np.array([0, 1]),
-                   targets=np.array([0, 0]), task="classification",
-                   class_names=["normal", "pneumonia"])
+                   high_quality=high_quality,
+                   tasks=[DrawnTask(CLASSIFICATION, np.array([0, 1]), np.array([0, 0]),
+                                    ["normal", "pneumonia"])])
   axes = figures[0].axes
   titles = [a.get_title() for a in axes]
   assert titles[:3] == ["degraded (x2)", "enhanced: pred normal", "high quality: true normal"]
@@ -86,8 +91,8 @@ def test_samples_by_row_is_a_rows_by_examples_grid_a_screen_shows(tmp_path):
   for row in range(9):
     grids[f"row {row}"] = tmp_path / f"row{row}" / "samples.png"
     save_sample_grid(grids[f"row {row}"], degraded=degraded, enhanced=enhanced,
-                     high_quality=high_quality, predictions=np.zeros(6, int),
-                     targets=np.zeros(6, int), task="classification")
+                     high_quality=high_quality,
+                     tasks=[DrawnTask(CLASSIFICATION, np.zeros(6, int), np.zeros(6, int))])
   assert PIL.Image.open(grids["row 0"]).size == (480, 6 * (160 + TITLE_PIXELS))
   path = comparison_plots.plot_sample_grids(tmp_path / "plots" / "samples_by_row.png", grids)
   width, height = PIL.Image.open(path).size

@@ -95,6 +95,11 @@ class TaskKind(abc.ABC):
     return bool(getattr(dataset, f"has_{self.target_key}"))
 
   # ---- The sample grid (training/visualization.py): one row of panels per example.
+  def example_shape(self, height: int, width: int) -> tuple[int, ...]:
+    """The shape of one example's prediction or target for ``height`` × ``width`` images (one
+    class per image by default)."""
+    return ()
+
   def draws_extra_panel(self) -> bool:
     """Whether the kind adds a fourth panel to each row (the enhanced image with its overlay)."""
     return False

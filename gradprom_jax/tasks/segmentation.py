@@ -254,6 +254,9 @@ class Segmentation(TaskKind):
   def class_names(self, dataset: Any) -> tuple[str, ...]:
     return tuple(dataset.mask_class_names or ("background", "lesion"))
 
+  def example_shape(self, height, width):
+    return (height, width)
+
   def draws_extra_panel(self) -> bool:
     return True
 

@@ -50,16 +50,14 @@ class InputSpec:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSpec:
-  """What the run keeps of its states.
+  """What the run keeps of its states (how often: ``Experiment.intervals.checkpoint_every``).
 
   Attributes:
-    every: ``checkpoint_every``.
     keep: ``keep_checkpoints``, the newest kept.
     best_metric: ``checkpoint_best_metric``, the validation metric whose best checkpoint is kept
       too ("-" prefix: lower is better), or None.
     test_on_best: ``test_on_best``: the test set is scored with that best checkpoint.
   """
-  every: int
   keep: int
   best_metric: str | None
   test_on_best: bool
@@ -181,7 +179,7 @@ def parse_experiment(config: ml_collections.ConfigDict, *, num_devices: int = 1)
       intervals=Intervals(log_every=config.log_every, eval_every=config.eval_every,
                           checkpoint_every=config.checkpoint_every,
                           gate_probe_every=config.gate_reliability_every),
-      checkpoints=CheckpointSpec(every=config.checkpoint_every, keep=config.keep_checkpoints,
+      checkpoints=CheckpointSpec(keep=config.keep_checkpoints,
                                  best_metric=config.checkpoint_best_metric,
                                  test_on_best=bool(config.test_on_best)),
       accumulate_steps=config.accumulate_steps, max_nonfinite_steps=config.max_nonfinite_steps,

@@ -157,7 +157,7 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
         head.kind, head.kind.predictions(probabilities[keep]), host_batch[head.target_key][keep],
         getattr(dataset, "class_names", None)))
   if jax.process_index() == 0:
-    visualization.save_task_grid(
+    visualization.save_sample_grid(
         path, degraded=out["degraded"][keep], enhanced=out["enhanced"][keep],
         high_quality=to_unit_float(host_batch["image"][keep]), tasks=list(drawn.values()))
 
@@ -315,7 +315,7 @@ def _train_and_evaluate_locked(run: RunContext) -> dict[str, Any] | None:
   train_iter = _train_batches(run)
   # The newest keep_checkpoints, and the one that scored best on validation (however old).
   checkpointer = Checkpointer(run.workdir / "checkpoints",
-                              save_interval_steps=experiment.checkpoints.every,
+                              save_interval_steps=experiment.intervals.checkpoint_every,
                               max_to_keep=experiment.checkpoints.keep,
                               best_metric=experiment.checkpoints.best_metric)
   state = _starting_state(run, checkpointer, train_iter, enhancer_tx, recognizer_tx)

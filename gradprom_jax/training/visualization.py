@@ -22,9 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradprom_jax.tasks import TaskKind, task_kind
+from gradprom_jax.tasks import TaskKind
 
-TASKS = ("segmentation", "classification")
 PANEL_PIXELS = 160
 TITLE_PIXELS = 14   # Above each panel, for its title.
 # PNG text key holding the number of examples (rows), so the grid can be cut into examples again.
@@ -59,70 +58,25 @@ class DrawnTask:
   class_names: Sequence[str] | None = None
 
 
-def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray,
-                     enhanced: np.ndarray, high_quality: np.ndarray,
-                     predictions: np.ndarray | None = None, targets: np.ndarray | None = None,
-                     task: str = "segmentation", class_names: Sequence[str] | None = None,
-                     class_predictions: np.ndarray | None = None,
-                     class_targets: np.ndarray | None = None,
-                     panel_pixels: int = PANEL_PIXELS) -> None:
-  """Writes a PNG grid of examples; each panel is `panel_pixels` square.
+def save_sample_grid(path: str | os.PathLike[str], *, degraded: np.ndarray, enhanced: np.ndarray,
+                   high_quality: np.ndarray, tasks: Sequence[DrawnTask] = (),
+                   panel_pixels: int = PANEL_PIXELS) -> None:
+  """Writes a PNG grid of examples, each panel ``panel_pixels`` square, each of ``tasks`` drawn by
+  its kind, in order.
 
   Args:
     path: the PNG to write (parent directories are created).
-    degraded, enhanced, high_quality: (N, H, W, C) images in [0, 1], C = 1 or 3; `degraded`
+    degraded, enhanced, high_quality: (N, H, W, C) images in [0, 1], C = 1 or 3; ``degraded``
       may have a smaller H, W.
-    predictions: segmentation: (N, H, W) int class masks; classification: (N,) int classes.
-    targets: the ground truth, same shape as `predictions`.
-    task: "segmentation" (adds a fourth column) or "classification" (labels in titles).
-    class_names: names of the classes, for classification titles.
-    class_predictions, class_targets: (N,) int classes of a classification task drawn beside a
-      segmentation one (a multi-task run): titles as for ``task="classification"``.
+    tasks: what is drawn on the rows: each task's kind, its N predictions and targets (of the
+      kind's ``example_shape``; either may be None) and class names.
 
   >>> import tempfile, PIL.Image
-  >>> rng = np.random.default_rng(0)
-  >>> hq = rng.random((2, 16, 16, 1), dtype=np.float32)
-  >>> masks = (hq[..., 0] > 0.5).astype(np.int32)
-  >>> path = tempfile.mkdtemp() + "/samples.png"
-  >>> save_sample_grid(path, degraded=hq[:, ::4, ::4], enhanced=hq, high_quality=hq,
-  ...                  predictions=masks, targets=masks, panel_pixels=64)
-  >>> PIL.Image.open(path).size  # 4 columns x 2 rows of 64-pixel panels under 14-pixel titles.
-  (256, 156)
-  """
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  enhanced = _check_images("enhanced", enhanced)
-  n, height, width, _ = enhanced.shape
-  for name, labels in (("predictions", predictions), ("targets", targets)):
-    if labels is not None:
-      expected = (n, height, width) if task == "segmentation" else (n,)
-      if np.shape(labels) != expected:
-        raise ValueError(f"{name} for {task} must have shape {expected}, got {np.shape(labels)}")
-  if task == "classification":
-    class_predictions, class_targets = predictions, targets
-  for name, labels in (("class_predictions", class_predictions), ("class_targets", class_targets)):
-    if labels is not None and np.shape(labels) != (n,):
-      raise ValueError(f"{name} must have shape {(n,)}, got {np.shape(labels)}")
-  drawn = []
-  if task == "segmentation" and (predictions is not None or targets is not None):
-    drawn.append(DrawnTask(task_kind("segmentation"), predictions, targets))
-  if class_predictions is not None:
-    drawn.append(DrawnTask(task_kind("classification"), class_predictions, class_targets,
-                           class_names))
-  save_task_grid(path, degraded=degraded, enhanced=enhanced, high_quality=high_quality,
-                 tasks=drawn, panel_pixels=panel_pixels)
-
-
-def save_task_grid(path: str | os.PathLike[str], *, degraded: np.ndarray, enhanced: np.ndarray,
-                   high_quality: np.ndarray, tasks: Sequence[DrawnTask] = (),
-                   panel_pixels: int = PANEL_PIXELS) -> None:
-  """Writes the PNG grid of :func:`save_sample_grid`, each of ``tasks`` drawn by its kind, in order.
-
-  >>> import tempfile, PIL.Image
+  >>> from gradprom_jax.tasks import task_kind
   >>> hq = np.zeros((2, 16, 16, 1), np.float32)
   >>> path = tempfile.mkdtemp() + "/samples.png"
-  >>> save_task_grid(path, degraded=hq, enhanced=hq, high_quality=hq, panel_pixels=64,
-  ...                tasks=[DrawnTask(task_kind("classification"), np.array([0, 1]))])
+  >>> save_sample_grid(path, degraded=hq, enhanced=hq, high_quality=hq, panel_pixels=64,
+  ...                  tasks=[DrawnTask(task_kind("classification"), np.array([0, 1]))])
   >>> PIL.Image.open(path).size  # 3 columns: classification adds no panel.
   (192, 156)
   """
@@ -134,10 +88,11 @@ def save_task_grid(path: str | os.PathLike[str], *, degraded: np.ndarray, enhanc
     raise ValueError(f"expected {n} examples of shape {enhanced.shape[1:]}: got degraded "
                      f"{degraded.shape}, high_quality {high_quality.shape}")
   for drawn in tasks:
-    for labels in (drawn.predictions, drawn.targets):
-      if labels is not None and len(labels) != n:
-        raise ValueError(f"{drawn.kind.name} predictions and targets need {n} examples, got "
-                         f"{len(labels)}")
+    expected = (n, *drawn.kind.example_shape(height, width))
+    for name, labels in (("predictions", drawn.predictions), ("targets", drawn.targets)):
+      if labels is not None and np.shape(labels) != expected:
+        raise ValueError(f"{drawn.kind.name} {name} must have shape {expected}, got "
+                         f"{np.shape(labels)}")
   extra_panel = any(drawn.kind.draws_extra_panel() for drawn in tasks)
   columns = 4 if extra_panel else 3
   dpi = 100

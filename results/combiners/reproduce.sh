@@ -33,4 +33,7 @@ $PY experiments/compare.py --config configs/pneumoniamnist.py --config.data.data
     --task_metric balanced_accuracy --workdir "$W" "$@"
 D=results/combiners/pneumoniamnist
 $PY experiments/evidence_report.py collect "$W" "$D"
+$PY experiments/evidence_report.py paired "$D" --reference gradprom \
+    --metrics psnr,balanced_accuracy,judge_balanced_accuracy,auc \
+    --title "Each method − GradProm, PneumoniaMNIST frozen, λ = 0.01, test split (exploratory)"
 cp "$W/summary.md" "$W/summary.csv" "$W/runs.csv" "$D/" && mkdir -p "$D/plots" && cp "$W"/plots/*.png "$D/plots/"
