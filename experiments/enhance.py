@@ -12,9 +12,10 @@ outputs are `scale` times larger on each side (a 64x64 input of a x4 run gives 2
 the degraded input is saved too, so each output has its before/after pair.
 
 Writes `OUTPUT/enhanced/<name>.png`; with `--degrade` also `OUTPUT/degraded/<name>.png` (what the
-enhancer saw); and `OUTPUT/masks/<name>.png` (segmentation: class index scaled to 0..255) or
-`OUTPUT/predictions.csv` (classification: predicted class and probabilities); a multi-task run
-writes both (its classification columns suffixed `/<task>`).
+enhancer saw); and what each task's kind writes of its predictions (``TaskKind.prediction_image``
+and ``.prediction_columns``): `OUTPUT/masks/<name>.png` (segmentation: class index scaled to 0..255)
+or `OUTPUT/predictions.csv` (classification: predicted class and probabilities); a multi-task run
+writes both (its columns suffixed `/<task>`).
 """
 import csv
 import sys
@@ -63,8 +64,6 @@ def main(argv):
   if _DEGRADE.value:
     (output / "degraded").mkdir(exist_ok=True)
   system = trained.system
-  if any(head.recognition == "segmentation" for head in system.heads):
-    (output / "masks").mkdir(exist_ok=True)
   class_names = system.split(trained.class_names)
   rows = []
   for index, path in enumerate(paths):
@@ -81,14 +80,13 @@ def main(argv):
     for head, probabilities, names in zip(system.heads, system.split(out["probabilities"]),
                                           class_names):
       probabilities = probabilities[0]
-      if head.recognition == "segmentation":
-        classes = probabilities.argmax(-1).astype(np.float32) / max(probabilities.shape[-1] - 1, 1)
-        _to_png(classes[..., None]).save(output / "masks" / f"{path.stem}.png")
-      else:
-        names = names or tuple(str(k) for k in range(probabilities.shape[-1]))
-        row.update({system.metric_key("predicted", head): names[int(probabilities.argmax())],
-                    **{system.metric_key(f"p_{name}", head): f"{p:.6f}"
-                       for name, p in zip(names, probabilities)}})
+      picture = head.kind.prediction_image(probabilities)   # e.g. segmentation's masks/
+      if picture is not None:
+        folder, pixels = picture
+        (output / folder).mkdir(exist_ok=True)
+        _to_png(pixels).save(output / folder / f"{path.stem}.png")
+      row.update({system.metric_key(column, head): value for column, value
+                  in head.kind.prediction_columns(probabilities, names).items()})
     if row:
       rows.append({"image": path.name, **row})
   if rows:

@@ -50,12 +50,12 @@ BAD_COMMANDS = {
 REFUSED = {
     "classification_with_a_segmenter": (
         "configs/image_folder.py", ["--config.task.recognition=classification"],
-        "task.recognition='classification' needs a classification model (resnet), but "
-        "model.recognizer.name='unet_segmenter' is a segmentation model: use the config file's "
-        "':classification' option (e.g. configs/image_folder.py:classification)"),
+        "task.recognition='classification' needs a model with logits per image (resnet), but "
+        "model.recognizer.name='unet_segmenter' gives logits per pixel: start from a config for "
+        "classification (a config file's default or its ':classification' option"),
     "segmentation_with_a_classifier": (
         "configs/default.py:classification,smoke", ["--config.task.recognition=segmentation"],
-        "needs a segmentation model (unet_segmenter), but model.recognizer.name='resnet'"),
+        "needs a model with logits per pixel (unet_segmenter), but model.recognizer.name='resnet'"),
     "renamed_recognizer_keeps_the_old_options": (
         "configs/default.py:smoke", ["--config.task.recognition=classification",
                                      "--config.model.recognizer.name=resnet"],

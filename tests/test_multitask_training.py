@@ -196,7 +196,7 @@ def test_two_task_step_on_a_mesh_and_under_pmap_equals_one_device():
         c.task.segmentation, "class_weights", "balanced"),
      "task.segmentation.class_weights='balanced' weights image labels"),
     (lambda c: setattr(c.model.recognizers.classification, "name", "unet_segmenter"),
-     "task 'classification' needs a classification model (resnet), but "
+     "task 'classification' needs a model with logits per image (resnet), but "
      "model.recognizers.classification.name='unet_segmenter'"),
     (lambda c: setattr(c.task.classification, "dice_weight", 2.0),   # a segmentation option
      "task.classification.dice_weight is not an option of a classification task"),
@@ -223,8 +223,9 @@ def test_per_task_options_fall_back_to_the_shared_keys():
   config.task.classification.gradprom.mode = "hard"
   tasks = parse_task_config(config)
   segmentation, classification = tasks.task("segmentation"), tasks.task("classification")
-  assert (segmentation.task_weight, segmentation.dice_weight) == (0.3, 2.0)
+  assert (segmentation.task_weight, segmentation.loss_options) == (0.3, (("dice_weight", 2.0),))
   assert segmentation.gate_option("mode") == "soft" and classification.gate_option("mode") == "hard"
-  assert classification.label_smoothing == 0.1 and classification.model_key == (
+  assert classification.loss_options == (("label_smoothing", 0.1),)
+  assert classification.model_key == (
       "model.recognizers.classification")
   assert base_config().task.recognition == "segmentation"   # single-task configs are untouched

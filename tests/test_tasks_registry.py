@@ -11,8 +11,13 @@ import optax
 import PIL.Image
 import pytest
 
+from gradprom_jax.configuration.config import (base_config, classification_recognizer,
+                                               multitask_config, task_options)
+from gradprom_jax.configuration.config_help import key_comments
+from gradprom_jax.configuration.config_validation import ConfigError, validate_config
+from gradprom_jax.configuration.task_parsing import parse_task_config
 from gradprom_jax.core.task_config import TaskConfigError, parse_recognition
-from gradprom_jax.tasks import TASK_KINDS, TaskKind, task_kind
+from gradprom_jax.tasks import TASK_KINDS, LossOption, TaskKind, task_kind
 from gradprom_jax.tasks.padding import valid_rows
 from gradprom_jax.training import evaluation
 from gradprom_jax.training.train_step import make_train_step
@@ -44,10 +49,13 @@ class Presence(TaskKind):
   name = "presence"
   target_key = "label"
   targets_description = "class labels"
+  loss_options = (LossOption("presence_margin", 0.0,
+                             "Presence loss: a margin added to the absent class's logit."),)
 
-  def loss(self, logits, targets, *, class_weights=None, normalizer=None):
+  def loss(self, logits, targets, *, class_weights=None, normalizer=None, presence_margin=0.0):
     present = (targets > 0).astype(jnp.float32)
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits[:, 1] - logits[:, 0], present))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(
+        logits[:, 1] - logits[:, 0] - presence_margin, present))
 
   def eval_outputs(self, probabilities, targets):
     return {"hit": (probabilities.argmax(-1) > 0) == (targets > 0)}
@@ -84,7 +92,8 @@ def test_a_registered_toy_kind_trains_is_scored_and_drawn(presence, tmp_path):
   config = tiny_config("gradprom", recognition="classification")
   config.task.recognition = "presence"
   system, phases, enhancer_tx, recognizer_tx, state = setup(config, num_classes=3)
-  assert system.head.kind is presence and system.head.loss_options == ()
+  assert system.head.kind is presence
+  assert system.head.loss_options == (("presence_margin", 0.0),)
   batch = make_batch(0, recognition="classification")
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
   np.testing.assert_array_equal(system.head.loss(logits, batch),
@@ -112,3 +121,42 @@ def test_a_registered_toy_kind_trains_is_scored_and_drawn(presence, tmp_path):
   save_sample_grid(path, degraded=images, enhanced=images, high_quality=images, panel_pixels=40,
                  tasks=[DrawnTask(presence, np.array([0, 2]), np.array([0, 1]))])
   assert PIL.Image.open(path).size == (120, 2 * (40 + 14))
+
+
+def test_a_registered_toy_kind_brings_its_config_keys_help_checks_and_outputs(presence):
+  config = base_config()
+  assert config.task.presence_margin == 0.0   # the kind's loss option, shared by the tasks
+  comments = key_comments()
+  assert comments["task.presence_margin"] == (
+      "Presence loss: a margin added to the absent class's logit.")
+  assert comments["task.<task>.presence_margin"] == (
+      "Presence loss: a margin added to the absent class's logit. None: task.presence_margin.")
+  assert "presence_margin" in task_options("presence") and task_options(
+      "presence").presence_margin is None   # None: the shared key's
+
+  config.task.recognition, config.task.presence_margin = "presence", 0.5
+  config.model.recognizer = classification_recognizer()   # logits per image, as the kind scores
+  validate_config(config)
+  assert parse_task_config(config).tasks[0].loss_options == (("presence_margin", 0.5),)
+  config.model.recognizer = base_config().model.recognizer
+  with pytest.raises(ConfigError, match="task.recognition='presence' needs a model with logits "
+                                        r"per image \(resnet\), but model.recognizer.name="
+                                        "'unet_segmenter' gives logits per pixel"):
+    validate_config(config)
+
+  config = multitask_config(base_config(), {"segmentation": base_config().model.recognizer,
+                                            "presence": classification_recognizer()})
+  config.task.presence.presence_margin = 0.25
+  validate_config(config)
+  tasks = parse_task_config(config)
+  assert tasks.task("presence").loss_options == (("presence_margin", 0.25),)
+  assert tasks.task("segmentation").loss_options == (("dice_weight", 1.0),)
+  config.task.presence.dice_weight = 1.0
+  with pytest.raises(TaskConfigError, match="task.presence.dice_weight is not an option of a "
+                                            "presence task"):
+    parse_task_config(config)
+
+  # What enhance.py writes of its predictions: the default columns, no picture.
+  assert presence.prediction_columns(np.array([0.25, 0.75]), ("absent", "present")) == {
+      "predicted": "present", "p_absent": "0.250000", "p_present": "0.750000"}
+  assert presence.prediction_image(np.array([0.25, 0.75])) is None

@@ -12,6 +12,7 @@ from gradprom_jax import methods
 from gradprom_jax.core.degradations import parse_degradation
 from gradprom_jax.data import DATASETS
 from gradprom_jax.data.config import default_data_config
+from gradprom_jax.tasks import TASK_KINDS, task_kind
 
 PARALLEL_MODES = ("mesh", "pmap")
 RECOGNIZER_INPUTS = ("enhanced", "high_quality", "both")
@@ -93,9 +94,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Enhancement loss: l1 | mse | charbonnier, plus ssim_weight · (1 − SSIM).
   config.task.enhancement_loss = "l1"
   config.task.ssim_weight = 0.0
-  # Segmentation: cross-entropy + dice_weight · soft Dice. Classification: label smoothing.
-  config.task.dice_weight = 1.0
-  config.task.label_smoothing = 0.0
+  # Each task kind's loss options (task.dice_weight, task.label_smoothing, ...): declared, with
+  # their --help lines, by the kind (gradprom_jax.tasks, TaskKind.loss_options).
+  for kind in TASK_KINDS.values():
+    for option in kind.loss_options:
+      if option.name in config.task:
+        raise ValueError(f"Task kind {kind.name!r}'s loss option would replace "
+                         f"task.{option.name}.")
+      config.task[option.name] = option.default
   # Per-class loss weights: None (unweighted); "balanced" (classification: inverse class frequencies
   # of the training split, normalised to mean 1, for imbalanced classes, where an unweighted
   # recogniser can end up predicting the majority class for every image); or a tuple, one per class.
@@ -239,12 +245,9 @@ def task_options(recognition: str) -> ml_collections.ConfigDict:
   config.weight = 1.0
   # This task's per-class loss weights, as task.class_weights (None: task.class_weights).
   config.class_weights = ml_collections.config_dict.placeholder(object)
-  if recognition == "segmentation":
-    # Cross-entropy + dice_weight · soft Dice (None: task.dice_weight).
-    config.dice_weight = ml_collections.config_dict.placeholder(float)
-  else:
-    # Label smoothing of the classification loss (None: task.label_smoothing).
-    config.label_smoothing = ml_collections.config_dict.placeholder(float)
+  # The task kind's loss options (TaskKind.loss_options), this task's own (None: task.<option>).
+  for option in task_kind(recognition).loss_options:
+    config[option.name] = ml_collections.config_dict.placeholder(type(option.default))
   # GradProm's gate for this task alone (None: the gradprom.* value): threshold τ_k, mode,
   # granularity, task_scale. Each task is gated against g_e on its own.
   config.gradprom = ml_collections.ConfigDict({

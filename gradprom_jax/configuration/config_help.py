@@ -145,6 +145,11 @@ def key_comments() -> dict[str, str]:
   comments["method"] = " ".join([comments.get("method", ""), *listing]).strip()
   for method in methods.combination_methods():
     comments[method.name] = f"method={method.name}: {method.doc}"
+  # Each task kind's loss options: shared (task.<option>) and one task's (task.<task>.<option>).
+  for kind in TASK_KINDS.values():
+    for option in kind.loss_options:
+      comments[f"task.{option.name}"] = option.doc
+      comments[f"task.{TASK_PLACEHOLDER}.{option.name}"] = f"{option.doc} None: task.{option.name}."
   return comments
 
 

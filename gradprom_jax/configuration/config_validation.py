@@ -178,10 +178,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int = 1) 
   return tasks
 
 
-_CLASSIFICATION_HINT = ("use the config file's ':classification' option "
-                        "(e.g. configs/image_folder.py:classification)")
-_SEGMENTATION_HINT = ("use a segmentation config "
-                      "(e.g. configs/image_folder.py without ':classification')")
 # Constructor arguments the training system fills in itself (from the data and the degradation).
 # dtype and remat come from model.dtype and model.remat, for both models at once.
 _SYSTEM_SUPPLIED = {"enhancer": {"channels", "scale", "dtype", "remat"},
@@ -191,25 +187,26 @@ _SYSTEM_SUPPLIED = {"enhancer": {"channels", "scale", "dtype", "remat"},
 def _check_models(config: ml_collections.ConfigDict, tasks: TaskConfig) -> None:
   """The models fit the tasks and the degradation, and take every option the config gives them.
 
-  Each model class declares what it can do: recognisers their ``recognition`` (what they output),
-  enhancers ``check_scale`` (which super-resolution factors they can make).
+  Each model class declares what it can do: recognisers their ``logits_per`` (an image or a pixel,
+  matched to the task kind's), enhancers ``check_scale`` (which super-resolution factors they can
+  make).
   """
   for task in tasks.tasks:
     recognizer = models.RECOGNIZERS[task.recognizer]
-    if recognizer.recognition != task.recognition:
+    kind = task_kind(task.recognition)
+    if recognizer.logits_per != kind.logits_per:
       fitting = [name for name, cls in models.RECOGNIZERS.items()
-                 if cls.recognition == task.recognition]
+                 if cls.logits_per == kind.logits_per]
+      needs = (f"needs a model with logits per {kind.logits_per} ({' or '.join(fitting)}), but "
+               f"{task.model_key}.name={task.recognizer!r} gives logits per "
+               f"{recognizer.logits_per}")
       if tasks.multi_task:
-        raise ConfigError(
-            f"task {task.name!r} needs a {task.recognition} model ({' or '.join(fitting)}), but "
-            f"{task.model_key}.name={task.recognizer!r} is a {recognizer.recognition} model.")
-      config_hint = (_CLASSIFICATION_HINT if task.recognition == "classification"
-                     else _SEGMENTATION_HINT)
+        raise ConfigError(f"task {task.name!r} {needs}.")
       raise ConfigError(
-          f"task.recognition={config.task.recognition!r} needs a {task.recognition} model "
-          f"({' or '.join(fitting)}), but model.recognizer.name={task.recognizer!r} is "
-          f"a {recognizer.recognition} model: {config_hint}, which sets the task and its model "
-          "together, rather than changing one of them on the command line.")
+          f"task.recognition={config.task.recognition!r} {needs}: start from a config for "
+          f"{kind.name} (a config file's default or its ':{kind.name}' option, e.g. "
+          "configs/image_folder.py:classification), which sets the task and its model together, "
+          "rather than changing one of them on the command line.")
     options = {f.name for f in dataclasses.fields(recognizer) if f.init} - {"parent", "name"}
     options -= _SYSTEM_SUPPLIED["recognizer"]
     for key, _ in task.recognizer_options:

@@ -4,7 +4,8 @@ the per-task gate options.
 
 **One task** (every config but the multi-task ones): ``task.recognition = "segmentation"`` or
 ``"classification"``, the recogniser in ``model.recognizer``, λ in ``task_weight``, the loss options
-in ``task.dice_weight``, ``task.label_smoothing``, ``task.class_weights`` and the gate's in
+in ``task.class_weights`` and the kind's own (``task.dice_weight``, ``task.label_smoothing``:
+``TaskKind.loss_options``) and the gate's in
 ``gradprom.*``. Nothing is renamed: its metrics, results and checkpoints are as they always were.
 
 **Several tasks** (a config with ``model.recognizers``, made by
@@ -58,8 +59,9 @@ def _single_task(config: ml_collections.ConfigDict, name: str) -> RecognitionTas
   return RecognitionTask(
       name=name, recognition=name, recognizer=config.model.recognizer.name,
       recognizer_options=model_options(config.model.recognizer),
-      task_weight=config.task_weight, dice_weight=config.task.dice_weight,
-      label_smoothing=config.task.label_smoothing,
+      task_weight=config.task_weight,
+      loss_options=tuple((option.name, config.task[option.name])
+                         for option in task_kind(name).loss_options),
       class_weights=_class_weights(config.task.class_weights),
       gate=tuple(sorted((option, config.gradprom[option]) for option in GATE_OPTIONS)))
 
@@ -75,7 +77,7 @@ def _task_of_several(config: ml_collections.ConfigDict, name: str) -> Recognitio
   group = config.task.get(name) or ml_collections.ConfigDict()
   if not isinstance(group, ml_collections.ConfigDict):
     raise TaskConfigError(f"task.{name}={group!r} must be a group of the task's options.")
-  allowed = {"weight", "class_weights", "gradprom", *dict(task_kind(name).loss_options)}
+  allowed = {"weight", "class_weights", "gradprom", *(option.name for option in task_kind(name).loss_options)}
   for key in group:
     if key not in allowed:
       raise TaskConfigError(f"task.{name}.{key} is not an option of a {name} task (its options: "
@@ -97,8 +99,8 @@ def _task_of_several(config: ml_collections.ConfigDict, name: str) -> Recognitio
       name=name, recognition=name, recognizer=recognizers[name].get("name"),
       recognizer_options=model_options(recognizers[name]),
       task_weight=float(config.task_weight) * float(weight),
-      dice_weight=inherited(group.get("dice_weight"), config.task.dice_weight),
-      label_smoothing=inherited(group.get("label_smoothing"), config.task.label_smoothing),
+      loss_options=tuple((option.name, inherited(group.get(option.name), config.task[option.name]))
+                         for option in task_kind(name).loss_options),
       class_weights=_class_weights(inherited(group.get("class_weights"), config.task.class_weights)),
       gate=tuple(sorted((option, inherited(gate_overrides.get(option), config.gradprom[option]))
                         for option in GATE_OPTIONS)),

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any
 
 from gradprom_jax.core.degradations import Degradation
-from gradprom_jax.tasks import TASK_KINDS, task_kind
+from gradprom_jax.tasks import TASK_KINDS
 
 # GradProm's options that may differ per task (combiner arguments of the same name).
 GATE_OPTIONS = ("threshold", "mode", "granularity", "task_scale")
@@ -40,7 +40,8 @@ class RecognitionTask:
     recognizer: the recogniser's model name (``models.RECOGNIZERS``).
     recognizer_options: its constructor's options, as sorted ``(name, value)`` pairs.
     task_weight: λ_k, the weight of this task's gradient in the enhancer's update.
-    dice_weight, label_smoothing: the task loss's options (``losses``).
+    loss_options: the values of its kind's loss options (``TaskKind.loss_options``), as
+      ``(name, value)`` pairs in the kind's order.
     class_weights: None, ``"balanced"`` (from the training split's class counts) or one per class.
     gate: GradProm's options for this task, as sorted ``(option, value)`` pairs (:data:`GATE_OPTIONS`).
     config_prefix: where the task's options live in the config: ``"task."`` (one task) or
@@ -52,8 +53,7 @@ class RecognitionTask:
   recognizer: str
   recognizer_options: tuple[tuple[str, Any], ...]
   task_weight: float
-  dice_weight: float = 1.0
-  label_smoothing: float = 0.0
+  loss_options: tuple[tuple[str, Any], ...] = ()
   class_weights: str | tuple[float, ...] | None = None
   gate: tuple[tuple[str, Any], ...] = ()
   config_prefix: str = "task."
@@ -61,13 +61,6 @@ class RecognitionTask:
 
   def gate_option(self, option: str) -> Any:
     return dict(self.gate)[option]
-
-  @property
-  def loss_options(self) -> tuple[tuple[str, Any], ...]:
-    """The values of its kind's loss options (``TaskKind.loss_options``; a default where this
-    task has no field of that name), as ``(name, value)`` pairs."""
-    return tuple((option, getattr(self, option, default))
-                 for option, default in task_kind(self.recognition).loss_options)
 
 
 @dataclasses.dataclass(frozen=True)

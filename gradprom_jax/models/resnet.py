@@ -64,8 +64,8 @@ class ResNetClassifier(nn.Module):
   >>> jax.eval_shape(model.apply, variables, x)
   ShapeDtypeStruct(shape=(2, 3), dtype=float32)
   """
-  # What the recogniser outputs: one label per image (config validation matches it to the task).
-  recognition: ClassVar[str] = "classification"
+  # What one logit vector scores: an image (config validation matches it to the task's kind).
+  logits_per: ClassVar[str] = "image"
 
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)

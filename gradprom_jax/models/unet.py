@@ -164,8 +164,8 @@ class UNetSegmenter(nn.Module):
   >>> jax.eval_shape(model.apply, variables, x)
   ShapeDtypeStruct(shape=(2, 12, 10, 3), dtype=float32)
   """
-  # What the recogniser outputs: a label per pixel (config validation matches it to the task).
-  recognition: ClassVar[str] = "segmentation"
+  # What one logit vector scores: a pixel (config validation matches it to the task's kind).
+  logits_per: ClassVar[str] = "pixel"
 
   num_classes: int
   features: int = 32

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from gradprom_jax.tasks.class_weights import weighted_mean
-from gradprom_jax.tasks.kind import TaskKind
+from gradprom_jax.tasks.kind import LossOption, TaskKind
 from gradprom_jax.tasks.padding import valid_rows
 
 
@@ -180,7 +180,9 @@ class Classification(TaskKind):
   name = "classification"
   target_key = "label"
   targets_description = "class labels"
-  loss_options = (("label_smoothing", 0.0),)
+  loss_options = (LossOption("label_smoothing", 0.0, "Classification loss: label smoothing of the "
+                                                     "cross-entropy's targets (0: none)."),)
+  logits_per = "image"
   balanced_class_weights = True
   primary_metric = "accuracy"
   front_metrics = ("auc", "balanced_accuracy")

@@ -4,19 +4,38 @@ A kind (segmentation, classification, ...) owns everything that differs between 
 the batch entry it is scored against, its loss and the loss's own option, how a recogniser's
 logits become probabilities and predictions, the per-example values its evaluation computes on
 device and the accumulator that turns them into whole-split metrics on the host, what it reads
-from a dataset (its classes, whether the targets are there) and how its predictions are drawn on
-the sample grid. The system, the train step, the evaluation and the sample grid call these
-methods and never compare a kind's name. A new kind is one module defining a subclass and its
-instance ``KIND``, and one line in :mod:`gradprom_jax.tasks.registry`.
+from a dataset (its classes, whether the targets are there), how its predictions are drawn on
+the sample grid and written by ``experiments/enhance.py``, and its loss's options
+(:class:`LossOption`: ``base_config()``'s ``task.<option>``, a multi-task config's
+``task.<task>.<option>`` and their ``--help`` lines are made from them). The config, the system, the train
+step, the evaluation, the sample grid and enhance.py call these methods and never compare a
+kind's name. A new kind is one module defining a subclass and its instance ``KIND``, and one line
+in :mod:`gradprom_jax.tasks.registry`.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOption:
+  """One option of a kind's loss besides ``class_weights``: a keyword of :meth:`TaskKind.loss`.
+
+  Its config keys are ``task.<name>`` (shared by the tasks) and ``task.<task>.<name>`` (one task of
+  a multi-task config; None there takes the shared key's); ``doc`` is their ``--help`` comment.
+
+  >>> LossOption("dice_weight", 1.0, "Cross-entropy + dice_weight · soft Dice.").default
+  1.0
+  """
+  name: str
+  default: Any
+  doc: str
 
 
 class TaskMetrics(Protocol):
@@ -33,8 +52,10 @@ class TaskKind(abc.ABC):
     name: the kind's name, as ``task.recognition`` gives it (also the task's name in a config).
     target_key: the batch entry the task is scored against (``"mask"``, ``"label"``).
     targets_description: what those targets are, for error messages (``"lesion masks"``).
-    loss_options: the options of the kind's loss besides ``class_weights`` (config keys of the same
-      name, ``task.<option>``), with their defaults.
+    loss_options: the options of the kind's loss besides ``class_weights`` (:class:`LossOption`).
+    logits_per: what one logit vector of its recogniser scores: ``"image"`` (a class per image) or
+      ``"pixel"`` (a class per pixel); config validation matches it to the recogniser model's
+      ``logits_per`` (``models.RECOGNIZERS``), so a new kind trains with any model of that form.
     balanced_class_weights: whether ``class_weights="balanced"`` applies (weights from the training
       split's image-label counts).
     primary_metric: the metric a comparison plots against PSNR (``compare.py``'s default).
@@ -44,7 +65,8 @@ class TaskKind(abc.ABC):
   name: ClassVar[str]
   target_key: ClassVar[str]
   targets_description: ClassVar[str]
-  loss_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
+  loss_options: ClassVar[tuple[LossOption, ...]] = ()
+  logits_per: ClassVar[str] = "image"
   balanced_class_weights: ClassVar[bool] = False
   primary_metric: ClassVar[str]
   front_metrics: ClassVar[tuple[str, ...]]
@@ -54,7 +76,7 @@ class TaskKind(abc.ABC):
   def loss(self, logits: jax.Array, targets: jax.Array, *, class_weights: jax.Array | None = None,
            normalizer: jax.Array | None = None, **options: Any) -> jax.Array:
     """The task loss of ``logits`` against ``targets``, a float32 scalar; ``options``: the values of
-    :attr:`loss_options`; ``normalizer``: the Σ w of a class-weighted loss
+    :attr:`loss_options` by name; ``normalizer``: the Σ w of a class-weighted loss
     (:mod:`gradprom_jax.tasks.class_weights`)."""
 
   def probabilities(self, logits: jax.Array) -> jax.Array:
@@ -108,6 +130,20 @@ class TaskKind(abc.ABC):
            class_names: tuple[str, ...] | None) -> None:
     """Draws one example's ``prediction`` (and ``target``) on its row of matplotlib ``axes``:
     degraded, enhanced, high quality (and the extra panel when :meth:`draws_extra_panel`)."""
+
+  # ---- What experiments/enhance.py writes for each image.
+  def prediction_columns(self, probabilities: np.ndarray,
+                         class_names: tuple[str, ...] | None) -> dict[str, str]:
+    """One image's columns of ``predictions.csv`` from its class ``probabilities`` (default: the
+    predicted class and each class's probability)."""
+    names = class_names or tuple(str(k) for k in range(probabilities.shape[-1]))
+    return {"predicted": names[int(probabilities.argmax())],
+            **{f"p_{name}": f"{p:.6f}" for name, p in zip(names, probabilities)}}
+
+  def prediction_image(self, probabilities: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """One image's predictions as a picture: (folder under the output, (H, W, 1) pixels in [0, 1]),
+    or None when the kind writes none (default)."""
+    return None
 
   def __repr__(self) -> str:
     return f"<task kind {self.name!r}>"

@@ -5,8 +5,8 @@ and IoU from pixel counts summed over the whole split (the "global" or micro Dic
 were one large image), pixel accuracy and the per-image Dice; its sample-grid panel outlines the
 predicted (red) and true (green) lesions on the enhanced image.
 
->>> KIND.name, KIND.target_key, KIND.loss_options
-('segmentation', 'mask', (('dice_weight', 1.0),))
+>>> KIND.name, KIND.target_key, [(option.name, option.default) for option in KIND.loss_options]
+('segmentation', 'mask', [('dice_weight', 1.0)])
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from gradprom_jax.tasks.class_weights import weighted_mean
-from gradprom_jax.tasks.kind import TaskKind
+from gradprom_jax.tasks.kind import LossOption, TaskKind
 from gradprom_jax.tasks.padding import valid_rows
 
 PREDICTED_COLOR, TRUE_COLOR = "red", "lime"
@@ -233,7 +233,10 @@ class Segmentation(TaskKind):
   name = "segmentation"
   target_key = "mask"
   targets_description = "lesion masks"
-  loss_options = (("dice_weight", 1.0),)
+  loss_options = (LossOption("dice_weight", 1.0, "Segmentation loss: cross-entropy + dice_weight "
+                                                 "· soft Dice of the foreground (0: plain "
+                                                 "cross-entropy)."),)
+  logits_per = "pixel"
   primary_metric = "dice"
   front_metrics = ("dice",)
 
@@ -259,6 +262,14 @@ class Segmentation(TaskKind):
 
   def draws_extra_panel(self) -> bool:
     return True
+
+  def prediction_columns(self, probabilities, class_names):
+    return {}
+
+  def prediction_image(self, probabilities):
+    # The class index per pixel, scaled to 0..1 (0..255 in the PNG).
+    classes = probabilities.argmax(-1).astype(np.float32) / max(probabilities.shape[-1] - 1, 1)
+    return "masks", classes[..., None]
 
   def draw(self, axes, prediction, target, class_names):
     for mask, color in ((target, TRUE_COLOR), (prediction, PREDICTED_COLOR)):
