@@ -3,6 +3,9 @@ Holm within and across settings, and the `evidence_report.py fronts` report."""
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,8 @@ from scipy import stats
 
 from experiments.tools import evidence, fronts
 
-REPORT_SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "evidence_report.py"
+REPO = Path(__file__).resolve().parents[1]
+REPORT_SCRIPT = REPO / "experiments" / "evidence_report.py"
 WEIGHTS = (0.01, 0.1, 1.0)
 
 
@@ -128,22 +132,27 @@ def _load_report_module():
   return module
 
 
-def _fabricate_grid(directory, judge_high_quality=0.95):
-  """GradProm dominating joint, a `gradprom_ema` family equal to GradProm, 5 seeds, λ ∈ WEIGHTS."""
+def _fabricate_grid(directory, judge_high_quality=0.95, seeds=range(5), metrics=("auc",)):
+  """GradProm dominating joint, a `gradprom_ema` family equal to GradProm, 5 seeds, λ ∈ WEIGHTS
+  (every one of ``metrics`` holding the same task numbers)."""
   rng = np.random.default_rng(2)
   losses = {0.01: 0.05, 0.1: 0.3, 1.0: 1.2}
-  for seed in range(5):
+
+  def task(value):
+    return {key.format(m): value for m in metrics for key in ("{}", "judge_{}")}
+
+  for seed in seeds:
     psnr, auc = 25.0 + rng.normal(0, 0.1), 0.80 + rng.normal(0, 0.005)
-    base = {"judge_high_quality_auc": judge_high_quality, "hq_input_auc": 0.95}
-    _write_run(directory, "enhance_only", seed,
-               {**base, "psnr": psnr, "auc": auc, "judge_auc": auc})
+    base = {f"{prefix}_{m}": quality for m in metrics for prefix, quality in (
+        ("judge_high_quality", judge_high_quality), ("hq_input", 0.95))}
+    _write_run(directory, "enhance_only", seed, {**base, "psnr": psnr, **task(auc)})
     for weight, loss in losses.items():
       noise = rng.normal(0, 0.002)
       gain = 0.05 * math.log10(weight * 1000)
-      point = {"psnr": psnr - loss, "auc": auc + gain + noise, "judge_auc": auc + gain + noise}
+      point = {"psnr": psnr - loss, **task(auc + gain + noise)}
       _write_run(directory, f"gradprom_l{weight:g}", seed, {**base, **point},
                  probes=[1, 1, 1, 0] * 5 if weight == 0.1 else ())
-      worse = {**point, "psnr": psnr - 2 * loss, "auc": auc + gain / 2, "judge_auc": auc + gain / 2}
+      worse = {"psnr": psnr - 2 * loss, **task(auc + gain / 2)}
       _write_run(directory, f"joint_l{weight:g}", seed, {**base, **worse})
       _write_run(directory, f"gradprom_ema_l{weight:g}", seed, {**base, **point})
 
@@ -202,3 +211,18 @@ def test_headroom_falls_back_to_the_recognizer_without_a_judge():
   room = fronts.headroom({("enhance_only", 0): evidence.Run("enhance_only", 0, {"auc": 0.8}, [])},
                          "auc")
   assert room["basis"] is None and not room["cannot_decide"]
+
+
+def test_the_sensitivity_check_reads_seeds_0_to_7_alone(tmp_path):
+  """results/fronts/sensitivity.sh: the setting's report flags, over links to seeds 0–7 only."""
+  _fabricate_grid(tmp_path, seeds=range(10), metrics=("balanced_accuracy", "auc"))
+  result = subprocess.run(["bash", str(REPO / "results/fronts/sensitivity.sh"), "pneumoniamnist",
+                           str(tmp_path)], env={**os.environ, "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  report = json.loads((tmp_path / "seeds_0-7" / "fronts.json").read_text())
+  assert report["setting"].endswith("(seeds 0–7 only: the sensitivity check)")
+  assert report["metrics"] == ["balanced_accuracy", "judge_balanced_accuracy", "auc", "judge_auc"]
+  assert max(c["n"] for c in report["comparisons"]) == 8   # seed pairs (10 fabricated)
+  assert (tmp_path / "seeds_0-7" / "plots" / "fronts_auc.png").stat().st_size > 0
+  assert not any(p.is_symlink() for p in tmp_path.rglob("*"))   # the links were removed
