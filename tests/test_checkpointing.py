@@ -308,7 +308,7 @@ def test_hosts_agree_on_the_newest_step_every_host_restored(tmp_path):
                              str(tmp_path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
-    outputs = [host.communicate(timeout=120) for host in hosts]
+    outputs = [host.communicate(timeout=300) for host in hosts]
   finally:
     for host in hosts:
       host.kill()   # a hang fails the test instead of blocking it

@@ -79,7 +79,7 @@ def test_workdir_locked_on_process_0_stops_both_processes(tmp_path):
   workdir.mkdir()
   lock = lock_workdir(workdir)   # another live run holds it; only process 0 takes the lock
   try:
-    results = _run_two_hosts([workdir, workdir], timeout=120)
+    results = _run_two_hosts([workdir, workdir], timeout=300)
   finally:
     lock.release()
   assert [status for status, _ in results] == [1, 1], _last_lines(results)
@@ -93,7 +93,7 @@ def test_workdir_locked_on_process_0_stops_both_processes(tmp_path):
 def test_unwritable_workdir_on_process_1_stops_both_processes(tmp_path):
   not_a_directory = tmp_path / "file"
   not_a_directory.write_text("")
-  results = _run_two_hosts([tmp_path / "run", not_a_directory], timeout=120)
+  results = _run_two_hosts([tmp_path / "run", not_a_directory], timeout=300)
   assert [status for status, _ in results] == [1, 1], _last_lines(results)
   lines = _last_lines(results)
   assert lines[0] == lines[1]
