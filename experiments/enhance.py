@@ -65,7 +65,6 @@ def main(argv):
   system = trained.system
   if any(head.recognition == "segmentation" for head in system.heads):
     (output / "masks").mkdir(exist_ok=True)
-  class_names = system.split(trained.class_names)
   rows = []
   for index, path in enumerate(paths):
     with Image.open(path) as image:
@@ -78,9 +77,8 @@ def main(argv):
     if _DEGRADE.value:
       _to_png(out["input"][0]).save(output / "degraded" / f"{path.stem}.png")
     row = {}
-    for head, probabilities, names in zip(system.heads, system.split(out["probabilities"]),
-                                          class_names):
-      probabilities = probabilities[0]
+    for head in system.heads:
+      probabilities, names = out["probabilities"][head.name][0], trained.class_names[head.name]
       if head.recognition == "segmentation":
         classes = probabilities.argmax(-1).astype(np.float32) / max(probabilities.shape[-1] - 1, 1)
         _to_png(classes[..., None]).save(output / "masks" / f"{path.stem}.png")

@@ -36,6 +36,19 @@ INIT_FROM_KEYS = {"recognizer_params": "recognizer.init_from",
 MODEL_INFO_FILENAME = "model_info.json"   # what rebuilds a run's models; written by the train loop
 
 
+def model_info_form(system: TaskDrivenSystem, by_task: Mapping[str, Any]) -> Any:
+  """Per-task values as ``model_info.json`` stores them: by task name in the multi-task form, the
+  one task's value itself for a run of the single-task form (the file's public form).
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> from gradprom_jax.configuration.run_spec import system_from_config
+  >>> system = system_from_config(base_config(), channels=3, num_classes=2)
+  >>> model_info_form(system, system.num_classes)
+  2
+  """
+  return dict(by_task) if system.multi_task else by_task[system.heads[0].name]
+
+
 def source_path(template: str | None, seed: int) -> str | None:
   """``template`` with ``{seed}`` replaced by ``seed`` (other braces are kept as they are).
 
@@ -121,7 +134,7 @@ def load_judge(path: str | None, system: TaskDrivenSystem, image_shape: tuple[in
             "multi-task form": is_multitask(judge_config), "data.name": judge_config.data.name,
             "classes": info["num_classes"], "image channels": info["image_shape"][-1]}
   ours = {"task.recognition": system.recognition, "multi-task form": system.multi_task,
-          "data.name": data_name, "classes": system.num_classes,
+          "data.name": data_name, "classes": model_info_form(system, system.num_classes),
           "image channels": image_shape[-1]}
   differing = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
   if differing:

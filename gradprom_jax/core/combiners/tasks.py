@@ -104,6 +104,18 @@ class Tasks:
 SINGLE_TASK = Tasks(names=("task",), by_name=False, single=True)
 
 
+def metric_key(key: str, task: str, suffixed: bool) -> str:
+  """The key a task's value is written under (results.json, metrics.jsonl, TensorBoard, the
+  console, enhance.py's predictions.csv), the one place a task's name joins a metric's: ``key``
+  itself for a run of the single-task form, ``key/<task>`` when ``suffixed`` (the multi-task form,
+  the config's ``model.recognizers``, whatever the number of tasks; a combiner built for tasks).
+
+  >>> metric_key("dice", "segmentation", False), metric_key("dice", "segmentation", True)
+  ('dice', 'dice/segmentation')
+  """
+  return f"{key}/{task}" if suffixed else key
+
+
 def _is_shared(value: Any) -> bool:
   """Whether an option value is one value for every task (not a per-task container)."""
   return not isinstance(value, (tuple, list, Mapping))
