@@ -25,6 +25,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from gradprom_jax.inference import load_trained_system
+from gradprom_jax.training.checkpointing import CheckpointRestoreError
 from gradprom_jax.training.console import hide_library_noise
 from gradprom_jax.training.run_config import ConfigMismatchError
 
@@ -52,8 +53,9 @@ def main(argv):
     sys.exit(f"enhance.py: --input_dir {input_dir} is not a folder.")
   try:
     trained = load_trained_system(_WORKDIR.value)
-  except (FileNotFoundError, ConfigMismatchError) as e:   # not a run's workdir, no checkpoint
-    sys.exit(f"enhance.py: {e}")                          # yet, or a run of older code
+  except (FileNotFoundError, ConfigMismatchError,        # not a run's workdir, no checkpoint
+          CheckpointRestoreError) as e:                   # yet, or a run of older code
+    sys.exit(f"enhance.py: {e}")
   channels = trained.system.enhancer.channels
   paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
   if not paths:

@@ -13,7 +13,8 @@ import numpy as np
 
 from gradprom_jax.core.system import TaskDrivenSystem, create_system
 from gradprom_jax.training import evaluation
-from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
+from gradprom_jax.training.checkpointing import Checkpointer, CheckpointRestoreError
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
@@ -71,6 +72,7 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   spec = parse_training_config(config)
   system = create_system(spec.run.model, spec.run.tasks, channels=image_shape[-1],
                          num_classes=info["num_classes"])
+  check_tasks_by_name(workdir, CheckpointRestoreError)
   phases = make_phases(spec.phases)
   target = initial_state(spec.seed, system, image_shape,
                          make_enhancer_tx(spec.optimizer, phases, spec.run.method, spec.run.tasks),

@@ -27,6 +27,7 @@ from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.configuration.task_parsing import is_multitask
 from gradprom_jax.core.system import TaskDrivenSystem
 from gradprom_jax.core.task_config import parse_recognition
+from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
 from gradprom_jax.training.checkpointing import SourceRunError, restore_field_from_run
 from gradprom_jax.training.run_config import ConfigMismatchError, read_stored_config
 
@@ -71,6 +72,7 @@ def load_init_params(init_from: Mapping[str, str], system: TaskDrivenSystem,
   restored = {}
   for field, path in init_from.items():
     key = INIT_FROM_KEYS[field]
+    check_tasks_by_name(path, SourceRunError, key)
     targets = dict(zip(("enhancer_params", "recognizer_params"),
                        _abstract_params(system, image_shape)))
     params, step = restore_field_from_run(path, field, _placed(targets[field], sharding), what=key)
@@ -145,6 +147,7 @@ def load_judge(path: str | None, system: TaskDrivenSystem, image_shape: tuple[in
                     "trained on high-quality images alone.", path, judge_config.method)
   judge_system = system_from_config(judge_config, channels=info["image_shape"][-1],
                                     num_classes=info["num_classes"])
+  check_tasks_by_name(workdir, SourceRunError, "judge.workdir")
   _, target = _abstract_params(judge_system, info["image_shape"])
   params, step = restore_field_from_run(workdir, "recognizer_params", _placed(target, sharding),
                                         what="judge.workdir")

@@ -40,6 +40,7 @@ from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
 from gradprom_jax.tasks import task_kind
 from gradprom_jax.tasks.class_weights import balanced_class_weights
 from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrained, visualization
+from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
 from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer,
                                                  ensure_writable_directory, has_checkpoint)
 from gradprom_jax.training.distributed import initialize_distributed
@@ -246,6 +247,7 @@ def train_and_evaluate(experiment: Experiment | ml_collections.ConfigDict, workd
         logging.info("Already finished, results in %s.", finished)
         return json.loads(finished.read_text())
       _refuse_separate_best_checkpoints(workdir)
+      check_tasks_by_name(workdir, CheckpointRestoreError)
       dataset = data_lib.load_dataset(experiment.data)
       check_dataset_has_targets(tasks, dataset)
       experiment.check_dataset(dataset.image_shape, recognizer_class_names(tasks, dataset))
