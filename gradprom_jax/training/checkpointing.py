@@ -508,17 +508,15 @@ def saved_state_of_run(run_dir: str | os.PathLike[str]) -> tuple[Any, str] | Non
   (['w'], True)
   """
   directory = _source_checkpoints(run_dir)
-  if not has_checkpoint(directory):
+  step = _read_only_manager(directory).latest_step() if directory.is_dir() else None
+  if step is None:
     return None
-  manager = _read_only_manager(directory)
-  step = manager.latest_step()
-  try:
-    saved = manager.item_metadata(step)[_STATE]
+  step_dir = directory / str(step)
+  try:   # the state item's own handler: the manager would warn of the data item it cannot read
+    saved = ocp.PyTreeCheckpointHandler().metadata(step_dir / _STATE)
   except Exception:  # pylint: disable=broad-except  # damaged: the restore reports it
     return None
-  finally:
-    manager.close()
-  return getattr(saved, "tree", saved), str(directory / str(step))
+  return getattr(saved, "tree", saved), str(step_dir)
 
 
 def restore_field_from_run(run_dir: str | os.PathLike[str], field: str, target: Any, *,
