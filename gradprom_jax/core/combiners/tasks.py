@@ -7,6 +7,8 @@ dict by task name) of K such trees and keeps one state per task in a :class:`Mul
 
 Internally every combiner works on a tuple of tasks (one task when built for one): :class:`Tasks`
 splits the caller's container into that tuple and puts per-task results back into the caller's form.
+The train step always takes the by-name form, one entry for one task. :func:`metric_key` is the one
+place a task's name joins a logged key (the combiners' metrics and every other per-task value).
 """
 from __future__ import annotations
 
