@@ -8,8 +8,9 @@
     φ_k ← φ_k + recognizer_tx(∇φ_k L_k)           each recogniser with its own optimiser
 
 Every per-task value (g_t, ∇φ_k, L_k, the recognisers' params and optimiser states) is a dict by
-task name, one entry for one task, and the combiner gates each g_t,k against g_e on its own. Joint training pulls back one summed cotangent
-∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: exactly g_e + Σ_k λ_k g_t,k, at one pull-back's cost.
+task name, one entry for one task, and the combiner gates each g_t,k against g_e on its own. Joint
+training pulls back one summed cotangent ∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: exactly g_e + Σ_k λ_k g_t,k,
+at one pull-back's cost.
 
 A phase's ``enhancer_gradient`` picks one gradient mode, each a short builder over the same shared
 forward pass (:data:`GRADIENT_MODES`): ``"separate"`` (g_e and g_t,k for the combiner),
