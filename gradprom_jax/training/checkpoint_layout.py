@@ -30,7 +30,8 @@ def has_tasks_by_name(saved_state: Any) -> bool:
     return True
   recognizers = saved_state["recognizer_params"]
   # Task names are task kinds' names, which no recogniser's module is called.
-  return isinstance(recognizers, Mapping) and bool(recognizers) and set(recognizers) <= set(TASK_KINDS)
+  return (isinstance(recognizers, Mapping) and bool(recognizers)
+          and set(recognizers) <= set(TASK_KINDS))
 
 
 def check_tasks_by_name(run_dir: str | os.PathLike[str], error: type[Exception], what: str = ""
@@ -39,6 +40,6 @@ def check_tasks_by_name(run_dir: str | os.PathLike[str], error: type[Exception],
   in ``run_dir`` was written by an earlier version of the code (:func:`has_tasks_by_name`)."""
   saved = saved_state_of_run(run_dir)
   if saved is not None and not has_tasks_by_name(saved[0]):
-    raise error(f"{what + ': ' if what else ''}{os.fspath(run_dir)} was written by an earlier version of "
-                "the code (a single task's recogniser not kept under the task's name): re-run "
-                "that run, or start a new workdir")
+    raise error(f"{what + ': ' if what else ''}{os.fspath(run_dir)} was written by an earlier "
+                "version of the code (a single task's recogniser not kept under the task's "
+                "name): re-run that run, or start a new workdir")

@@ -106,7 +106,8 @@ def build_system(config: ml_collections.ConfigDict, dataset: Any) -> TaskDrivenS
 def system_for_dataset(model: ModelSpec, tasks: TaskConfig, dataset: Any) -> TaskDrivenSystem:
   """The system of ``model`` and ``tasks`` for ``dataset``'s images and classes (its class
   weights resolved from the training split)."""
-  num_classes = {task.name: len(task_class_names(task.recognition, dataset)) for task in tasks.tasks}
+  num_classes = {task.name: len(task_class_names(task.recognition, dataset))
+                 for task in tasks.tasks}
   weights = {task.name: resolve_class_weights(task, dataset) for task in tasks.tasks}
   return create_system(model, tasks, channels=dataset.image_shape[-1],
                        num_classes=num_classes, class_weights=weights)
@@ -114,8 +115,10 @@ def system_for_dataset(model: ModelSpec, tasks: TaskConfig, dataset: Any) -> Tas
 
 def model_info(system: TaskDrivenSystem, dataset: Any, tasks: TaskConfig) -> dict[str, Any]:
   """``model_info.json``: what ``experiments/enhance.py`` needs to rebuild the models without the
-  dataset: ``num_classes`` and ``class_names`` in the file's form (:func:`pretrained.model_info_form`)."""
-  class_names = {name: list(names) for name, names in recognizer_class_names(tasks, dataset).items()}
+  dataset: ``num_classes`` and ``class_names`` in the file's form
+  (:func:`pretrained.model_info_form`)."""
+  class_names = {name: list(names)
+                 for name, names in recognizer_class_names(tasks, dataset).items()}
   return {"image_shape": list(dataset.image_shape),
           "num_classes": pretrained.model_info_form(system, system.num_classes),
           "class_names": pretrained.model_info_form(system, class_names),

@@ -287,7 +287,8 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
     system: the models, degradation and losses.
     phase: what this step updates, and how (see :class:`~gradprom_jax.training.phases.Phase`).
     enhancer_tx, recognizer_tx: the two optimisers (the combiner is inside ``enhancer_tx``).
-    task_weight: ``{task: λ_k}``, used where the step itself sums the task cotangents (``"summed"`` phases); ``"separate"`` phases leave λ to the combiner.
+    task_weight: ``{task: λ_k}``, used where the step itself sums the task cotangents
+      (``"summed"`` phases); ``"separate"`` phases leave λ to the combiner.
     axis_name: the ``pmap`` axis to average gradients over, or None under ``jit``.
     accumulate_steps: k; the (per-device) batch is split into k micro-batches whose gradients
       (g_e, g_t and the recogniser's) are averaged in a ``lax.scan`` before the combiner and the
