@@ -70,7 +70,8 @@ def measure(dtype: str, num_devices: int) -> dict:
            "mask": jnp.zeros((batch_size, SIZE, SIZE), jnp.int32)}
   state, batch = jax.device_put(state, replicated), jax.device_put(batch, split)
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=config.task_weight),
+                                 recognizer_tx=recognizer_tx,
+                                 task_weight=dict.fromkeys(system.task_names, config.task_weight)),
                  in_shardings=(replicated, split), out_shardings=(replicated, replicated),
                  donate_argnums=0)
   start = time.perf_counter()

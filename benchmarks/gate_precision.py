@@ -84,7 +84,8 @@ def main():
                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
                              recognizer_tx=recognizer_tx)
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=config.task_weight))
+                                 recognizer_tx=recognizer_tx,
+                                 task_weight=dict.fromkeys(system.task_names, config.task_weight)))
 
   @jax.jit
   def cosines(state, batch, key):

@@ -96,7 +96,7 @@ def lower_default_step(*, image_size: int, dtype: str, remat: bool, enhancer: di
   batch_shapes = {"image": jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32),
                   "mask": jax.ShapeDtypeStruct((batch, image_size, image_size), jnp.int32)}
   step = make_train_step(system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-                         task_weight=config.task_weight)
+                         task_weight=dict.fromkeys(system.task_names, config.task_weight))
   return jax.jit(step, donate_argnums=0).lower(state, batch_shapes)
 
 

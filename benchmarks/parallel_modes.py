@@ -82,7 +82,8 @@ def measure(mode: str, *, config, dataset, system, steps: int, repeats: int, scr
                         sharding=parallel.replicated)
   step = parallel.compile_step(make_train_step(
       system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-      task_weight=config.task_weight, axis_name=parallel.axis_name))
+      task_weight=dict.fromkeys(system.task_names, config.task_weight),
+      axis_name=parallel.axis_name))
   host_batch = next(iter(data_lib.make_train_loader(
       dataset, global_batch_size=config.batch_size, seed=config.seed,
       patch_size=config.data.patch_size)))

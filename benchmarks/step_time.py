@@ -114,7 +114,8 @@ def load_config(spec: str, smoke: bool):
 def naive_separate_gradients(system, enhancer_params, recognizer_params, low_quality, batch,
                              normalizers=None, *, keep_forwards_apart: bool = True):
   """:func:`shared_forward_gradients` the naive way: one ``jax.grad`` per loss, each with its own
-  enhancer forward and backward pass. Same signature and result; for comparison only.
+  enhancer forward and backward pass. Same signature and result (by task name; one
+  task); for comparison only.
 
   Written plainly inside one jit (``keep_forwards_apart=False``), XLA's common-subexpression
   elimination merges the two identical enhancer forwards: the program then equals two sequential
@@ -129,16 +130,20 @@ def naive_separate_gradients(system, enhancer_params, recognizer_params, low_qua
     enhanced = system.enhance(theta, low_quality, train=True)
     return system.enhancement_loss(enhanced, batch["image"]), enhanced
 
+  (head,) = system.heads
+  normalizer = None if normalizers is None else normalizers[head.name]
+
   def task_loss(theta, phi):
     images = low_quality + 0.0 * low_quality if keep_forwards_apart else low_quality
     enhanced = system.enhance(theta, images, train=True)
-    return system.head.loss(system.head.recognize(phi, enhanced, train=True), batch, normalizers)
+    return head.loss(head.recognize(phi, enhanced, train=True), batch, normalizer)
 
   (loss_e, enhanced), g_e = jax.value_and_grad(enhancement_loss, has_aux=True)(enhancer_params)
-  loss_t, (g_t, g_phi) = jax.value_and_grad(task_loss, argnums=(0, 1))(enhancer_params,
-                                                                       recognizer_params)
-  return {"enhancement_loss": loss_e, "task_loss": loss_t, "enhanced": enhanced,
-          "enhancement_grads": g_e, "task_grads": g_t, "recognizer_grads": g_phi}
+  loss_t, (g_t, g_phi) = jax.value_and_grad(task_loss, argnums=(0, 1))(
+      enhancer_params, recognizer_params[head.name])
+  return {"enhancement_loss": loss_e, "task_loss": {head.name: loss_t}, "enhanced": enhanced,
+          "enhancement_grads": g_e, "task_grads": {head.name: g_t},
+          "recognizer_grads": {head.name: g_phi}}
 
 
 def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_quality, batch,
@@ -148,16 +153,18 @@ def vmapped_pullback_gradients(system, enhancer_params, recognizer_params, low_q
   import jax
   import jax.numpy as jnp
 
+  (head,) = system.heads
+  normalizer = None if normalizers is None else normalizers[head.name]
   enhanced, pullback = jax.vjp(lambda p: system.enhance(p, low_quality, train=True), enhancer_params)
   loss_e, d_e = jax.value_and_grad(system.enhancement_loss)(enhanced, batch["image"])
   loss_t, (g_phi, d_t) = jax.value_and_grad(
-      lambda phi, y: system.head.loss(system.head.recognize(phi, y, train=True), batch,
-                                      normalizers),
-      argnums=(0, 1))(recognizer_params, enhanced)
+      lambda phi, y: head.loss(head.recognize(phi, y, train=True), batch, normalizer),
+      argnums=(0, 1))(recognizer_params[head.name], enhanced)
   both = jax.vmap(lambda cotangent: pullback(cotangent)[0])(jnp.stack([d_e, d_t]))
-  return {"enhancement_loss": loss_e, "task_loss": loss_t, "enhanced": enhanced,
+  return {"enhancement_loss": loss_e, "task_loss": {head.name: loss_t}, "enhanced": enhanced,
           "enhancement_grads": jax.tree.map(lambda g: g[0], both),
-          "task_grads": jax.tree.map(lambda g: g[1], both), "recognizer_grads": g_phi}
+          "task_grads": {head.name: jax.tree.map(lambda g: g[1], both)},
+          "recognizer_grads": {head.name: g_phi}}
 
 
 # Variants of the GradProm step: the library's step with shared_forward_gradients swapped while tracing.
@@ -229,7 +236,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     state = initial_state(config.seed, system, dataset.image_shape, enhancer_tx, recognizer_tx)
     step = parallel.compile_step(train_step_lib.make_train_step(
         system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-        task_weight=config.task_weight, axis_name=parallel.axis_name))
+        task_weight=dict.fromkeys(system.task_names, config.task_weight),
+        axis_name=parallel.axis_name))
     states[method] = parallel.put_state(state)
     swap = (mock.patch.object(train_step_lib, "shared_forward_gradients", GRADIENT_VARIANTS[method])
             if method in GRADIENT_VARIANTS else contextlib.nullcontext())

@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from gradprom_jax.inference import load_trained_system
+from gradprom_jax.training.checkpointing import CheckpointRestoreError
 from gradprom_jax.training.console import hide_library_noise
 from gradprom_jax.training.run_config import ConfigMismatchError
 
@@ -53,8 +54,9 @@ def main(argv):
     sys.exit(f"enhance.py: --input_dir {input_dir} is not a folder.")
   try:
     trained = load_trained_system(_WORKDIR.value)
-  except (FileNotFoundError, ConfigMismatchError) as e:   # not a run's workdir, no checkpoint
-    sys.exit(f"enhance.py: {e}")                          # yet, or a run of older code
+  except (FileNotFoundError, ConfigMismatchError,        # not a run's workdir, no checkpoint
+          CheckpointRestoreError) as e:                   # yet, or a run of older code
+    sys.exit(f"enhance.py: {e}")
   channels = trained.system.enhancer.channels
   paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
   if not paths:
@@ -64,7 +66,6 @@ def main(argv):
   if _DEGRADE.value:
     (output / "degraded").mkdir(exist_ok=True)
   system = trained.system
-  class_names = system.split(trained.class_names)
   rows = []
   for index, path in enumerate(paths):
     with Image.open(path) as image:
@@ -77,9 +78,8 @@ def main(argv):
     if _DEGRADE.value:
       _to_png(out["input"][0]).save(output / "degraded" / f"{path.stem}.png")
     row = {}
-    for head, probabilities, names in zip(system.heads, system.split(out["probabilities"]),
-                                          class_names):
-      probabilities = probabilities[0]
+    for head in system.heads:
+      probabilities, names = out["probabilities"][head.name][0], trained.class_names[head.name]
       picture = head.kind.prediction_image(probabilities)   # e.g. segmentation's masks/
       if picture is not None:
         folder, pixels = picture

@@ -41,15 +41,15 @@ def _step_and_state(method, accumulate_steps):
   config = _config(method)
   system = system_from_config(config, channels=IMAGE[-1], num_classes=2)
   phase = phases_from_config(config)[0]
-  combiner = ([get_combiner(method, task_weight=1.0)] if phase.enhancer_gradient == "separate"
-              else [])
+  combiner = ([get_combiner(method, task_weight=1.0, tasks=system.task_names)]
+              if phase.enhancer_gradient == "separate" else [])
   enhancer_tx, recognizer_tx = optax.chain(*combiner, _sgd(0.5)), optax.chain(_sgd(0.5))
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
   state = create_train_state(seed=0, enhancer_params=enhancer_params,
                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
                              recognizer_tx=recognizer_tx)
   step = jax.jit(make_train_step(system, phase, enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0,
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0),
                                  accumulate_steps=accumulate_steps))
   return step, state
 
@@ -102,7 +102,7 @@ def test_combiner_inside_multisteps_is_refused():
                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
                              recognizer_tx=recognizer_tx)
   step = make_train_step(system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-                         task_weight=1.0)
+                         task_weight=dict.fromkeys(system.task_names, 1.0))
   with pytest.raises(ValueError, match="wrapped in optax.MultiSteps"):
     jax.jit(step)(state, _batch())
 

@@ -137,13 +137,14 @@ def test_random_gate_method_is_wired_from_the_config():
   validate_config(config)
   phases = phases_from_config(config)
   assert phases[-1].enhancer_gradient == "separate"
-  # The combiner, first in the enhancer's chain, draws the coins of random_gate(0.3, seed=5).
+  # The combiner, first in the enhancer's chain, draws the coins of random_gate(0.3, seed=5) for
+  # the config's one task (its state and gradient under the task's name).
   g_e, g_t = random_pair(8)
   tx = enhancer_tx_from_config(config, phases)
   state, gates = tx.init(g_e), []
   for _ in range(40):
-    _, state = tx.update(g_e, state, g_e, task_grads=g_t)
-    gates.append(float(state[0].gate))
+    _, state = tx.update(g_e, state, g_e, task_grads={"segmentation": g_t})
+    gates.append(float(state[0].tasks["segmentation"].gate))
   _, expected_gates, _ = run_random_gate(random_gate(open_rate=0.3, seed=5), g_e, g_t, 40)
   np.testing.assert_array_equal(gates, expected_gates)
   config.random_gate.open_rate = 1.2

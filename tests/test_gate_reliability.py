@@ -57,7 +57,7 @@ def test_whole_batch_cosine_is_the_train_steps_cosine_and_agreement_follows_the_
   system, phases, enhancer_tx, recognizer_tx, state = toy_system(
       "downsample(scale=2) > gaussian_noise(sigma=0.05)")
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
   probe = make_gate_probe(system)
   for seed in range(4):
     batch = make_batch(seed, 6)

@@ -310,7 +310,7 @@ def test_cosine_average_option_is_checked_and_wired_from_the_config():
   config.gradprom.cosine_ema = 0.95
   validate_config(config)
   tx = enhancer_tx_from_config(config, phases_from_config(config))
-  assert isinstance(tx.init({"w": jnp.zeros(2)})[0], GradPromEmaState)
+  assert isinstance(tx.init({"w": jnp.zeros(2)})[0].tasks["segmentation"], GradPromEmaState)
   config.gradprom.cosine_ema = 1.0
   with pytest.raises(ConfigError, match=r"gradprom.cosine_ema=1.0 must be in \[0, 1\)"):
     validate_config(config)

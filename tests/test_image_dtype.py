@@ -45,7 +45,8 @@ def test_train_and_eval_steps_give_identical_results_on_uint8_and_float_batches(
   config = tiny_config()
   system, phases, enhancer_tx, recognizer_tx, state = setup(config)
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=config.task_weight))
+                                 recognizer_tx=recognizer_tx,
+                                 task_weight=dict.fromkeys(system.task_names, config.task_weight)))
   uint8_batch, float_batch = _batches()
   _assert_trees_identical(step(state, uint8_batch), step(state, float_batch))
 
@@ -62,7 +63,8 @@ def test_uint8_masks_give_the_results_of_int32_masks():
   config = tiny_config()
   system, phases, enhancer_tx, recognizer_tx, state = setup(config)
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=config.task_weight))
+                                 recognizer_tx=recognizer_tx,
+                                 task_weight=dict.fromkeys(system.task_names, config.task_weight)))
   eval_step = jax.jit(evaluation.make_eval_step(system))
   batch, _ = _batches(seed=1)
   uint8_masks = {**batch, "mask": batch["mask"].astype(np.uint8)}

@@ -106,7 +106,7 @@ def test_a_registered_method_trains_a_step_with_its_option(registered):
     system, phases, enhancer_tx, recognizer_tx, state = setup(config)
     assert [p.enhancer_gradient for p in phases] == ["separate"]
     step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+                                   recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
     state, _ = step(state, make_batch(0))   # warm-up: the first learning rate is 0
     state, metrics = step(state, make_batch(1))
     assert float(metrics["gate"]) == damping and np.isfinite(float(metrics["enhancement_loss"]))

@@ -143,12 +143,49 @@ def test_every_method_builds_for_several_tasks(method):
   assert set(find_combiner_metrics(state)) >= {"gate/segmentation", "gate/classification"}
 
 
+def one_task_variants(method: methods.Method) -> list[tuple[str, object]]:
+  """(dotted key, value) pairs: the defaults (``("", None)``), then each of ``method``'s keys
+  moved off its default, one at a time."""
+  config = base_config()
+  config.method = method.name
+  flat = flatten_config(config)
+  keys = sorted(set(method.combiner_args.values()))
+  return [("", None)] + [(key, other_value(key, flat[key])) for key in keys]
+
+
+@pytest.mark.parametrize("method", methods.combination_methods(), ids=lambda method: method.name)
+def test_a_one_task_dict_updates_bitwise_as_the_bare_tree(method):
+  """The train step gives the combiner built for the config's tasks a dict by task name, one entry
+  for one task: its updates, state and (plain-keyed) metrics are bitwise the single-tree form's."""
+  for key, value in one_task_variants(method):
+    config = base_config()
+    config.method = method.name
+    if key:
+      _set(config, key, value)
+    spec = run_spec.parse_run_config(config)
+    bare, by_name = methods.build_combiner(spec.method), methods.build_combiner(spec.method, spec.tasks)
+    bare_update, by_name_update = jax.jit(bare.update), jax.jit(by_name.update)
+    bare_state, by_name_state = bare.init(_G_E), by_name.init(_G_E)
+    for g_e, g_t in _STEPS:
+      d_bare, bare_state = bare_update(g_e, bare_state, task_grads=g_t)
+      d_by_name, by_name_state = by_name_update(g_e, by_name_state,
+                                                task_grads={"segmentation": g_t})
+      assert jax.tree.structure(d_bare) == jax.tree.structure(d_by_name)
+      for a, b in zip(jax.tree.leaves((d_bare, bare_state)),
+                      jax.tree.leaves((d_by_name, by_name_state.tasks["segmentation"]))):
+        np.testing.assert_array_equal(a, b, err_msg=f"{method.name} {key}={value}")
+      plain = find_combiner_metrics(by_name_state, suffixed=False)
+      assert plain.keys() == find_combiner_metrics(bare_state).keys()
+      for name, metric in find_combiner_metrics(bare_state).items():
+        np.testing.assert_array_equal(plain[name], metric, err_msg=f"{method.name} {name}")
+
+
 def trains_a_step(name: str) -> dict:
   """Two train steps of method ``name`` on test_train_step's tiny config; asserts that both models
   change and the losses are finite; returns the second step's metrics."""
   system, phases, enhancer_tx, recognizer_tx, state = setup(tiny_config(name))
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
   new_state, _ = step(state, make_batch(0))   # warm-up: the first learning rate is 0
   new_state, metrics = step(new_state, make_batch(1))
   for old, new in ((state.enhancer_params, new_state.enhancer_params),
@@ -187,9 +224,10 @@ def test_the_enhancer_optimiser_holds_the_configured_combiner():
   config.gradprom.mode = "soft"
   tx = enhancer_tx_from_config(config, phases_from_config(config))
   g_e, g_t = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([1.0, 1.0])}
-  _, state = tx.update(g_e, tx.init(g_e), g_e, task_grads=g_t)
+  _, state = tx.update(g_e, tx.init(g_e), g_e, task_grads={"segmentation": g_t})
   # A soft gate weighs g_t by the cosine (a hard one would log 1).
-  assert float(find_combiner_metrics(state)["gate"]) == pytest.approx(2 ** -0.5, abs=1e-6)
+  assert float(find_combiner_metrics(state)["gate/segmentation"]) == pytest.approx(2 ** -0.5,
+                                                                                  abs=1e-6)
   config.method = "joint"   # one summed pull-back: no combiner in the chain
   tx = enhancer_tx_from_config(config, phases_from_config(config))
   assert find_combiner_state(tx.init(g_e)) is None

@@ -246,7 +246,7 @@ def test_option_is_checked_and_wired_from_the_config():
   config.gradprom.gradient_ema = 0.95
   validate_config(config)
   tx = enhancer_tx_from_config(config, phases_from_config(config))
-  assert isinstance(tx.init({"w": jnp.zeros(2)})[0], GradPromMomentState)
+  assert isinstance(tx.init({"w": jnp.zeros(2)})[0].tasks["segmentation"], GradPromMomentState)
   config.gradprom.cosine_ema = 0.9
   with pytest.raises(ConfigError, match="choose one moving average"):
     validate_config(config)

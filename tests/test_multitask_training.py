@@ -44,8 +44,7 @@ def two_task_batch(seed, batch_size=8):
 
 def setup(config):
   tasks = parse_task_config(config)
-  num_classes = ({name: NUM_CLASSES[name] for name in tasks.names} if tasks.multi_task
-                 else NUM_CLASSES[tasks.names[0]])
+  num_classes = {name: NUM_CLASSES[name] for name in tasks.names}
   system = system_from_config(config, channels=IMAGE[-1], num_classes=num_classes, tasks=tasks)
   phases = phases_from_config(config)
   enhancer_tx = enhancer_tx_from_config(config, phases, tasks)
@@ -73,13 +72,13 @@ def test_multitask_step_with_one_task_equals_the_single_task_step(method):
       two_task_config(method, recognition="segmentation", task_weight=0.7))
   assert tasks.multi_task and multi_system.task_names == ("segmentation",)
   # The same initial recogniser (the multi-task form keys each task's init by its index).
-  multi_state = multi_state.replace(recognizer_params={"segmentation": single_state.recognizer_params})
+  multi_state = multi_state.replace(recognizer_params=single_state.recognizer_params)
   single_step, multi_step = jax.jit(single_step), jax.jit(multi_step)
   for seed in range(3):
     single_state, single_metrics = single_step(single_state, make_batch(seed))
     multi_state, multi_metrics = multi_step(multi_state, make_batch(seed))
   assert_trees_close(multi_state.enhancer_params, single_state.enhancer_params, rtol=1e-6, atol=1e-7)
-  assert_trees_close(multi_state.recognizer_params["segmentation"], single_state.recognizer_params,
+  assert_trees_close(multi_state.recognizer_params, single_state.recognizer_params,
                      rtol=1e-6, atol=1e-7)
   # The same values, under the task's suffixed keys.
   for key, value in single_metrics.items():

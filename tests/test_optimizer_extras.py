@@ -18,7 +18,7 @@ from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.config_validation import ConfigError, validate_config
 from gradprom_jax.training import train
 from gradprom_jax.training.checkpointing import CheckpointRestoreError, Checkpointer
-from gradprom_jax.training.optimizers import learning_rate_schedule
+from gradprom_jax.training.optimizers import learning_rate_schedule, per_task_optimizer
 from gradprom_jax.training.params_ema import ParamsEmaState, find_params_ema
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.training_spec import (enhancer_tx_from_config, phases_from_config,
@@ -80,7 +80,8 @@ def test_parameter_average_does_not_change_the_updates():
 
 def _toy_state(config):
   phases = phases_from_config(config)
-  return create_train_state(seed=0, enhancer_params=TOY_PARAMS, recognizer_params=TOY_PARAMS,
+  return create_train_state(seed=0, enhancer_params=TOY_PARAMS,
+                            recognizer_params={"segmentation": TOY_PARAMS},
                             enhancer_tx=enhancer_tx_from_config(config, phases),
                             recognizer_tx=recognizer_tx_from_config(config, phases))
 
@@ -105,8 +106,10 @@ def test_a_checkpoint_without_the_average_restores_as_is_and_refuses_to_resume_w
   lr = learning_rate_schedule(config.optim.enhancer_lr, 0, 500)
   old_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.inject_hyperparams(optax.adamw)(
       learning_rate=lr, weight_decay=config.optim.weight_decay))
-  old_state = create_train_state(seed=0, enhancer_params=TOY_PARAMS, recognizer_params=TOY_PARAMS,
-                                 enhancer_tx=old_tx, recognizer_tx=old_tx)
+  old_state = create_train_state(seed=0, enhancer_params=TOY_PARAMS,
+                                 recognizer_params={"segmentation": TOY_PARAMS},
+                                 enhancer_tx=old_tx, recognizer_tx=per_task_optimizer(
+                                     {"segmentation": old_tx}))
   with Checkpointer(tmp_path, save_interval_steps=1, async_save=False) as checkpointer:
     checkpointer.save(1, old_state)
     restored, _ = checkpointer.restore_latest(_toy_state(config))
@@ -125,12 +128,12 @@ def test_a_checkpoint_without_the_average_restores_as_is_and_refuses_to_resume_w
 def test_weight_decay_spares_biases_and_norm_scales(mask):
   config = _config(weight_decay_mask=mask, weight_decay=0.5, clip_norm=None)
   tx = recognizer_tx_from_config(config, phases_from_config(config))
-  params, state = TOY_PARAMS, tx.init(TOY_PARAMS)
-  zero = jax.tree.map(jnp.zeros_like, TOY_PARAMS)
+  params = {"segmentation": TOY_PARAMS}
+  state, zero = tx.init(params), jax.tree.map(jnp.zeros_like, params)
   for _ in range(3):
     updates, state = tx.update(zero, state, params)
     params = optax.apply_updates(params, updates)
-  for path, after in jax.tree_util.tree_leaves_with_path(params):
+  for path, after in jax.tree_util.tree_leaves_with_path(params["segmentation"]):
     before = TOY_PARAMS[path[0].key][path[1].key]
     decayed = mask == "all" or path[-1].key == "kernel"
     if decayed:

@@ -62,7 +62,7 @@ def test_pmap_and_mesh_train_to_the_same_state(recognition):
     parallel = DataParallel(mode)
     step = parallel.compile_step(make_train_step(
         system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-        task_weight=1.0, axis_name=parallel.axis_name))
+        task_weight=dict.fromkeys(system.task_names, 1.0), axis_name=parallel.axis_name))
     placed = parallel.put_state(jax.tree.map(jnp.copy, state))   # steps donate their input
     for i in range(2):
       placed, _ = step(placed, parallel.put_batch(make_batch(i, recognition=recognition)))

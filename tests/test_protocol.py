@@ -110,10 +110,12 @@ def test_pipeline_metrics_report_the_judge_under_its_own_prefixes():
   metrics = evaluation.PipelineMetrics("classification", 2, judged=True)
   labels = np.array([0, 1])
   probabilities = {"probabilities": np.array([[0.9, 0.1], [0.2, 0.8]]), "labels": labels}
-  outputs = {r: dict(probabilities) for r in evaluation.REFERENCES + evaluation.JUDGE_REFERENCES}
+  outputs = {r: {"classification": probabilities}
+             for r in evaluation.REFERENCES + evaluation.JUDGE_REFERENCES}
   for r in evaluation.REFERENCES[:2]:
     outputs[r].update(psnr=np.array([20.0, 30.0]), ssim=np.array([0.5, 0.7]))
-  outputs["judge"] = {"probabilities": np.array([[0.1, 0.9], [0.2, 0.8]]), "labels": labels}
+  outputs["judge"] = {"classification": {"probabilities": np.array([[0.1, 0.9], [0.2, 0.8]]),
+                                         "labels": labels}}
   metrics.update(outputs, np.array([True, True]))   # one of the judge's is wrong
   results = metrics.compute()
   assert results["accuracy"] == results["hq_input_accuracy"] == 1.0

@@ -92,15 +92,15 @@ def test_a_registered_toy_kind_trains_is_scored_and_drawn(presence, tmp_path):
   config = tiny_config("gradprom", recognition="classification")
   config.task.recognition = "presence"
   system, phases, enhancer_tx, recognizer_tx, state = setup(config, num_classes=3)
-  assert system.head.kind is presence
-  assert system.head.loss_options == (("presence_margin", 0.0),)
+  assert system.heads[0].kind is presence
+  assert system.heads[0].loss_options == (("presence_margin", 0.0),)
   batch = make_batch(0, recognition="classification")
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
-  np.testing.assert_array_equal(system.head.loss(logits, batch),
+  np.testing.assert_array_equal(system.heads[0].loss(logits, batch),
                                 presence.loss(logits, jnp.asarray(batch["label"])))
 
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
   state, metrics = step(state, batch)
   state, metrics = step(state, make_batch(1, recognition="classification"))
   assert int(state.step) == 2 and np.isfinite(float(metrics["task_loss"]))

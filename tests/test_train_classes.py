@@ -32,10 +32,12 @@ def test_segmentation_recognizer_classes_are_the_mask_classes(tmp_path):
   root = write_user_folder(tmp_path / "raw")
   dataset = load_dataset(folder_data_config(root, tmp_path / "tfds", label_column="grade"))
   config = image_folder_config.get_config("smoke")
-  assert recognizer_class_names(parse_tasks(config), dataset) == ("background", "lesion")
-  assert build_system(config, dataset).num_classes == 2
+  assert recognizer_class_names(parse_tasks(config), dataset) == {
+      "segmentation": ("background", "lesion")}
+  assert build_system(config, dataset).num_classes == {"segmentation": 2}
   config = image_folder_config.get_config("classification,smoke")
-  assert recognizer_class_names(parse_tasks(config), dataset) == ("benign", "malignant")
+  assert recognizer_class_names(parse_tasks(config), dataset) == {
+      "classification": ("benign", "malignant")}
 
 
 def test_balanced_class_weights_are_inverse_train_frequencies_with_mean_one(tmp_path):
@@ -43,7 +45,7 @@ def test_balanced_class_weights_are_inverse_train_frequencies_with_mean_one(tmp_
   dataset = load_dataset(folder_data_config(root, tmp_path / "tfds", label_column="grade"))
   config = image_folder_config.get_config("classification,smoke")
   config.task.class_weights = "balanced"
-  weights = np.asarray(build_system(config, dataset).head.class_weights)
+  weights = np.asarray(build_system(config, dataset).heads[0].class_weights)
   counts = np.asarray(dataset.class_counts["train"])
   assert weights.mean() == pytest.approx(1.0) and weights[1] > weights[0]
   np.testing.assert_allclose(weights * counts, (weights * counts)[0], rtol=1e-5)  # Equal class totals.

@@ -7,7 +7,7 @@ import pytest
 
 from gradprom_jax.configuration.config import base_config
 from gradprom_jax.configuration.run_spec import system_from_config
-from gradprom_jax.core.combiners import gradprom
+from gradprom_jax.core.combiners import MultiTaskState, gradprom
 from gradprom_jax.training.parallel import DataParallel
 from gradprom_jax.training.train_state import create_train_state
 from gradprom_jax.training.train_step import make_train_step, shared_forward_gradients
@@ -67,18 +67,44 @@ def test_shared_forward_gradients_equal_two_separate_grads():
   def enhancement_loss(theta):
     return system.enhancement_loss(system.enhance(theta, low_quality, train=True), batch["image"])
 
+  (head,) = system.heads
   def task_loss(theta, phi):
     enhanced = system.enhance(theta, low_quality, train=True)
-    return system.head.loss(system.head.recognize(phi, enhanced, train=True), batch)
+    return head.loss(head.recognize(phi, enhanced, train=True), batch)
 
   g_e = jax.jit(jax.grad(enhancement_loss))(state.enhancer_params)
-  g_t, g_phi = jax.jit(jax.grad(task_loss, argnums=(0, 1)))(state.enhancer_params,
-                                                            state.recognizer_params)
+  g_t, g_phi = jax.jit(jax.grad(task_loss, argnums=(0, 1)))(
+      state.enhancer_params, state.recognizer_params["segmentation"])
+  # A single task's values sit under its name, as each of several tasks' do.
+  assert list(out["task_grads"]) == list(out["recognizer_grads"]) == ["segmentation"]
+  g_t, g_phi = {"segmentation": g_t}, {"segmentation": g_phi}
   for name, expected in (("enhancement_grads", g_e), ("task_grads", g_t), ("recognizer_grads", g_phi)):
     scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(expected))
     for a, b in zip(jax.tree.leaves(out[name]), jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
   assert float(out["enhancement_loss"]) == pytest.approx(float(enhancement_loss(state.enhancer_params)), rel=1e-6)
+
+
+def test_a_single_tasks_values_are_dicts_by_its_name_and_its_keys_plain():
+  """Per-task values are dicts by task name for one task too; only the keys users read say
+  whether the run is of the multi-task form (``dice/<task>``) or not (``dice``)."""
+  system, phases, enhancer_tx, recognizer_tx, state = setup(tiny_config())
+  assert not system.multi_task and system.num_classes == {"segmentation": 2}
+  is_multi = lambda x: isinstance(x, MultiTaskState)
+  (combiner_state,) = [s for s in jax.tree.leaves(state.enhancer_opt_state, is_leaf=is_multi)
+                       if is_multi(s)]
+  assert list(combiner_state.tasks) == ["segmentation"]
+  step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
+                                 recognizer_tx=recognizer_tx, task_weight={"segmentation": 1.0}))
+  state, metrics = step(state, make_batch(0))
+  assert list(state.recognizer_params) == list(state.recognizer_opt_state) == ["segmentation"]
+  batch = jax.tree.map(jnp.asarray, make_batch(1))
+  out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
+                                 batch["image"][:, ::2, ::2], batch)
+  for name in ("task_loss", "task_grads", "recognizer_grads"):
+    assert list(out[name]) == ["segmentation"], name
+  assert {"task_loss", "task_grad_norm", "cosine", "gate", "gate_open_rate"} <= set(metrics)
+  assert not [key for key in metrics if "/" in key]
 
 
 def test_shared_forward_runs_the_enhancer_forward_once():
@@ -101,8 +127,9 @@ def test_shared_forward_runs_the_enhancer_forward_once():
   def two_forwards(e, r):   # what the naive implementation does: the count must change
     enhancement = jax.grad(lambda t: system.enhancement_loss(
         system.enhance(t, low_quality, train=True), batch["image"]))(e)
-    task = jax.grad(lambda t: system.head.loss(system.head.recognize(
-        r, system.enhance(t, low_quality, train=True), train=True), batch))(e)
+    (head,) = system.heads
+    task = jax.grad(lambda t: head.loss(head.recognize(
+        r["segmentation"], system.enhance(t, low_quality, train=True), train=True), batch))(e)
     return enhancement, task
   naive = jax.make_jaxpr(two_forwards)(state.enhancer_params, state.recognizer_params)
   assert len([eqn for eqn in naive.eqns if eqn.primitive.name == "conv_general_dilated"
@@ -117,7 +144,7 @@ def test_every_method_trains_both_models_and_logs(method, gradient):
   system, phases, enhancer_tx, recognizer_tx, state = setup(config)
   assert phases[-1].enhancer_gradient == gradient
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
   new_state, _ = step(state, make_batch(0))   # warm-up: the first learning rate is 0
   new_state, metrics = step(new_state, make_batch(1))
   assert int(new_state.step) == 2
@@ -139,7 +166,7 @@ def test_joint_summed_cotangent_equals_joint_combiner_on_separate_gradients():
     config.measure_baseline_cosine = measure
     system, phases, enhancer_tx, recognizer_tx, state = setup(config)
     step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                   recognizer_tx=recognizer_tx, task_weight=0.7))
+                                   recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 0.7)))
     results.append(step(state, batch)[0].enhancer_params)
   for a, b in zip(*map(jax.tree.leaves, results)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -151,7 +178,7 @@ def test_two_stage_phases_update_one_model_each():
   assert [p.name for p in phases] == ["enhancer", "recognizer"]
   for phase, frozen in zip(phases, ("recognizer_params", "enhancer_params")):
     step = jax.jit(make_train_step(system, phase, enhancer_tx=enhancer_tx,
-                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+                                   recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
     new_state, _ = step(state, make_batch(1))
     new_state, _ = step(new_state, make_batch(2))
     for a, b in zip(jax.tree.leaves(getattr(state, frozen)), jax.tree.leaves(getattr(new_state, frozen))):
@@ -162,7 +189,7 @@ def test_non_finite_batch_is_skipped_and_counted():
   config = tiny_config()
   system, phases, enhancer_tx, recognizer_tx, state = setup(config)
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0))
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
   batch = make_batch(0)
   batch["image"][0, 0, 0, 0] = np.nan
   new_state, metrics = step(state, batch)
@@ -191,13 +218,13 @@ def test_mesh_and_pmap_equal_one_device(recognition):
     return read(s)
 
   single = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+                                   recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
   expected = run(single, lambda s: jax.device_put(s, jax.devices()[0]), lambda b: b, lambda s: s)
   for mode in ("mesh", "pmap"):
     parallel = DataParallel(mode)
     step = parallel.compile_step(make_train_step(
         system, phases[-1], enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-        task_weight=1.0, axis_name=parallel.axis_name))
+        task_weight=dict.fromkeys(system.task_names, 1.0), axis_name=parallel.axis_name))
     got = run(step, parallel.put_state, parallel.put_batch, parallel.global_state)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=mode)
@@ -212,7 +239,7 @@ def test_recognizer_only_leaves_the_enhancer_alone_and_both_inputs_train(method,
       (method, "high_quality" if method == "recognizer_only" else "both")]
   for phase in phases:
     step = jax.jit(make_train_step(system, phase, enhancer_tx=enhancer_tx,
-                                   recognizer_tx=recognizer_tx, task_weight=1.0))
+                                   recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)))
     new_state, metrics = step(state, make_batch(0))
     new_state, metrics = step(new_state, make_batch(1))
     assert "task_loss_high_quality" in metrics
@@ -233,7 +260,7 @@ def test_moving_average_state_survives_the_donated_step(option, logged):
   config.gradprom[option] = 0.9
   system, phases, enhancer_tx, recognizer_tx, state = setup(config)
   step = jax.jit(make_train_step(system, phases[-1], enhancer_tx=enhancer_tx,
-                                 recognizer_tx=recognizer_tx, task_weight=1.0), donate_argnums=0)
+                                 recognizer_tx=recognizer_tx, task_weight=dict.fromkeys(system.task_names, 1.0)), donate_argnums=0)
   for seed in range(2):
     state, metrics = step(state, make_batch(seed))
   assert int(state.step) == 2 and -1 <= float(metrics[logged]) <= 1
@@ -268,7 +295,7 @@ def test_class_weighted_update_is_the_global_batchs_in_every_parallel_mode(recog
   system = system_from_config(config, channels=IMAGE[-1], num_classes=len(class_weights),
                               class_weights=class_weights)
   phase = phases_from_config(config)[-1]
-  enhancer_tx, recognizer_tx = optax.chain(gradprom(), _sgd(0.5)), _sgd(0.5)
+  enhancer_tx, recognizer_tx = optax.chain(gradprom(tasks=system.task_names), _sgd(0.5)), _sgd(0.5)
   enhancer_params, recognizer_params = system.init_params(jax.random.key(0), IMAGE)
   state = create_train_state(seed=0, enhancer_params=enhancer_params,
                              recognizer_params=recognizer_params, enhancer_tx=enhancer_tx,
@@ -278,7 +305,7 @@ def test_class_weighted_update_is_the_global_batchs_in_every_parallel_mode(recog
   def run(mode, accumulate_steps):
     parallel = DataParallel(mode) if mode else None
     step_fn = make_train_step(system, phase, enhancer_tx=enhancer_tx, recognizer_tx=recognizer_tx,
-                              task_weight=1.0, accumulate_steps=accumulate_steps,
+                              task_weight=dict.fromkeys(system.task_names, 1.0), accumulate_steps=accumulate_steps,
                               axis_name=parallel and parallel.axis_name)
     s = jax.tree.map(jnp.copy, state)   # steps donate their input state
     if parallel is None:

@@ -110,7 +110,7 @@ def system_from_config(config: ml_collections.ConfigDict, *, channels: int,
 
   >>> from gradprom_jax.configuration.config import base_config
   >>> system_from_config(base_config(), channels=3, num_classes=2).num_classes
-  2
+  {'segmentation': 2}
   """
   tasks = parse_task_config(config) if tasks is None else tasks
   return create_system(parse_model_spec(config), tasks, channels=channels,

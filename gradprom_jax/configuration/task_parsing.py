@@ -117,7 +117,7 @@ def parse_task_config(config: ml_collections.ConfigDict) -> TaskConfig:
   >>> config = base_config()
   >>> parsed = parse_task_config(config)
   >>> parsed.multi_task, parsed.names, parsed.task_weight, parsed.degradation.scale
-  (False, ('segmentation',), 1.0, 4)
+  (False, ('segmentation',), {'segmentation': 1.0}, 4)
   >>> config = multitask_config(base_config(), {"segmentation": config.model.recognizer,
   ...                                          "classification": classification_recognizer()})
   >>> config.task_weight, config.task.classification.weight = 0.5, 0.2

@@ -5,15 +5,15 @@ degradation, loss choices), hashable so that jitted steps can close over it. Par
 :class:`~gradprom_jax.training.train_state.TrainState`.
 
 One enhancer may feed several recognisers (:class:`RecognitionHead`, one per task: lesion masks and
-a diagnosis of the same images). A single-task system keeps the classic layout (the recogniser's
-params are one tree); a multi-task one (``multi_task=True``) keeps every per-task thing (params,
-gradients, optimiser states, losses) in a dict by task name: :meth:`TaskDrivenSystem.split` and
-:meth:`TaskDrivenSystem.join` convert between the two.
+a diagnosis of the same images). Every per-task thing (params, gradients, optimiser states, losses,
+class weights) is a dict by task name, one entry for a single task too. Only the keys users read
+depend on the config's form: a single-task run's metrics keep plain keys, a multi-task run's end
+in ``/<task>`` (:func:`metric_key`).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -22,19 +22,10 @@ import jax.numpy as jnp
 
 from gradprom_jax import models
 from gradprom_jax.core import degradations, losses
+from gradprom_jax.core.combiners.tasks import metric_key  # the one place a task's name joins a key
 from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
 from gradprom_jax.tasks import TaskKind, task_kind
 from gradprom_jax.tasks.class_weights import class_weight_sum
-
-
-def metric_key(key: str, task: str, multi_task: bool) -> str:
-  """The key a per-task value is written under: ``key`` itself in a single-task run, ``key/<task>``
-  in a multi-task one (the one place the task's name joins a metric's).
-
-  >>> metric_key("dice", "segmentation", False), metric_key("dice", "segmentation", True)
-  ('dice', 'dice/segmentation')
-  """
-  return f"{key}/{task}" if multi_task else key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +103,9 @@ class TaskDrivenSystem:
     heads: one :class:`RecognitionHead` per task.
     degradation: simulates the low-quality input from a high-quality batch, on device.
     enhancement_loss_kind, ssim_weight: the enhancement loss (see ``losses.enhancement_loss``).
-    multi_task: per-task things are dicts by task name (else the one task's value itself).
+    multi_task: the config's multi-task form (``model.recognizers``): metric keys end in
+      ``/<task>`` and task k's recogniser is initialised with k folded into its key. It names, it
+      does not lay out: per-task values are dicts by task name either way.
   """
   enhancer: nn.Module
   heads: tuple[RecognitionHead, ...]
@@ -123,59 +116,34 @@ class TaskDrivenSystem:
 
   def __post_init__(self):
     if not self.heads or (len(self.heads) > 1 and not self.multi_task):
-      raise ValueError(f"a system needs one recogniser, or several with multi_task=True; got "
-                       f"{len(self.heads)} with multi_task={self.multi_task}.")
+      raise ValueError(f"a system needs one recogniser, or several with multi_task=True (their "
+                       f"keys suffixed); got {len(self.heads)} with multi_task={self.multi_task}.")
     names = [head.name for head in self.heads]
     if len(set(names)) != len(names):
       raise ValueError(f"task names must be distinct, got {names}.")
 
-  # ---- Per-task values: one tree (single task) or a dict by task name (multi-task).
+  # ---- Per-task values are dicts by task name (``{head.name: value}``), one entry for one task.
   @property
   def task_names(self) -> tuple[str, ...]:
     return tuple(head.name for head in self.heads)
-
-  def split(self, per_task: Any) -> tuple[Any, ...]:
-    """Per-task values in the system's layout -> a tuple in ``heads`` order."""
-    if not self.multi_task:
-      return (per_task,)
-    return tuple(per_task[name] for name in self.task_names)
-
-  def join(self, values: Sequence[Any]) -> Any:
-    """Values in ``heads`` order -> the system's layout (the inverse of :meth:`split`)."""
-    values = tuple(values)
-    return dict(zip(self.task_names, values)) if self.multi_task else values[0]
 
   def metric_key(self, key: str, head: RecognitionHead) -> str:
     """``key`` of ``head``'s task (:func:`metric_key`)."""
     return metric_key(key, head.name, self.multi_task)
 
-  # ---- The single task's recogniser (the classic API; a multi-task system goes through heads).
-  @property
-  def head(self) -> RecognitionHead:
-    if self.multi_task:
-      raise ValueError(f"a multi-task system ({', '.join(self.task_names)}) has one recogniser "
-                       "per task: use system.heads.")
-    return self.heads[0]
-
-  @property
-  def recognizer(self) -> nn.Module:
-    return self.head.module
-
   @property
   def recognition(self) -> str:
-    """The recognition kind; for several tasks, their names comma-separated (as in the config)."""
-    return ",".join(self.task_names) if self.multi_task else self.head.recognition
+    """``task.recognition`` as the config gives it: the kind of a single-task run, the tasks'
+    names comma-separated for the multi-task form."""
+    return ",".join(self.task_names) if self.multi_task else self.heads[0].recognition
 
   @property
-  def num_classes(self) -> int | dict[str, int]:
-    return self.join([head.num_classes for head in self.heads])
+  def num_classes(self) -> dict[str, int]:
+    return {head.name: head.num_classes for head in self.heads}
 
-  def probabilities(self, logits: jax.Array) -> jax.Array:
-    return self.heads[0].probabilities(logits)
-
-  def class_weight_sums(self, batch: dict[str, jax.Array]) -> Any:
-    """Every task's :meth:`RecognitionHead.class_weight_sum` on ``batch`` (per-task layout)."""
-    return self.join([head.class_weight_sum(batch) for head in self.heads])
+  def class_weight_sums(self, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """Every task's :meth:`RecognitionHead.class_weight_sum` on ``batch``, by task name."""
+    return {head.name: head.class_weight_sum(batch) for head in self.heads}
 
   # ---- The enhancer and its degradation.
   def degrade(self, key: jax.Array, high_quality: jax.Array, example_ids: jax.Array) -> jax.Array:
@@ -201,11 +169,13 @@ class TaskDrivenSystem:
     return losses.enhancement_loss(enhanced, high_quality, kind=self.enhancement_loss_kind,
                                    ssim_weight=self.ssim_weight)
 
-  def init_params(self, key: jax.Array, image_shape: tuple[int, int, int]) -> tuple[Any, Any]:
-    """Initial (enhancer, recogniser(s)) parameters for high-quality images of ``image_shape``.
+  def init_params(self, key: jax.Array, image_shape: tuple[int, int, int]
+                  ) -> tuple[Any, dict[str, Any]]:
+    """Initial (enhancer params, ``{task: recogniser params}``) for high-quality images of
+    ``image_shape``.
 
-    A single task's recogniser gets the key split off for it, as it always did; task k of several
-    folds k into that key.
+    A single task's recogniser gets the key split off for it, as it always did; task k of the
+    multi-task form folds k into that key.
     """
     height, width, channels = image_shape
     scale = self.degradation.scale
@@ -215,18 +185,18 @@ class TaskDrivenSystem:
     enhancer_params = self.enhancer.init(enhancer_key, low_quality, train=False)["params"]
     keys = ([recognizer_key] if not self.multi_task
             else [jax.random.fold_in(recognizer_key, k) for k in range(len(self.heads))])
-    recognizer_params = self.join([
-        head.module.init(k, high_quality, train=False)["params"]
-        for head, k in zip(self.heads, keys)])
+    recognizer_params = {head.name: head.module.init(k, high_quality, train=False)["params"]
+                         for head, k in zip(self.heads, keys)}
     return enhancer_params, recognizer_params
 
 
-def _per_task(value: Any, task: RecognitionTask, multi_task: bool) -> Any:
-  """A per-task argument of :func:`create_system`: a mapping by task name, or the single task's."""
+def _per_task(value: Any, task: RecognitionTask, tasks: TaskConfig) -> Any:
+  """A per-task argument of :func:`create_system`: a mapping by task name, or (the public
+  convenience of a single task, as ``model_info.json`` stores it) that task's value itself."""
   if isinstance(value, Mapping):
     return value[task.name]
-  if multi_task and value is not None:
-    raise ValueError(f"a multi-task system needs a dict by task name, got {value!r}.")
+  if len(tasks.tasks) > 1 and value is not None:
+    raise ValueError(f"a system of several tasks needs a dict by task name, got {value!r}.")
   return value
 
 
@@ -238,7 +208,8 @@ def create_system(model: ModelSpec, tasks: TaskConfig, *, channels: int,
 
   ``model`` and ``tasks`` are the config's parsed pieces
   (:func:`gradprom_jax.configuration.run_spec.parse_run_config`). For several tasks
-  ``num_classes`` and ``class_weights`` are dicts by task name. ``class_weights`` are the task
+  ``num_classes`` and ``class_weights`` are dicts by task name (one task's may be its value
+  itself). ``class_weights`` are the task
   losses' per-class weights, resolved from their config values by the caller (``"balanced"`` needs
   the training split's class counts: ``train.build_system``).
 
@@ -246,8 +217,8 @@ def create_system(model: ModelSpec, tasks: TaskConfig, *, channels: int,
   >>> from gradprom_jax.configuration.run_spec import parse_run_config
   >>> spec = parse_run_config(base_config())
   >>> system = create_system(spec.model, spec.tasks, channels=3, num_classes=2)
-  >>> system.recognition, system.degradation.scale
-  ('segmentation', 4)
+  >>> system.recognition, system.num_classes, system.degradation.scale
+  ('segmentation', {'segmentation': 2}, 4)
   """
   precision = {"dtype": jnp.dtype(model.dtype), "remat": bool(model.remat)}
   enhancer = models.create_enhancer(model.enhancer, channels=channels,
@@ -255,8 +226,8 @@ def create_system(model: ModelSpec, tasks: TaskConfig, *, channels: int,
                                     **dict(model.enhancer_options))
   heads = []
   for task in tasks.tasks:
-    classes = _per_task(num_classes, task, tasks.multi_task)
-    weights = _per_task(class_weights, task, tasks.multi_task)
+    classes = _per_task(num_classes, task, tasks)
+    weights = _per_task(class_weights, task, tasks)
     heads.append(RecognitionHead(
         name=task.name, recognition=task.recognition, num_classes=classes,
         module=models.create_recognizer(task.recognizer, num_classes=classes, **precision,

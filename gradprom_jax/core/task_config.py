@@ -11,8 +11,8 @@ gate options), whose docstring describes the config's one- and several-task form
 ``judge_dice/segmentation`` (results.json and validation records), ``task_loss/classification``,
 ``task_grad_norm/segmentation``, ``cosine/segmentation``, ``gate_open_rate/classification`` (train
 records). Values shared by the tasks (``psnr``, ``ssim``, ``enhancement_loss``, learning rates) keep
-their plain keys. The train state keeps one recogniser per task: ``recognizer_params`` and
-``recognizer_opt_state`` are dicts by task name.
+their plain keys. The train state keeps one recogniser per task, in either form:
+``recognizer_params`` and ``recognizer_opt_state`` are dicts by task name.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ class TaskConfig:
     degradation: the parsed ``task.degradation``.
     enhancement_loss, ssim_weight: the enhancement loss (``losses.enhancement_loss``).
     tasks: one :class:`RecognitionTask` per downstream task, in ``task.recognition``'s order.
-    multi_task: the multi-task form (``model.recognizers``): per-task params, optimisers and keys,
-      even for one task. False: the classic single-task form.
+    multi_task: the multi-task form (``model.recognizers``): its keys end in ``/<task>``, even for
+      one task. False: the classic single-task form, plain keys. Per-task values (params,
+      optimiser states, λ) are dicts by task name in both.
   """
   degradation: Degradation
   enhancement_loss: str
@@ -85,10 +86,8 @@ class TaskConfig:
     return tuple(task.name for task in self.tasks)
 
   @property
-  def task_weight(self) -> float | dict[str, float]:
-    """λ as the train step takes it: one number for a single task, ``{task: λ_k}`` for several."""
-    if not self.multi_task:
-      return self.tasks[0].task_weight
+  def task_weight(self) -> dict[str, float]:
+    """λ as the train step takes it: ``{task: λ_k}``."""
     return {task.name: task.task_weight for task in self.tasks}
 
   def task(self, name: str) -> RecognitionTask:

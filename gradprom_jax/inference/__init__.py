@@ -13,7 +13,8 @@ import numpy as np
 
 from gradprom_jax.core.system import TaskDrivenSystem, create_system
 from gradprom_jax.training import evaluation
-from gradprom_jax.training.checkpointing import Checkpointer
+from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
+from gradprom_jax.training.checkpointing import Checkpointer, CheckpointRestoreError
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
 from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
@@ -29,7 +30,7 @@ class TrainedSystem:
   system: TaskDrivenSystem
   enhancer_params: Any
   recognizer_params: Any
-  class_names: tuple[str, ...] | dict[str, tuple[str, ...]]   # a dict by task for several tasks
+  class_names: dict[str, tuple[str, ...]]   # by task name
   step: int
 
   def enhance(self, images: np.ndarray, *, degrade: bool = False, first_id: int = 0) -> dict:
@@ -40,8 +41,7 @@ class TrainedSystem:
 
     Returns:
       ``{"input", "enhanced", "probabilities"}`` as numpy arrays; probabilities are per pixel
-      (N, H, W, K) for segmentation, per image (N, K) for classification; for a multi-task run a
-      dict of each task's by task name.
+      (N, H, W, K) for segmentation, per image (N, K) for classification, in a dict by task name.
     """
     return jax.device_get(_enhance(self.system, self.enhancer_params, self.recognizer_params,
                                    jnp.asarray(images, jnp.float32), degrade, first_id))
@@ -53,8 +53,9 @@ def _enhance(system, enhancer_params, recognizer_params, images, degrade, first_
     ids = first_id + jnp.arange(images.shape[0])
     images = system.degrade(jax.random.key(evaluation.EVAL_SEED), images, ids)
   enhanced = system.enhance(enhancer_params, images, train=False)
-  probabilities = system.join([head.probabilities(head.recognize(params, enhanced, train=False))
-                               for head, params in zip(system.heads, system.split(recognizer_params))])
+  probabilities = {head.name: head.probabilities(head.recognize(recognizer_params[head.name],
+                                                               enhanced, train=False))
+                   for head in system.heads}
   return {"input": images, "enhanced": enhanced, "probabilities": probabilities}
 
 
@@ -71,6 +72,7 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   spec = parse_training_config(config)
   system = create_system(spec.run.model, spec.run.tasks, channels=image_shape[-1],
                          num_classes=info["num_classes"])
+  check_tasks_by_name(workdir, CheckpointRestoreError)
   phases = make_phases(spec.phases)
   target = initial_state(spec.seed, system, image_shape,
                          make_enhancer_tx(spec.optimizer, phases, spec.run.method, spec.run.tasks),
@@ -84,6 +86,12 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   state = state.for_evaluation()   # the enhancer's parameter average, when the run kept one
   return TrainedSystem(config=config, system=system, enhancer_params=state.enhancer_params,
                        recognizer_params=state.recognizer_params,
-                       class_names=(tuple(info["class_names"]) if not system.multi_task else
-                                    {k: tuple(v) for k, v in info["class_names"].items()}),
+                       class_names=_class_names(system, info["class_names"]),
                        step=step)
+
+
+def _class_names(system: TaskDrivenSystem, stored: Any) -> dict[str, tuple[str, ...]]:
+  """``model_info.json``'s class names by task name (a single-task form's run stores its task's)."""
+  if not system.multi_task:
+    stored = {system.heads[0].name: stored}
+  return {name: tuple(names) for name, names in stored.items()}

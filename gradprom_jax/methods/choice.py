@@ -39,7 +39,7 @@ class MethodChoice:
 
 
 def multitask_combiner_kwargs(kwargs: Mapping[str, Any], tasks: TaskConfig) -> dict[str, Any]:
-  """``kwargs`` of a combiner built for ``tasks``' several tasks: ``tasks=`` their names, and each
+  """``kwargs`` of a combiner built for ``tasks`` (one or several): ``tasks=`` their names, and each
   per-task option (λ_k; GradProm's gate options) as a dict by task name, from the parsed tasks.
 
   >>> from gradprom_jax.configuration.config import base_config, classification_recognizer, multitask_config
@@ -68,8 +68,9 @@ def build_combiner(choice: MethodChoice,
                    tasks: TaskConfig | None = None) -> optax.GradientTransformationExtraArgs:
   """``choice``'s combiner, called with its resolved keyword arguments.
 
-  With ``tasks`` (the config's parsed tasks) in the multi-task form, the combiner is built for
-  their names (``task_grads`` a dict by task name) with per-task options from ``tasks``.
+  With ``tasks`` (the config's parsed tasks; the train step's form) the combiner is built for their
+  names (``task_grads`` a dict by task name, one entry for one task) with per-task options from
+  ``tasks``; without, for one task given as one tree (the combiners' classic form).
 
   >>> from gradprom_jax.methods import lookup
   >>> tx = build_combiner(MethodChoice(lookup("pcgrad"), {"task_weight": 0.5}))
@@ -83,7 +84,7 @@ def build_combiner(choice: MethodChoice,
   if not isinstance(choice.spec, Method):
     raise ValueError(f"Method {choice.name!r} is a schedule, without a combiner.")
   kwargs = dict(choice.combiner_kwargs)
-  if tasks is not None and tasks.multi_task:
+  if tasks is not None:
     kwargs = multitask_combiner_kwargs(kwargs, tasks)
   return choice.spec.combiner(**kwargs)
 

@@ -493,6 +493,32 @@ def newest_step_of_run(run_dir: str | os.PathLike[str], *, what: str) -> tuple[P
   return directory, step
 
 
+def saved_state_of_run(run_dir: str | os.PathLike[str]) -> tuple[Any, str] | None:
+  """``(the saved train state's tree of metadata, its step directory)`` of the newest checkpoint of
+  the run in ``run_dir`` (or its ``checkpoints`` directory); None without a readable one. Reads
+  no array.
+
+  >>> import tempfile, jax.numpy as jnp
+  >>> workdir = tempfile.mkdtemp()
+  >>> with Checkpointer(workdir + "/checkpoints", save_interval_steps=1, async_save=False) as ckpt:
+  ...   ckpt.save(2, {"params": {"w": jnp.zeros(3)}})
+  True
+  >>> tree, source = saved_state_of_run(workdir)
+  >>> list(tree["params"]), source.endswith("checkpoints/2")
+  (['w'], True)
+  """
+  directory = _source_checkpoints(run_dir)
+  step = _read_only_manager(directory).latest_step() if directory.is_dir() else None
+  if step is None:
+    return None
+  step_dir = directory / str(step)
+  try:   # the state item's own handler: the manager would warn of the data item it cannot read
+    saved = ocp.PyTreeCheckpointHandler().metadata(step_dir / _STATE)
+  except Exception:  # pylint: disable=broad-except  # damaged: the restore reports it
+    return None
+  return getattr(saved, "tree", saved), str(step_dir)
+
+
 def restore_field_from_run(run_dir: str | os.PathLike[str], field: str, target: Any, *,
                            what: str) -> tuple[Any, int]:
   """One field of the newest train state another run saved, e.g. its ``"recognizer_params"``.

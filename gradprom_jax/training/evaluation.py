@@ -12,9 +12,10 @@ over the whole split (Dice/IoU from summed counts, AUC from all scores), so resu
 the batch size or the number of devices. Each example is degraded with the id the loader gave it
 (:mod:`gradprom_jax.training.example_ids`).
 
-With several tasks every recogniser scores the same three images, and each task metric's key is
-suffixed with its task's name (``dice/segmentation``, ``no_enhancement_accuracy/classification``,
-``judge_dice/segmentation``); PSNR and SSIM, of the one enhancer, keep their plain keys.
+Every recogniser scores the same three images; each task's outputs sit under its name. In the
+multi-task form each task metric's key is suffixed with its task's name (``dice/segmentation``,
+``no_enhancement_accuracy/classification``, ``judge_dice/segmentation``); PSNR and SSIM, of the one
+enhancer, keep their plain keys, as every key of a single-task form's run does.
 """
 from __future__ import annotations
 
@@ -46,10 +47,9 @@ def _recognition_outputs(head: RecognitionHead, recognizer_params: Any, images: 
 
 def _all_recognition_outputs(system: TaskDrivenSystem, recognizer_params: Any, images: jax.Array,
                              batch: dict[str, jax.Array]) -> dict[str, Any]:
-  """Every task's outputs: one task's flat (as they always were), several tasks' under their names."""
-  outputs = [_recognition_outputs(head, params, images, batch)
-             for head, params in zip(system.heads, system.split(recognizer_params))]
-  return system.join(outputs)
+  """Every task's outputs, by task name."""
+  return {head.name: _recognition_outputs(head, recognizer_params[head.name], images, batch)
+          for head in system.heads}
 
 
 def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = None) -> Callable:
@@ -87,16 +87,15 @@ def make_eval_step(system: TaskDrivenSystem, judge: TaskDrivenSystem | None = No
 
 def make_predict_step(system: TaskDrivenSystem) -> Callable:
   """``(enhancer_params, recognizer_params, batch, first_id) -> images and predictions``, for
-  sample grids (ids as in :func:`make_eval_step`); ``probabilities`` in the system's per-task
-  layout (a dict by task for several)."""
+  sample grids (ids as in :func:`make_eval_step`); ``probabilities`` by task name."""
   def predict_step(enhancer_params, recognizer_params, batch, first_id):
     batch = with_float_images(batch)
     low_quality = system.degrade(jax.random.key(EVAL_SEED), batch["image"],
                                  batch_example_ids(batch, first_id))
     enhanced = system.enhance(enhancer_params, low_quality, train=False)
-    probabilities = system.join([
-        head.probabilities(head.recognize(params, enhanced, train=False))
-        for head, params in zip(system.heads, system.split(recognizer_params))])
+    probabilities = {head.name: head.probabilities(head.recognize(recognizer_params[head.name],
+                                                                  enhanced, train=False))
+                     for head in system.heads}
     return {"degraded": low_quality, "enhanced": enhanced, "probabilities": probabilities}
   return predict_step
 
@@ -107,8 +106,8 @@ class PipelineMetrics:
   ``compute()`` returns ``psnr``, ``ssim`` and the task metrics of the system, and the same metrics
   prefixed ``no_enhancement_`` and ``hq_input_`` (no PSNR/SSIM for the latter: it is the target);
   ``judged=True`` adds the judge's task metrics prefixed ``judge_``, ``judge_no_enhancement_`` and
-  ``judge_high_quality_``. With several ``heads`` (``multi_task``) each task metric's key ends in
-  ``/<task>``.
+  ``judge_high_quality_``. The outputs hold each head's values under its name; with ``multi_task``
+  (the config's multi-task form) each task metric's key ends in ``/<task>``.
   """
 
   def __init__(self, heads: Sequence[RecognitionHead] | str, num_classes: int | None = None, *,
@@ -130,8 +129,7 @@ class PipelineMetrics:
         self.enhancement[reference].update(values.pop("psnr"), values.pop("ssim"),
                                            valid=valid)
       for head in self.heads:
-        task_values = values[head.name] if self.multi_task else values
-        head.kind.update_metrics(self.task[reference, head.name], task_values, valid)
+        head.kind.update_metrics(self.task[reference, head.name], values[head.name], valid)
 
   def compute(self) -> dict[str, float]:
     results = {}

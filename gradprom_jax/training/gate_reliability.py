@@ -41,7 +41,7 @@ def halves_cosines(system: TaskDrivenSystem, state: TrainState, batch: Batch,
   Returns:
     float32 scalars ``cosine_half_a``, ``cosine_half_b``, ``cosine_full`` (each in [-1, 1], 0 where
     undefined) and ``halves_agree``: 1.0 when the halves' cosines have the same sign, else 0.0;
-    with several tasks, each task's, suffixed ``/<task>``.
+    in the multi-task form, each task's, suffixed ``/<task>``.
   """
   size = batch["image"].shape[0]
   if size < 2:
@@ -52,12 +52,12 @@ def halves_cosines(system: TaskDrivenSystem, state: TrainState, batch: Batch,
                                batch_example_ids(batch))
 
   def cosines(examples: slice) -> tuple[jax.Array, ...]:
-    """cos(g_e, g_t,k) of every task k on ``examples``."""
+    """cos(g_e, g_t,k) of every task k on ``examples``, in ``system.heads`` order."""
     part = {name: value[examples] for name, value in batch.items()}
     out = shared_forward_gradients(system, state.enhancer_params, state.recognizer_params,
                                    low_quality[examples], part)
-    return tuple(cosine_similarity(out["enhancement_grads"], task_grads)
-                 for task_grads in system.split(out["task_grads"]))
+    return tuple(cosine_similarity(out["enhancement_grads"], out["task_grads"][head.name])
+                 for head in system.heads)
 
   values = {}
   for head, half_a, half_b, full in zip(system.heads, cosines(slice(0, half)),

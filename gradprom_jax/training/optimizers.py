@@ -1,5 +1,5 @@
 """The optimisers of a run: the enhancer's (combiner → clipping → AdamW → optional parameter
-average) and the recogniser's (clipping → AdamW; with several tasks, one such per recogniser)."""
+average) and the recognisers' (clipping → AdamW, one such per task's recogniser)."""
 from __future__ import annotations
 
 import dataclasses
@@ -103,15 +103,14 @@ def make_enhancer_tx(optim: OptimizerSpec, phases: tuple[Phase, ...], method: Me
 
 def make_recognizer_tx(optim: OptimizerSpec, phases: tuple[Phase, ...],
                        tasks: TaskConfig) -> optax.GradientTransformation:
-  """The recogniser's optimiser: clipping and AdamW over the steps that update the recogniser.
-
-  In the multi-task form of ``tasks`` each recogniser has its own (clipped by its own gradient's
-  norm): see :func:`per_task_optimizer`.
+  """The recognisers' optimiser: clipping and AdamW over the steps that update the recognisers,
+  one per task (clipped by its own gradient's norm) over params by task name: see
+  :func:`per_task_optimizer`.
   """
   updates = sum(p.end - p.start for p in phases if p.update_recognizer)
   def one():
     return optax.chain(*_clipping(optim), _adamw(optim, optim.recognizer_lr, updates))
-  return per_task_optimizer({name: one() for name in tasks.names}) if tasks.multi_task else one()
+  return per_task_optimizer({name: one() for name in tasks.names})
 
 
 def per_task_optimizer(optimizers: dict[str, optax.GradientTransformation]

@@ -27,6 +27,7 @@ from gradprom_jax.configuration.run_spec import system_from_config
 from gradprom_jax.configuration.task_parsing import is_multitask
 from gradprom_jax.core.system import TaskDrivenSystem
 from gradprom_jax.core.task_config import parse_recognition
+from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
 from gradprom_jax.training.checkpointing import SourceRunError, restore_field_from_run
 from gradprom_jax.training.run_config import ConfigMismatchError, read_stored_config
 
@@ -34,6 +35,19 @@ from gradprom_jax.training.run_config import ConfigMismatchError, read_stored_co
 INIT_FROM_KEYS = {"recognizer_params": "recognizer.init_from",
                   "enhancer_params": "enhancer.init_from"}
 MODEL_INFO_FILENAME = "model_info.json"   # what rebuilds a run's models; written by the train loop
+
+
+def model_info_form(system: TaskDrivenSystem, by_task: Mapping[str, Any]) -> Any:
+  """Per-task values as ``model_info.json`` stores them: by task name in the multi-task form, the
+  one task's value itself for a run of the single-task form (the file's public form).
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> from gradprom_jax.configuration.run_spec import system_from_config
+  >>> system = system_from_config(base_config(), channels=3, num_classes=2)
+  >>> model_info_form(system, system.num_classes)
+  2
+  """
+  return dict(by_task) if system.multi_task else by_task[system.heads[0].name]
 
 
 def source_path(template: str | None, seed: int) -> str | None:
@@ -58,6 +72,7 @@ def load_init_params(init_from: Mapping[str, str], system: TaskDrivenSystem,
   restored = {}
   for field, path in init_from.items():
     key = INIT_FROM_KEYS[field]
+    check_tasks_by_name(path, SourceRunError, key)
     targets = dict(zip(("enhancer_params", "recognizer_params"),
                        _abstract_params(system, image_shape)))
     params, step = restore_field_from_run(path, field, _placed(targets[field], sharding), what=key)
@@ -121,7 +136,7 @@ def load_judge(path: str | None, system: TaskDrivenSystem, image_shape: tuple[in
             "multi-task form": is_multitask(judge_config), "data.name": judge_config.data.name,
             "classes": info["num_classes"], "image channels": info["image_shape"][-1]}
   ours = {"task.recognition": system.recognition, "multi-task form": system.multi_task,
-          "data.name": data_name, "classes": system.num_classes,
+          "data.name": data_name, "classes": model_info_form(system, system.num_classes),
           "image channels": image_shape[-1]}
   differing = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
   if differing:
@@ -132,6 +147,7 @@ def load_judge(path: str | None, system: TaskDrivenSystem, image_shape: tuple[in
                     "trained on high-quality images alone.", path, judge_config.method)
   judge_system = system_from_config(judge_config, channels=info["image_shape"][-1],
                                     num_classes=info["num_classes"])
+  check_tasks_by_name(workdir, SourceRunError, "judge.workdir")
   _, target = _abstract_params(judge_system, info["image_shape"])
   params, step = restore_field_from_run(workdir, "recognizer_params", _placed(target, sharding),
                                         what="judge.workdir")

@@ -40,6 +40,7 @@ from gradprom_jax.core.task_config import RecognitionTask, TaskConfig
 from gradprom_jax.tasks import task_kind
 from gradprom_jax.tasks.class_weights import balanced_class_weights
 from gradprom_jax.training import evaluation, parallel as parallel_lib, pretrained, visualization
+from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
 from gradprom_jax.training.checkpointing import (CheckpointRestoreError, Checkpointer,
                                                  ensure_writable_directory, has_checkpoint)
 from gradprom_jax.training.distributed import initialize_distributed
@@ -74,12 +75,9 @@ def task_class_names(recognition: str, dataset: Any) -> tuple[str, ...]:
   return task_kind(recognition).class_names(dataset)
 
 
-def recognizer_class_names(tasks: TaskConfig, dataset: Any
-                           ) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
-  """The recogniser's output classes (:func:`task_class_names`) of the ``tasks``; for several tasks,
-  a dict by task."""
-  names = [task_class_names(task.recognition, dataset) for task in tasks.tasks]
-  return dict(zip(tasks.names, names)) if tasks.multi_task else names[0]
+def recognizer_class_names(tasks: TaskConfig, dataset: Any) -> dict[str, tuple[str, ...]]:
+  """Each recogniser's output classes (:func:`task_class_names`), by task name."""
+  return {task.name: task_class_names(task.recognition, dataset) for task in tasks.tasks}
 
 
 def resolve_class_weights(task: RecognitionTask, dataset: Any) -> tuple[float, ...] | None:
@@ -108,22 +106,22 @@ def build_system(config: ml_collections.ConfigDict, dataset: Any) -> TaskDrivenS
 def system_for_dataset(model: ModelSpec, tasks: TaskConfig, dataset: Any) -> TaskDrivenSystem:
   """The system of ``model`` and ``tasks`` for ``dataset``'s images and classes (its class
   weights resolved from the training split)."""
-  num_classes = [len(task_class_names(task.recognition, dataset)) for task in tasks.tasks]
-  weights = [resolve_class_weights(task, dataset) for task in tasks.tasks]
-  if tasks.multi_task:
-    num_classes, weights = dict(zip(tasks.names, num_classes)), dict(zip(tasks.names, weights))
-  else:
-    num_classes, weights = num_classes[0], weights[0]
+  num_classes = {task.name: len(task_class_names(task.recognition, dataset))
+                 for task in tasks.tasks}
+  weights = {task.name: resolve_class_weights(task, dataset) for task in tasks.tasks}
   return create_system(model, tasks, channels=dataset.image_shape[-1],
                        num_classes=num_classes, class_weights=weights)
 
 
 def model_info(system: TaskDrivenSystem, dataset: Any, tasks: TaskConfig) -> dict[str, Any]:
   """``model_info.json``: what ``experiments/enhance.py`` needs to rebuild the models without the
-  dataset. For several tasks ``num_classes`` and ``class_names`` are dicts by task name."""
-  return {"image_shape": list(dataset.image_shape), "num_classes": system.num_classes,
-          "class_names": jax.tree.map(list, recognizer_class_names(tasks, dataset),
-                                      is_leaf=lambda x: isinstance(x, tuple)),
+  dataset: ``num_classes`` and ``class_names`` in the file's form
+  (:func:`pretrained.model_info_form`)."""
+  class_names = {name: list(names)
+                 for name, names in recognizer_class_names(tasks, dataset).items()}
+  return {"image_shape": list(dataset.image_shape),
+          "num_classes": pretrained.model_info_form(system, system.num_classes),
+          "class_names": pretrained.model_info_form(system, class_names),
           "recognition": system.recognition}
 
 
@@ -152,7 +150,8 @@ def _save_samples(path: Path, system: TaskDrivenSystem, state: TrainState, datas
   host_batch = evaluation.to_host(batch)
   keep = np.flatnonzero(host_batch["valid"])[:num_samples]
   drawn = {}   # kind name -> the first task of that kind
-  for head, probabilities in zip(system.heads, system.split(out["probabilities"])):
+  for head in system.heads:
+    probabilities = out["probabilities"][head.name]
     drawn.setdefault(head.recognition, visualization.DrawnTask(
         head.kind, head.kind.predictions(probabilities[keep]), host_batch[head.target_key][keep],
         getattr(dataset, "class_names", None)))
@@ -251,6 +250,7 @@ def train_and_evaluate(experiment: Experiment | ml_collections.ConfigDict, workd
         logging.info("Already finished, results in %s.", finished)
         return json.loads(finished.read_text())
       _refuse_separate_best_checkpoints(workdir)
+      check_tasks_by_name(workdir, CheckpointRestoreError)
       dataset = data_lib.load_dataset(experiment.data)
       check_dataset_has_targets(tasks, dataset)
       experiment.check_dataset(dataset.image_shape, recognizer_class_names(tasks, dataset))

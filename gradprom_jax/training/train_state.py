@@ -17,11 +17,11 @@ class TrainState(flax.struct.PyTreeNode):
 
   Attributes:
     step: int32 global step (number of train steps taken, skipped non-finite steps included).
-    enhancer_params, recognizer_params: the two models' parameters; with several tasks
-      ``recognizer_params`` is a dict by task name, one recogniser each.
+    enhancer_params, recognizer_params: the two models' parameters; ``recognizer_params`` is a
+      dict by task name, one recogniser each (one entry for a single task).
     enhancer_opt_state, recognizer_opt_state: their optimisers' states (the combiner's counters,
-      e.g. GradProm's promoted-update count, live in ``enhancer_opt_state``, one per task for
-      several; ``recognizer_opt_state`` is then a dict by task name too).
+      e.g. GradProm's promoted-update count, live in ``enhancer_opt_state``, one per task;
+      ``recognizer_opt_state`` is a dict by task name too).
     rng: uint32 raw key data; each step's randomness is ``fold_in(rng, step)``, so it need not change.
     nonfinite_streak: consecutive skipped (non-finite) steps; training stops past a limit.
     nonfinite_total: all skipped steps of the run.

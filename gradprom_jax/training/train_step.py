@@ -7,9 +7,10 @@
     θ ← θ + enhancer_tx(g_e, task_grads=g_t)      GradProm or a baseline combiner, then AdamW
     φ_k ← φ_k + recognizer_tx(∇φ_k L_k)           each recogniser with its own optimiser
 
-With one task (K = 1) g_t is one tree; with several it is a dict by task name, and the combiner
-gates each g_t,k against g_e on its own. Joint training pulls back one summed cotangent
-∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: exactly g_e + Σ_k λ_k g_t,k, at one pull-back's cost.
+Every per-task value (g_t, ∇φ_k, L_k, the recognisers' params and optimiser states) is a dict by
+task name, one entry for one task, and the combiner gates each g_t,k against g_e on its own. Joint
+training pulls back one summed cotangent ∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: exactly g_e + Σ_k λ_k g_t,k,
+at one pull-back's cost.
 
 A phase's ``enhancer_gradient`` picks one gradient mode, each a short builder over the same shared
 forward pass (:data:`GRADIENT_MODES`): ``"separate"`` (g_e and g_t,k for the combiner),
@@ -51,25 +52,22 @@ def task_losses_and_gradients(system: TaskDrivenSystem, recognizer_params: Any,
                               images: jax.Array, batch: Batch, *, image_gradients: bool = True,
                               normalizers: Any = None) -> tuple[Any, Any, Any]:
   """Every task's loss on ``images``, its recogniser's gradient and (``image_gradients``) the
-  loss's gradient with respect to ``images``, in the system's per-task layout (one value for a
-  single task, dicts by task name for several). Without ``image_gradients`` the third is None.
-  ``normalizers`` (that layout; None: each loss's own) divide the class-weighted losses' Σ w·ℓ.
+  loss's gradient with respect to ``images``, each a dict by task name. Without
+  ``image_gradients`` the third is None. ``normalizers`` (by task name; None: each loss's own)
+  divide the class-weighted losses' Σ w·ℓ.
   """
-  outputs = []
-  if normalizers is None:
-    normalizers = system.join([None] * len(system.heads))
-  for head, phi, normalizer in zip(system.heads, system.split(recognizer_params),
-                                   system.split(normalizers)):
+  values, phi_grads, image_grads = {}, {}, {}
+  for head in system.heads:
+    normalizer = None if normalizers is None else normalizers[head.name]
     def loss(phi, y, head=head, normalizer=normalizer):
       return head.loss(head.recognize(phi, y, train=True), batch, normalizer)
+    phi = recognizer_params[head.name]
     if image_gradients:
-      value, (phi_grads, image_grads) = jax.value_and_grad(loss, argnums=(0, 1))(phi, images)
+      values[head.name], (phi_grads[head.name], image_grads[head.name]) = jax.value_and_grad(
+          loss, argnums=(0, 1))(phi, images)
     else:
-      (value, phi_grads), image_grads = jax.value_and_grad(loss)(phi, images), None
-    outputs.append((value, phi_grads, image_grads))
-  values, phi_grads, image_grads = zip(*outputs)
-  return (system.join(values), system.join(phi_grads),
-          system.join(image_grads) if image_gradients else None)
+      values[head.name], phi_grads[head.name] = jax.value_and_grad(loss)(phi, images)
+  return values, phi_grads, image_grads if image_gradients else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +78,7 @@ class SharedForward:
     enhanced: y = enhancer_θ(x_lq).
     pullback: maps a cotangent at y to the enhancer's gradient (a one-tuple, as ``jax.vjp``'s).
     enhancement_loss, d_enhancement: L_enh and ∂L_enh/∂y.
-    task_loss, recognizer_grads, d_task: every task's L_k, ∇φ_k L_k and ∂L_k/∂y, in the system's
-      per-task layout.
+    task_loss, recognizer_grads, d_task: every task's L_k, ∇φ_k L_k and ∂L_k/∂y, by task name.
   """
   enhanced: jax.Array
   pullback: Callable[[jax.Array], tuple[Any]]
@@ -118,12 +115,12 @@ def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, rec
   Returns:
     A dict with ``enhancement_loss``, ``task_loss``, ``enhanced``, ``enhancement_grads`` (g_e),
     ``task_grads`` (g_t, unweighted) and ``recognizer_grads`` (∇φ L_task on the enhanced image);
-    per-task values (task loss, g_t, ∇φ) in the system's layout: dicts by task name for several.
+    per-task values (task loss, g_t, ∇φ) dicts by task name.
   """
   forward = shared_forward(system, enhancer_params, recognizer_params, low_quality, batch,
                            normalizers)
   enhancement_grads = forward.pullback(forward.d_enhancement)[0]
-  task_grads = system.join([forward.pullback(d)[0] for d in system.split(forward.d_task)])
+  task_grads = {name: forward.pullback(d)[0] for name, d in forward.d_task.items()}
   return {
       "enhancement_loss": forward.enhancement_loss, "task_loss": forward.task_loss,
       "enhanced": forward.enhanced, "enhancement_grads": enhancement_grads,
@@ -131,21 +128,21 @@ def shared_forward_gradients(system: TaskDrivenSystem, enhancer_params: Any, rec
   }
 
 
-def summed_cotangent(system: TaskDrivenSystem, d_enhancement: jax.Array, d_task: Any,
-                     task_weight: float | Mapping[str, float]) -> jax.Array:
+def summed_cotangent(system: TaskDrivenSystem, d_enhancement: jax.Array,
+                     d_task: Mapping[str, jax.Array], task_weight: Mapping[str, float]
+                     ) -> jax.Array:
   """∂L_enh/∂y + Σ_k λ_k ∂L_k/∂y: pulled back once, it gives g_e + Σ_k λ_k g_t,k (linearity)."""
   cotangent = d_enhancement
-  for head, d in zip(system.heads, system.split(d_task)):
-    weight = task_weight[head.name] if isinstance(task_weight, Mapping) else task_weight
-    cotangent = cotangent + weight * d
+  for head in system.heads:
+    cotangent = cotangent + task_weight[head.name] * d_task[head.name]
   return cotangent
 
 
-def task_metrics(system: TaskDrivenSystem, key: str, per_task: Any, value_of=lambda x: x
-                 ) -> dict[str, jax.Array]:
-  """``{key: value}`` for a single task; ``{key/<task>: value}`` for each of several."""
-  return {system.metric_key(key, head): value_of(v)
-          for head, v in zip(system.heads, system.split(per_task))}
+def task_metrics(system: TaskDrivenSystem, key: str, per_task: Mapping[str, Any],
+                 value_of=lambda x: x) -> dict[str, jax.Array]:
+  """``{key: value}`` for a run of the single-task form; ``{key/<task>: value}`` per task of the
+  multi-task form (:meth:`TaskDrivenSystem.metric_key`)."""
+  return {system.metric_key(key, head): value_of(per_task[head.name]) for head in system.heads}
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -165,7 +162,7 @@ class StepGradients(NamedTuple):
 
   Attributes:
     enhancement_grads: what ``enhancer_tx`` updates the enhancer with; None: not updated.
-    task_grads: the combiner's ``task_grads`` (g_t, per task); None: the step combines nothing.
+    task_grads: the combiner's ``task_grads`` (g_t by task name); None: the step combines nothing.
     recognizer_terms: the recognisers' gradients on each input they train on (averaged).
     metrics: the losses.
   """
@@ -278,7 +275,7 @@ GRADIENT_MODES: dict[str, Callable[[TaskDrivenSystem, Phase, Any], GradientsFn]]
 def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
                     enhancer_tx: optax.GradientTransformationExtraArgs,
                     recognizer_tx: optax.GradientTransformation,
-                    task_weight: float | Mapping[str, float],
+                    task_weight: Mapping[str, float],
                     axis_name: str | None = None, accumulate_steps: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The train step of ``phase``: ``(state, batch) -> (state, metrics)``.
@@ -290,8 +287,8 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
     system: the models, degradation and losses.
     phase: what this step updates, and how (see :class:`~gradprom_jax.training.phases.Phase`).
     enhancer_tx, recognizer_tx: the two optimisers (the combiner is inside ``enhancer_tx``).
-    task_weight: λ (for several tasks, ``{task: λ_k}``), used where the step itself sums the task
-      cotangents (``"summed"`` phases); ``"separate"`` phases leave λ to the combiner.
+    task_weight: ``{task: λ_k}``, used where the step itself sums the task cotangents
+      (``"summed"`` phases); ``"separate"`` phases leave λ to the combiner.
     axis_name: the ``pmap`` axis to average gradients over, or None under ``jit``.
     accumulate_steps: k; the (per-device) batch is split into k micro-batches whose gradients
       (g_e, g_t and the recogniser's) are averaged in a ``lax.scan`` before the combiner and the
@@ -336,7 +333,8 @@ def make_train_step(system: TaskDrivenSystem, phase: Phase, *,
       metrics["enhancer_lr"] = _learning_rate(opt_state)
       if task_grads is not None:
         metrics.update(task_metrics(system, "task_grad_norm", task_grads, optax.tree.norm))
-      metrics.update(find_combiner_metrics(opt_state))   # cosine, gate (and the EMA if gated on)
+      # cosine, gate (and the EMA if gated on), keyed as the system keys its tasks' values
+      metrics.update(find_combiner_metrics(opt_state, suffixed=system.multi_task))
     if phase.update_recognizer and recognizer_terms:
       recognizer_grads = jax.tree.map(lambda *g: sum(g) / len(g), *recognizer_terms)
       updates, opt_state = recognizer_tx.update(recognizer_grads, state.recognizer_opt_state,

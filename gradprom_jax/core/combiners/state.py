@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradprom_jax.core.combiners.tasks import MultiTaskState
+from gradprom_jax.core.combiners.tasks import MultiTaskState, metric_key
 
 
 class CombinerState(NamedTuple):
@@ -145,22 +145,27 @@ def _first(tree: Any, kind: type) -> Any:
   return found[0] if found else None
 
 
-def _per_task(state: MultiTaskState, metrics_of) -> dict[str, jax.Array]:
-  """``metrics_of`` each task's state, the names suffixed with the task's (``cosine/masks``)."""
+def _per_task(state: MultiTaskState, metrics_of, suffixed: bool = True) -> dict[str, jax.Array]:
+  """``metrics_of`` each task's state, the names suffixed with the task's (``cosine/masks``); not
+  suffixed (``suffixed=False``) for a state of one task."""
   tasks = state.tasks
   items = tasks.items() if isinstance(tasks, dict) else ((str(k), s) for k, s in enumerate(tasks))
-  return {f"{key}/{name}": value for name, task_state in items
+  if not suffixed and len(tasks) != 1:
+    raise ValueError(f"plain metric keys need a combiner of one task, not {len(tasks)}.")
+  return {metric_key(key, name, suffixed): value for name, task_state in items
           for key, value in metrics_of(task_state).items()}
 
 
-def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
+def find_combiner_metrics(opt_state: Any, *, suffixed: bool = True) -> dict[str, jax.Array]:
   """The combiner's scalars to log from a whole optimiser state ({} when it holds no combiner).
 
   `combiner_metrics` of its :class:`CombinerState`, plus ``cosine_ema`` (the bias-corrected moving
   average GradProm gated on, averaged over leaves) when it holds a :class:`GradPromEmaState`, or
   ``moment_cosine`` (the cosine of the gradients' moving averages) for a
-  :class:`GradPromMomentState`, or ``target_cosine`` (GradVac's φ̂) for a :class:`GradVacState`. For a combiner of several tasks, each task's, suffixed with the task's name (``cosine/masks``, or
-  ``cosine/0`` for tasks given by number).
+  :class:`GradPromMomentState`, or ``target_cosine`` (GradVac's φ̂) for a :class:`GradVacState`.
+  For a combiner built for tasks (by name or number), each task's, suffixed with the task's name
+  (``cosine/masks``, or ``cosine/0`` for tasks given by number); ``suffixed=False`` keeps the
+  plain keys of a combiner built for one task (a run of the single-task form).
 
   >>> import jax.numpy as jnp, optax
   >>> from gradprom_jax.core.combiners.gradprom import gradprom
@@ -169,10 +174,14 @@ def find_combiner_metrics(opt_state: Any) -> dict[str, jax.Array]:
   >>> _, state = tx.update(g_e, tx.init(g_e), g_e, task_grads=jnp.array([1.0, 1.0]))
   >>> {k: round(float(v), 3) for k, v in find_combiner_metrics(state).items()}
   {'cosine': 0.707, 'gate': 1.0, 'gate_open_rate': 1.0, 'cosine_ema': 0.707}
+  >>> tx = optax.chain(gradprom(tasks=["masks"]), optax.sgd(0.1))
+  >>> _, state = tx.update(g_e, tx.init(g_e), g_e, task_grads={"masks": jnp.array([1.0, 1.0])})
+  >>> sorted(find_combiner_metrics(state)), sorted(find_combiner_metrics(state, suffixed=False))
+  (['cosine/masks', 'gate/masks', 'gate_open_rate/masks'], ['cosine', 'gate', 'gate_open_rate'])
   """
   multi_task = _first(opt_state, MultiTaskState)
   if multi_task is not None:
-    return _per_task(multi_task, find_combiner_metrics)
+    return _per_task(multi_task, find_combiner_metrics, suffixed)
   combiner_state = find_combiner_state(opt_state)
   if combiner_state is None:
     return {}

@@ -7,6 +7,8 @@ dict by task name) of K such trees and keeps one state per task in a :class:`Mul
 
 Internally every combiner works on a tuple of tasks (one task when built for one): :class:`Tasks`
 splits the caller's container into that tuple and puts per-task results back into the caller's form.
+The train step always takes the by-name form, one entry for one task. :func:`metric_key` is the one
+place a task's name joins a logged key (the combiners' metrics and every other per-task value).
 """
 from __future__ import annotations
 
@@ -102,6 +104,18 @@ class Tasks:
 
 
 SINGLE_TASK = Tasks(names=("task",), by_name=False, single=True)
+
+
+def metric_key(key: str, task: str, suffixed: bool) -> str:
+  """The key a task's value is written under (results.json, metrics.jsonl, TensorBoard, the
+  console, enhance.py's predictions.csv), the one place a task's name joins a metric's: ``key``
+  itself for a run of the single-task form, ``key/<task>`` when ``suffixed`` (the multi-task form,
+  the config's ``model.recognizers``, whatever the number of tasks; a combiner built for tasks).
+
+  >>> metric_key("dice", "segmentation", False), metric_key("dice", "segmentation", True)
+  ('dice', 'dice/segmentation')
+  """
+  return f"{key}/{task}" if suffixed else key
 
 
 def _is_shared(value: Any) -> bool:
