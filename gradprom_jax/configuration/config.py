@@ -10,6 +10,7 @@ import ml_collections
 
 from gradprom_jax import methods
 from gradprom_jax.core.degradations import parse_degradation
+from gradprom_jax.core.task_config import GATE_OPTIONS
 from gradprom_jax.data import DATASETS
 from gradprom_jax.data.config import default_data_config
 from gradprom_jax.tasks import TASK_KINDS, task_kind
@@ -239,6 +240,7 @@ def task_options(recognition: str) -> ml_collections.ConfigDict:
   >>> sorted(task_options("classification"))
   ['class_weights', 'gradprom', 'label_smoothing', 'weight']
   """
+  gate_defaults = methods.lookup("gradprom").default_options()   # the types of its options
   config = ml_collections.ConfigDict()
   # λ_k = task_weight × weight: this task's share of the enhancer's update (a sweep over
   # task_weight keeps the tasks' ratio).
@@ -251,10 +253,8 @@ def task_options(recognition: str) -> ml_collections.ConfigDict:
   # GradProm's gate for this task alone (None: the gradprom.* value): threshold τ_k, mode,
   # granularity, task_scale. Each task is gated against g_e on its own.
   config.gradprom = ml_collections.ConfigDict({
-      "threshold": ml_collections.config_dict.placeholder(float),
-      "mode": ml_collections.config_dict.placeholder(str),
-      "granularity": ml_collections.config_dict.placeholder(str),
-      "task_scale": ml_collections.config_dict.placeholder(str)})
+      option: ml_collections.config_dict.placeholder(type(gate_defaults[option]))
+      for option in GATE_OPTIONS})
   return config
 
 
