@@ -61,6 +61,10 @@ def _evidence_report_module():
 COST_REPORTS = ("threshold_metrics.md", "amount_control.md")
 
 
+# The protocol's pre-registered sensitivity check of each setting (seeds made on one machine).
+SENSITIVITY_DIR = "seeds_0-7"
+
+
 def is_fronts_directory(directory: Path) -> bool:
   return (directory / "PROTOCOL.md").exists() and any(
       (p / "fronts.md").exists() for p in directory.iterdir())
@@ -72,7 +76,8 @@ def _relinked(markdown: str, levels: int, setting: Path) -> str:
 
 
 def fronts_section(directory: Path) -> str:
-  """A fronts protocol: per setting its reading, fronts.md and study.md; then the pilot."""
+  """A fronts protocol: per setting its reading, fronts.md, study.md and its sensitivity check's
+  fronts.md; then the pilot."""
   text = ["## Methods on their quality–task fronts (fronts protocol)\n",
           f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
           "Every method is run over its whole λ path; methods are compared seed-paired at matched "
@@ -87,6 +92,10 @@ def fronts_section(directory: Path) -> str:
     for name in ("fronts.md", "study.md"):
       if (setting / name).exists():
         text.append(_relinked((setting / name).read_text(), 3, setting) + "\n")
+    sensitivity = setting / SENSITIVITY_DIR
+    if (sensitivity / "fronts.md").exists():   # results/fronts/sensitivity.sh
+      text.append(f"#### Sensitivity check: {SENSITIVITY_DIR.replace('_', ' ')} alone\n")
+      text.append(_relinked((sensitivity / "fronts.md").read_text(), 4, sensitivity) + "\n")
   if (directory / "pilot.md").exists():
     text.append(_relinked((directory / "pilot.md").read_text(), 2, directory) + "\n")
   return "\n".join(text)
