@@ -582,8 +582,8 @@ def geometry_columns(geometry: Mapping[str, Mapping[str, Statistic]]) -> list[st
   present = {c for stats in geometry.values() for c in stats}
   columns = [c for c in GEOMETRY_COLUMNS if c in present]
   by_task = sorted({c.partition("/")[2] for c in present if "/" in c})
-  return columns + [f"{c}/{task}" for task in by_task for c in GEOMETRY_COLUMNS
-                    if f"{c}/{task}" in present]
+  return columns + [metric_key(c, task, True) for task in by_task for c in GEOMETRY_COLUMNS
+                    if metric_key(c, task, True) in present]
 
 
 def gradient_geometry(records: Mapping[PlannedRun, Sequence[Mapping[str, Any]]],
