@@ -63,6 +63,9 @@ COST_REPORTS = ("threshold_metrics.md", "amount_control.md")
 
 # The protocol's pre-registered sensitivity check of each setting (seeds made on one machine).
 SENSITIVITY_DIR = "seeds_0-7"
+# A post-hoc description of a fronts setting's runs: on which steps the gate opened
+# (results/fronts/gate_steps.py).
+GATE_STEPS = "gate_steps.md"
 
 
 def is_fronts_directory(directory: Path) -> bool:
@@ -76,8 +79,8 @@ def _relinked(markdown: str, levels: int, setting: Path) -> str:
 
 
 def fronts_section(directory: Path) -> str:
-  """A fronts protocol: per setting its reading, fronts.md, study.md and its sensitivity check's
-  fronts.md; then the pilot."""
+  """A fronts protocol: per setting its reading, fronts.md, study.md, gate_steps.md and its
+  sensitivity check's verdicts.md and fronts.md; then the pilot."""
   text = ["## Methods on their quality–task fronts (fronts protocol)\n",
           f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
           "Every method is run over its whole λ path; methods are compared seed-paired at matched "
@@ -89,13 +92,15 @@ def fronts_section(directory: Path) -> str:
     reading = setting / "reading.md"
     if reading.exists():
       text.append("**Reading.** " + reading.read_text().strip() + "\n")
-    for name in ("fronts.md", "study.md"):
+    for name in ("fronts.md", "study.md", GATE_STEPS):
       if (setting / name).exists():
         text.append(_relinked((setting / name).read_text(), 3, setting) + "\n")
     sensitivity = setting / SENSITIVITY_DIR
     if (sensitivity / "fronts.md").exists():   # results/fronts/sensitivity.sh
       text.append(f"#### Sensitivity check: {SENSITIVITY_DIR.replace('_', ' ')} alone\n")
-      text.append(_relinked((sensitivity / "fronts.md").read_text(), 4, sensitivity) + "\n")
+      for name in ("verdicts.md", "fronts.md"):
+        if (sensitivity / name).exists():
+          text.append(_relinked((sensitivity / name).read_text(), 4, sensitivity) + "\n")
   if (directory / "pilot.md").exists():
     text.append(_relinked((directory / "pilot.md").read_text(), 2, directory) + "\n")
   return "\n".join(text)

@@ -216,6 +216,11 @@ def test_headroom_falls_back_to_the_recognizer_without_a_judge():
 def test_the_sensitivity_check_reads_seeds_0_to_7_alone(tmp_path):
   """results/fronts/sensitivity.sh: the setting's report flags, over links to seeds 0–7 only."""
   _fabricate_grid(tmp_path, seeds=range(10), metrics=("balanced_accuracy", "auc"))
+  # Every seed's report first, as the study writes it: the check's verdicts are read against it.
+  _load_report_module().main([
+      "fronts", str(tmp_path), "--task_metric", "balanced_accuracy", "--task_metric", "auc",
+      "--setting", "x", "--task_gains", "balanced_accuracy=0.05,0.1,0.2",
+      "--task_gains", "auc=0.005,0.01,0.02"])
   result = subprocess.run(["bash", str(REPO / "results/fronts/sensitivity.sh"), "pneumoniamnist",
                            str(tmp_path)], env={**os.environ, "PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=300)
@@ -225,4 +230,40 @@ def test_the_sensitivity_check_reads_seeds_0_to_7_alone(tmp_path):
   assert report["metrics"] == ["balanced_accuracy", "judge_balanced_accuracy", "auc", "judge_auc"]
   assert max(c["n"] for c in report["comparisons"]) == 8   # seed pairs (10 fabricated)
   assert (tmp_path / "seeds_0-7" / "plots" / "fronts_auc.png").stat().st_size > 0
+  every = {c["name"]: c["verdict"] for c in json.loads((tmp_path / "fronts.json").read_text())["comparisons"]}
+  changed = sum(every[c["name"]] != c["verdict"] for c in report["comparisons"])
+  verdicts = (tmp_path / "seeds_0-7" / "verdicts.md").read_text()
+  assert f"{changed} of {len(every)} comparisons change verdict" in verdicts
   assert not any(p.is_symlink() for p in tmp_path.rglob("*"))   # the links were removed
+
+
+def test_gate_steps_compares_the_steps_where_the_gate_opened_with_those_where_it_closed(tmp_path):
+  """results/fronts/gate_steps.py: per seed open − closed means of the logged training records."""
+  import gzip
+  rng = np.random.default_rng(0)
+  for row, rule in (("gradprom", "cosine"), ("random_gate", "random")):
+    for seed in range(3):
+      records = []
+      for step in range(10, 310, 10):
+        cosine = float(rng.uniform(-1, 1))
+        gate = cosine > 0 if rule == "cosine" else bool(rng.uniform() < 0.5)
+        # GradProm's gate opens on the high-loss steps here; the random gate's at random.
+        loss = (1.0 if gate else 0.5) if rule == "cosine" else 0.75
+        records.append({"step": step, "kind": "train", "gate": float(gate), "cosine": cosine,
+                        "gate_open_rate": 0.5, "task_loss": loss, "task_grad_norm": 2.0})
+      run = tmp_path / "pneumoniamnist" / f"{row}_l0.01" / f"seed_{seed}"
+      run.mkdir(parents=True)
+      with gzip.open(run / "metrics.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in [{"kind": "eval", "step": 300}, *records]))
+  result = subprocess.run([sys.executable, str(REPO / "results/fronts/gate_steps.py"),
+                           str(tmp_path / "pneumoniamnist")], capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  text = (tmp_path / "pneumoniamnist" / "gate_steps.md").read_text()
+  gradprom_row = next(line for line in text.splitlines() if line.startswith("| `gradprom` | 0.01"))
+  random_row = next(line for line in text.splitlines() if line.startswith("| `random_gate` | 0.01"))
+  cells = lambda line: [c.strip() for c in line.strip("|").split("|")]
+  assert cells(gradprom_row)[4].startswith("+0.500 [+0.500, +0.500]")   # task loss open − closed
+  assert cells(gradprom_row)[7] == "0.000"                               # no open step conflicts
+  assert cells(random_row)[4].startswith("+0.000") and float(cells(random_row)[7]) > 0.2
+  assert "- λ = 0.01: +0.500" in text

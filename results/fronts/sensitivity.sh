@@ -2,7 +2,8 @@
 # The protocol's pre-registered sensitivity check (PROTOCOL.md): the fronts and matched comparisons
 # computed again on seeds 0–7 alone (every run of them made on this project's machine; seeds 8–9
 # were made on two), from the committed runs of results/fronts/<setting>/, by the same
-# `evidence_report.py fronts` call the study makes, into results/fronts/<setting>/seeds_0-7/.
+# `evidence_report.py fronts` call the study makes, into results/fronts/<setting>/seeds_0-7/, and
+# the verdicts that change against every seed (seeds_0-7/verdicts.md).
 #   bash results/fronts/sensitivity.sh pneumoniamnist|ph2_sr8_noisy_seg [RUNS_DIR]
 # (RUNS_DIR: the setting's runs, default results/fronts/<setting>.)
 set -euo pipefail
@@ -40,4 +41,5 @@ $PY experiments/evidence_report.py fronts "$RUNS" "${args[@]}"
 mkdir -p "$OUT/plots"
 cp "$RUNS/fronts.md" "$RUNS/fronts.json" "$OUT/"
 cp "$RUNS"/plots/fronts_*.png "$OUT/plots/"
-echo "Wrote $OUT/fronts.md (seeds ${SEEDS[*]})."
+$PY results/fronts/sensitivity_verdicts.py "$D"
+echo "Wrote $OUT/fronts.md and verdicts.md (seeds ${SEEDS[*]})."
