@@ -17,7 +17,7 @@ from gradprom_jax.training.checkpoint_layout import check_tasks_by_name
 from gradprom_jax.training.checkpointing import Checkpointer, CheckpointRestoreError
 from gradprom_jax.training.optimizers import make_enhancer_tx, make_recognizer_tx
 from gradprom_jax.training.phases import make_phases
-from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME
+from gradprom_jax.training.pretrained import MODEL_INFO_FILENAME, from_model_info_form
 from gradprom_jax.training.run_config import read_stored_config
 from gradprom_jax.training.train_state import initial_state
 from gradprom_jax.training.training_spec import parse_training_config
@@ -86,12 +86,6 @@ def load_trained_system(workdir: str | Path) -> TrainedSystem:
   state = state.for_evaluation()   # the enhancer's parameter average, when the run kept one
   return TrainedSystem(config=config, system=system, enhancer_params=state.enhancer_params,
                        recognizer_params=state.recognizer_params,
-                       class_names=_class_names(system, info["class_names"]),
+                       class_names={name: tuple(names) for name, names in
+                                    from_model_info_form(system, info["class_names"]).items()},
                        step=step)
-
-
-def _class_names(system: TaskDrivenSystem, stored: Any) -> dict[str, tuple[str, ...]]:
-  """``model_info.json``'s class names by task name (a single-task form's run stores its task's)."""
-  if not system.multi_task:
-    stored = {system.heads[0].name: stored}
-  return {name: tuple(names) for name, names in stored.items()}

@@ -50,6 +50,18 @@ def model_info_form(system: TaskDrivenSystem, by_task: Mapping[str, Any]) -> Any
   return dict(by_task) if system.multi_task else by_task[system.heads[0].name]
 
 
+def from_model_info_form(system: TaskDrivenSystem, stored: Any) -> dict[str, Any]:
+  """The inverse of :func:`model_info_form`: a ``model_info.json`` value by task name.
+
+  >>> from gradprom_jax.configuration.config import base_config
+  >>> from gradprom_jax.configuration.run_spec import system_from_config
+  >>> system = system_from_config(base_config(), channels=3, num_classes=2)
+  >>> from_model_info_form(system, model_info_form(system, system.num_classes)) == system.num_classes
+  True
+  """
+  return dict(stored) if system.multi_task else {system.heads[0].name: stored}
+
+
 def source_path(template: str | None, seed: int) -> str | None:
   """``template`` with ``{seed}`` replaced by ``seed`` (other braces are kept as they are).
 
