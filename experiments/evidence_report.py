@@ -10,6 +10,9 @@ r"""Reads a seed-paired comparison the way `results/pretrained_recognizer/PROTOC
   #     gain and by hypervolume (DIR/fronts.md, DIR/fronts.json, DIR/plots/fronts_*.png)
   python experiments/evidence_report.py fronts DIR --task_metric auc \
       --task_metric balanced_accuracy --setting "PneumoniaMNIST ..." [--psnr_losses 0.1,0.25,0.5,1] [--task_gains 0.01,0.02]
+  # 3c. several fronts settings as one family (a claim spanning them; OUT/across_settings.md, .json)
+  python experiments/evidence_report.py across results/fronts/pneumoniamnist results/fronts/ph2_sr8_noisy_seg \
+      --output results/fronts
   # 4. a side study (rows named freely): paired differences of one reference row against the rest
   python experiments/evidence_report.py paired DIR --reference gp_hard --metrics psnr,ssim,auc,judge_auc \
       --title "..."
@@ -540,6 +543,58 @@ def fronts_report(directory: Path, task_metrics: list[str], setting: str,
   return result
 
 
+ACROSS_FILENAME = "across_settings"   # .md and .json beside the settings' directories
+RANDOM_GATE = "random_gate"   # the protocol's control for the amount of task gradient
+
+
+def across_report(directories: list[Path], output: Path) -> dict:
+  """Several fronts settings corrected as one family (the correction for a claim spanning them):
+  OUTPUT/across_settings.md and .json from each DIR/fronts.json, the setting named by its directory."""
+  reports = {d.name: json.loads((d / FRONTS_FILENAME).read_text()) for d in directories}
+  result = fronts.compare_across_settings(reports)
+  out = [f"# Fronts across settings: {', '.join(reports)}\n",
+         "Every test of every setting's matched comparisons (`fronts.json`, made by "
+         "`evidence_report.py fronts`) in one family: Holm over the union of the "
+         f"{result['family_size']} tests, verdicts from Bonferroni intervals at level "
+         f"{result['bonferroni_level']:.5f} with the protocol's margins, and \"cannot decide\" where "
+         "a setting's headroom is below the margin. Computed by `experiments/evidence_report.py "
+         "across`.\n",
+         "## Verdicts per setting and compared method (every test of the setting)\n"]
+  verdicts = ("better", "holds", "undecided", "does not hold")
+  rows = []
+  for name, comparisons in result["settings"].items():
+    for other in sorted({c["other"] for c in comparisons}):
+      mine = [c["across_verdict"] for c in comparisons if c["other"] == other]
+      rows.append([name, f"{reports[name]['reference']} − {other}", str(len(mine))]
+                  + [str(sum(v == verdict for v in mine)) for verdict in verdicts]
+                  + [str(sum(v.startswith("cannot decide") for v in mine))])
+  out += [_table(["setting", "comparison", "tests", *verdicts, "cannot decide"], rows), ""]
+  out.append("## The primary metric (the run's recogniser's first task metric)\n")
+  primary_rows = []
+  for name, comparisons in result["settings"].items():
+    primary = reports[name]["task_metrics"][0]
+    for c in comparisons:
+      if c["metric"] == primary:
+        primary_rows.append([name, c["name"], f"{c['mean']:+.4f}",
+                             f"[{c['across_low']:+.4f}, {c['across_high']:+.4f}]",
+                             f"{c['across_holm_p']:.3g}", c["across_verdict"]])
+  out += [_table(["setting", "comparison", "mean", "Bonferroni interval (across)", "Holm p (across)",
+                  "verdict"], primary_rows), ""]
+  wins = [f"{name}: {c['name']}" for name, comparisons in result["settings"].items()
+          for c in comparisons if c["other"] == RANDOM_GATE and c["across_verdict"] == "better"
+          and (c["metric"] == reports[name]["task_metrics"][0] or c["kind"] == fronts.HYPERVOLUME)]
+  out.append("**A win for the gate** (the protocol's rule: GradProm *better* than the random gate on "
+             "a primary metric or the hypervolume, here corrected across the settings): "
+             + ("; ".join(wins) if wins else "none") + ".")
+  text = "\n".join(out) + "\n"
+  output.mkdir(parents=True, exist_ok=True)
+  (output / f"{ACROSS_FILENAME}.md").write_text(text)
+  (output / f"{ACROSS_FILENAME}.json").write_text(
+      json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n")
+  print(text)
+  return result
+
+
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -559,6 +614,10 @@ def main(argv: list[str]) -> None:
                  help="comma-separated gains for every metric, or METRIC=g1,g2 (repeatable, per "
                  "task metric; its judge_ key uses the same); default: ¼, ½, ¾ of the fronts' "
                  "median largest gain")
+  p = sub.add_parser("across", help="several fronts settings' comparisons as one Holm family")
+  p.add_argument("directories", type=Path, nargs="+", help="setting directories with fronts.json")
+  p.add_argument("--output", type=Path, required=True,
+                 help=f"where {ACROSS_FILENAME}.md and .json are written")
   p = sub.add_parser("collect", help="copy finished runs (metrics gzip-compressed) into results/")
   p.add_argument("workdir", type=Path)
   p.add_argument("destination", type=Path)
@@ -587,6 +646,8 @@ def main(argv: list[str]) -> None:
     paired(args.directory, args.reference, args.metrics.split(","), args.title,
            filename=args.output, only_rows=[r for r in args.rows.split(",") if r],
            shown=[m for m in args.show.split(",") if m])
+  elif args.command == "across":
+    across_report(args.directories, args.output)
   elif args.command == "collect":
     print(f"Copied {evidence.collect(args.workdir, args.destination)} runs to {args.destination}.")
   else:

@@ -66,6 +66,8 @@ SENSITIVITY_DIR = "seeds_0-7"
 # A post-hoc description of a fronts setting's runs: on which steps the gate opened
 # (results/fronts/gate_steps.py).
 GATE_STEPS = "gate_steps.md"
+# The settings' comparisons as one family, for a claim spanning them (evidence_report.py across).
+ACROSS_SETTINGS = "across_settings.md"
 
 
 def is_fronts_directory(directory: Path) -> bool:
@@ -80,7 +82,7 @@ def _relinked(markdown: str, levels: int, setting: Path) -> str:
 
 def fronts_section(directory: Path) -> str:
   """A fronts protocol: per setting its reading, fronts.md, study.md, gate_steps.md and its
-  sensitivity check's verdicts.md and fronts.md; then the pilot."""
+  sensitivity check's verdicts.md and fronts.md; then the settings as one family; then the pilot."""
   text = ["## Methods on their quality–task fronts (fronts protocol)\n",
           f"Protocol, fixed before the runs: [{directory}/PROTOCOL.md]({directory}/PROTOCOL.md). "
           "Every method is run over its whole λ path; methods are compared seed-paired at matched "
@@ -101,6 +103,8 @@ def fronts_section(directory: Path) -> str:
       for name in ("verdicts.md", "fronts.md"):
         if (sensitivity / name).exists():
           text.append(_relinked((sensitivity / name).read_text(), 4, sensitivity) + "\n")
+  if (directory / ACROSS_SETTINGS).exists():   # evidence_report.py across
+    text.append(_relinked((directory / ACROSS_SETTINGS).read_text(), 2, directory) + "\n")
   if (directory / "pilot.md").exists():
     text.append(_relinked((directory / "pilot.md").read_text(), 2, directory) + "\n")
   return "\n".join(text)

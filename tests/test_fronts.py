@@ -267,3 +267,32 @@ def test_gate_steps_compares_the_steps_where_the_gate_opened_with_those_where_it
   assert cells(gradprom_row)[7] == "0.000"                               # no open step conflicts
   assert cells(random_row)[4].startswith("+0.000") and float(cells(random_row)[7]) > 0.2
   assert "- λ = 0.01: +0.500" in text
+
+
+def test_settings_compared_across_as_one_family(tmp_path):
+  """evidence_report.py across: Holm over the union, Bonferroni at the union's level, a setting
+  without room still cannot decide."""
+  module = _load_report_module()
+  for name, judge_high_quality in (("roomy", 0.95), ("cramped", 0.805)):
+    _fabricate_grid(tmp_path / name, judge_high_quality=judge_high_quality)
+    module.main(["fronts", str(tmp_path / name), "--task_metric", "auc", "--setting", name])
+  module.main(["across", str(tmp_path / "roomy"), str(tmp_path / "cramped"),
+               "--output", str(tmp_path)])
+  result = json.loads((tmp_path / "across_settings.json").read_text())
+  within = {name: {c["name"]: c for c in json.loads((tmp_path / name / "fronts.json").read_text())[
+      "comparisons"] if c["holm_p"] is not None} for name in ("roomy", "cramped")}
+  assert result["family_size"] == sum(map(len, within.values())) > 0
+  expected = fronts.holm_across_settings(
+      {name: {n: c["p_value"] for n, c in family.items()} for name, family in within.items()})
+  for name, comparisons in result["settings"].items():
+    for c in comparisons:
+      assert c["across_holm_p"] == pytest.approx(expected[name][c["name"]])
+      assert c["across_holm_p"] >= within[name][c["name"]]["holm_p"] - 1e-12
+      # The union's Bonferroni interval is never narrower than the setting's own.
+      assert c["across_low"] <= within[name][c["name"]]["bonferroni_low"] + 1e-12
+  roomy = {c["name"]: c for c in result["settings"]["roomy"]}
+  assert roomy["gradprom − joint: auc at −1 dB"]["across_verdict"] == "better"
+  assert all(c["across_verdict"].startswith("cannot decide") for c in result["settings"]["cramped"])
+  text = (tmp_path / "across_settings.md").read_text()
+  assert f"Holm over the union of the {result['family_size']} tests" in text
+  assert "**A win for the gate**" in text and text.rstrip().endswith("none.")   # no random gate rows

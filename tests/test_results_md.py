@@ -47,6 +47,7 @@ def test_a_fronts_protocol_prints_each_setting_s_fronts_and_study_then_the_pilot
   (setting / "seeds_0-7" / "fronts.md").write_text("# Fronts, seeds 0-7\n\n![s](plots/fronts_auc.png)\n")
   (setting / "seeds_0-7" / "verdicts.md").write_text("# Verdicts, seeds 0-7\n")
   (setting / "gate_steps.md").write_text("# Gate steps\n")
+  (fronts / "across_settings.md").write_text("# Across settings\n")
   (fronts / "unfinished").mkdir()   # a setting still running: nothing of it is printed
   module = _results_report()
   assert module.is_fronts_directory(fronts)
@@ -58,5 +59,5 @@ def test_a_fronts_protocol_prints_each_setting_s_fronts_and_study_then_the_pilot
   assert f"![f]({setting}/plots/fronts_auc.png)" in text and "##### Matched" in text
   assert text.index("#### Study") < text.index("#### Gate steps") < (
       text.index("#### Sensitivity check: seeds 0-7 alone")) < text.index("##### Verdicts, seeds 0-7") < (
-      text.index("##### Fronts, seeds 0-7")) < text.index("### Pilot")
+      text.index("##### Fronts, seeds 0-7")) < text.index("### Across settings") < text.index("### Pilot")
   assert f"![s]({setting}/seeds_0-7/plots/fronts_auc.png)" in text and "unfinished" not in text

@@ -16,7 +16,7 @@ be compared fairly, never at one λ each:
 * each reading is differenced seed by seed (reference method − other,
   :func:`evidence.paired_difference`), Holm-adjusted over every comparison of the setting
   (:func:`holm_family`, duplicates dropped), and across settings for a claim spanning several
-  (:func:`holm_across_settings`);
+  (:func:`holm_across_settings`, :func:`compare_across_settings`);
 * the setting's **headroom** (judge on high-quality images − judge on enhancement-only's output) and
   the gate's one-sided **reliability** (:func:`gate_reliability`).
 
@@ -218,6 +218,47 @@ def holm_across_settings(
   out: dict[str, dict[str, float]] = {setting: {} for setting in p_values}
   for (setting, name), p in zip(keys, adjusted):
     out[setting][name] = round(p, 12)
+  return out
+
+
+def _values(values: Mapping[Any, float | None]) -> dict[int, float]:
+  """A comparison's per-seed readings as compare_fronts made them (fronts.json stores seeds as
+  strings and NaN as null)."""
+  return {int(seed): math.nan if v is None else float(v) for seed, v in values.items()}
+
+
+def compare_across_settings(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """Several settings' front comparisons (:func:`compare_fronts` results or their fronts.json, by
+  setting name) corrected as one family: the correction for a claim that spans the settings.
+
+  Holm over the union of the settings' tests (:func:`holm_across_settings`); each test's Bonferroni
+  interval at the union's level, with the same margins, and the same "cannot decide" where its
+  setting's headroom is below the margin. Returns ``{"family_size", "bonferroni_level",
+  "settings": {setting: [comparison, ...]}}`` where each comparison keeps its setting's fields and
+  gains ``across_holm_p``, ``across_low``, ``across_high`` and ``across_verdict``.
+  """
+  tests = {name: [c for c in result["comparisons"]
+                  if c.get("holm_p") is not None and math.isfinite(c["holm_p"])]
+           for name, result in settings.items()}
+  adjusted = holm_across_settings({name: {c["name"]: c["p_value"] for c in family}
+                                   for name, family in tests.items()})
+  size = sum(map(len, tests.values()))
+  level = 1 - 0.05 / max(size, 1)
+  out: dict[str, Any] = {"family_size": size, "bonferroni_level": level, "settings": {}}
+  for name, family in tests.items():
+    headroom_of = settings[name]["headroom"]
+    rows = []
+    for c in family:
+      wide = evidence.paired_difference(_values(c["reference_values"]), _values(c["other_values"]),
+                                        confidence=level)
+      allowed = {TASK_AT_PSNR_LOSS: margin(c["metric"]), PSNR_AT_TASK_GAIN: margin("psnr"),
+                 HYPERVOLUME: HYPERVOLUME_MARGIN}[c["kind"]]
+      room = headroom_of.get(c["metric"].removeprefix("judge_"))
+      verdict = ("cannot decide (headroom below margin)" if room is not None and room["cannot_decide"]
+                 else evidence.verdict(wide.low, wide.high, allowed))
+      rows.append({**c, "across_holm_p": adjusted[name][c["name"]], "across_low": wide.low,
+                   "across_high": wide.high, "across_verdict": verdict})
+    out["settings"][name] = rows
   return out
 
 
