@@ -46,6 +46,8 @@ PSNR_LOSSES = (0.1, 0.25, 0.5, 1.0)
 # The reference point's PSNR sits this far below enhancement-only's: the area counts the task metric
 # a method gains within the protocol's admissible 1 dB.
 HYPERVOLUME_PSNR_WIDTH = 1.0
+CANNOT_DECIDE = "cannot decide (headroom below margin)"
+
 # Non-inferiority margins (PROTOCOL.md); the hypervolume's is the task margin over the 1 dB box.
 MARGINS = {"psnr": 0.1, "ssim": 0.005}
 TASK_MARGIN = 0.01
@@ -227,6 +229,21 @@ def _values(values: Mapping[Any, float | None]) -> dict[int, float]:
   return {int(seed): math.nan if v is None else float(v) for seed, v in values.items()}
 
 
+def _bonferroni_reading(comparison: Mapping[str, Any], reference_values: Mapping[int, float],
+                        other_values: Mapping[int, float], headroom_of: Mapping[str, Any],
+                        level: float) -> tuple[float, float, str]:
+  """A comparison's paired interval at ``level`` and its verdict against the margin of its kind,
+  or "cannot decide" where its setting's headroom on the metric is below that margin. Within a
+  setting and across settings alike, so both read a comparison the same way."""
+  wide = evidence.paired_difference(reference_values, other_values, confidence=level)
+  room = headroom_of.get(comparison["metric"].removeprefix("judge_"))
+  if room is not None and room["cannot_decide"]:
+    return wide.low, wide.high, CANNOT_DECIDE
+  allowed = {TASK_AT_PSNR_LOSS: margin(comparison["metric"]), PSNR_AT_TASK_GAIN: margin("psnr"),
+             HYPERVOLUME: HYPERVOLUME_MARGIN}[comparison["kind"]]
+  return wide.low, wide.high, evidence.verdict(wide.low, wide.high, allowed)
+
+
 def compare_across_settings(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   """Several settings' front comparisons (:func:`compare_fronts` results or their fronts.json, by
   setting name) corrected as one family: the correction for a claim that spans the settings.
@@ -249,15 +266,10 @@ def compare_across_settings(settings: Mapping[str, Mapping[str, Any]]) -> dict[s
     headroom_of = settings[name]["headroom"]
     rows = []
     for c in family:
-      wide = evidence.paired_difference(_values(c["reference_values"]), _values(c["other_values"]),
-                                        confidence=level)
-      allowed = {TASK_AT_PSNR_LOSS: margin(c["metric"]), PSNR_AT_TASK_GAIN: margin("psnr"),
-                 HYPERVOLUME: HYPERVOLUME_MARGIN}[c["kind"]]
-      room = headroom_of.get(c["metric"].removeprefix("judge_"))
-      verdict = ("cannot decide (headroom below margin)" if room is not None and room["cannot_decide"]
-                 else evidence.verdict(wide.low, wide.high, allowed))
-      rows.append({**c, "across_holm_p": adjusted[name][c["name"]], "across_low": wide.low,
-                   "across_high": wide.high, "across_verdict": verdict})
+      low, high, verdict = _bonferroni_reading(
+          c, _values(c["reference_values"]), _values(c["other_values"]), headroom_of, level)
+      rows.append({**c, "across_holm_p": adjusted[name][c["name"]], "across_low": low,
+                   "across_high": high, "across_verdict": verdict})
     out["settings"][name] = rows
   return out
 
@@ -431,16 +443,10 @@ def compare_fronts(runs: Mapping[tuple[str, int], evidence.Run], *, task_metrics
   level = 1 - 0.05 / max(sum(map(math.isfinite, (c["holm_p"] for c in comparisons))), 1)
   out["bonferroni_level"] = level
   for c in comparisons:
-    wide = evidence.paired_difference(c["reference_values"], c["other_values"], confidence=level)
-    c["bonferroni_low"], c["bonferroni_high"] = wide.low, wide.high
-    allowed = {TASK_AT_PSNR_LOSS: margin(c["metric"]), PSNR_AT_TASK_GAIN: margin("psnr"),
-               HYPERVOLUME: HYPERVOLUME_MARGIN}[c["kind"]]
-    c["verdict"] = evidence.verdict(wide.low, wide.high, allowed)
-    room = out["headroom"].get(c["metric"].removeprefix("judge_"))
+    c["bonferroni_low"], c["bonferroni_high"], c["verdict"] = _bonferroni_reading(
+        c, c["reference_values"], c["other_values"], out["headroom"], level)
     if c["duplicate_of"] is not None:
       c["verdict"] = f"duplicate of {c['duplicate_of']}"
     elif c["n"] < 2:
       c["verdict"] = "not reached" if c["kind"] == PSNR_AT_TASK_GAIN else "too few seeds"
-    elif room is not None and room["cannot_decide"]:
-      c["verdict"] = "cannot decide (headroom below margin)"
   return out
