@@ -296,3 +296,19 @@ def test_settings_compared_across_as_one_family(tmp_path):
   text = (tmp_path / "across_settings.md").read_text()
   assert f"Holm over the union of the {result['family_size']} tests" in text
   assert "**A win for the gate**" in text and text.rstrip().endswith("none.")   # no random gate rows
+
+
+def test_machines_counts_runs_per_machine_and_says_when_one_machine_ran_them(tmp_path):
+  """results/fronts/machines.py: a setting without platform_check/ gets the per-seed counts only."""
+  setting = tmp_path / "ph2_sr8_noisy_seg"
+  for row in ("gradprom_l0.01", "enhance_only"):
+    for seed in (0, 1):
+      run = setting / row / f"seed_{seed}"
+      run.mkdir(parents=True)
+      (run / "run.json").write_text(json.dumps({"command": "/work/main/.venv/bin/python study.py"}))
+  result = subprocess.run([sys.executable, str(REPO / "results/fronts/machines.py"), str(setting)],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  text = (setting / "machines.md").read_text()
+  assert "| main | seed 0: 2, seed 1: 2 |" in text
+  assert "Every run ran on one machine" in text
