@@ -19,10 +19,12 @@ D=results/fronts/$setting
 $PY experiments/evidence_report.py collect "$W/frozen" "$D"
 $PY experiments/evidence_report.py collect "$W/recognizers" "$D/recognizers"
 cp "$W/frozen/fronts.md" "$W/frozen/fronts.json" "$W/frozen/study.md" "$D/"
+if [[ -f $W/frozen/grid_extension.json ]]; then cp "$W/frozen/grid_extension.json" "$D/"; fi
 mkdir -p "$D/plots" && cp "$W"/frozen/plots/fronts_*.png "$D/plots/"
 # Post hoc, from the collected runs: on which logged steps the gate opened; the pre-registered
 # seeds 0–7 check; and, once every setting has its report, the claims spanning them as one family.
 $PY results/fronts/gate_steps.py "$D"
+$PY results/fronts/machines.py "$setting"
 bash results/fronts/sensitivity.sh "$setting"
 SETTINGS=(results/fronts/pneumoniamnist results/fronts/ph2_sr8_noisy_seg)
 if [[ -f ${SETTINGS[0]}/fronts.json && -f ${SETTINGS[1]}/fronts.json ]]; then
