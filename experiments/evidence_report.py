@@ -441,6 +441,16 @@ def _interval(d: dict) -> str:
   return f"{_fmt(d['mean'])} [{_fmt(d['low'])}, {_fmt(d['high'])}] (n={d['n']})"
 
 
+def _front_points_table(summary: dict[str, dict[float, dict]], reference: str) -> str:
+  """λ down, methods across (``reference`` first): "PSNR / task" means over seeds
+  (fronts._front_summary's)."""
+  methods = sorted(summary, key=lambda method: (method != reference, method))
+  weights = sorted({w for points in summary.values() for w in points})
+  rows = [[f"{w:g}"] + [f"{summary[m][w]['psnr_mean']:.3f} / {summary[m][w]['task_mean']:.4f}"
+                        if w in summary[m] else "—" for m in methods] for w in weights]
+  return _table(["λ"] + methods, rows)
+
+
 def _comparison_cells(c: dict) -> list[str]:
   digits = 3 if c["kind"] == fronts.PSNR_AT_TASK_GAIN else 4
   mine, theirs, seeds = c["reached"]
@@ -495,6 +505,11 @@ def fronts_report(directory: Path, task_metrics: list[str], setting: str,
   for metric in result["metrics"]:
     _plot_method_fronts(plots / f"fronts_{metric}.png", result["fronts"][metric], metric)
     out.append(f"![fronts {metric}](plots/fronts_{metric}.png)")
+  out += ["", "## Front points (mean over seeds)\n",
+          "Each method's test point at each λ, PSNR (dB) / task metric, mean over seeds (the plots "
+          "show their seed bands); λ = 0 is enhancement-only, every front's start.\n"]
+  for metric in result["metrics"]:
+    out += [f"**{metric}**\n", _front_points_table(result["fronts"][metric], reference), ""]
   comparisons = result["comparisons"]
   family = sum(map(math.isfinite, (c["holm_p"] for c in comparisons)))
   out += ["", "## Matched comparisons (same seed = pair)\n",

@@ -181,6 +181,13 @@ def test_fronts_report_end_to_end(tmp_path):
   text = (tmp_path / "fronts.md").read_text()
   assert text.index("plots/fronts_auc.png") < text.index("## Matched comparisons")
   assert "## Headroom" in text and "## Gate reliability" in text and "not reached" in text
+  # The front points: λ down, the reference first, each cell the seeds' mean PSNR / task metric.
+  header = next(line for line in text.splitlines() if line.startswith("| λ | "))
+  assert header.split(" | ")[1] == "gradprom"
+  point = result["fronts"]["auc"]["gradprom"]["0.1"]
+  row = next(line for line in text.splitlines() if line.startswith("| 0.1 | "))
+  assert row.split(" | ")[1] == f"{point['psnr_mean']:.3f} / {point['task_mean']:.4f}"
+  assert text.index("## Front points") < text.index("## Matched comparisons")
 
 
 def test_task_gains_are_given_per_task_metric(tmp_path):
