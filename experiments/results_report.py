@@ -23,6 +23,7 @@ Prints ``results/header.md``, then for each directory:
 This script only stitches files together, so no figure is typed here.
 """
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def _relinked(markdown: str, levels: int, setting: Path) -> str:
   return shift_headings(markdown.strip(), levels).replace("](plots/", f"]({setting}/plots/")
 
 
+def fronts_settings(directory: Path) -> list[Path]:
+  """A fronts protocol's settings in the order its across-settings report names them (the order
+  they ran), then any other setting with a fronts.md by name."""
+  settings = sorted(p for p in directory.iterdir() if (p / "fronts.md").exists())
+  across = directory / ACROSS_SETTINGS.replace(".md", ".json")
+  named = list(json.loads(across.read_text())["settings"]) if across.exists() else []
+  return sorted(settings, key=lambda p: (named.index(p.name) if p.name in named else len(named),
+                                         p.name))
+
+
 def fronts_section(directory: Path) -> str:
   """A fronts protocol: per setting its reading, fronts.md, study.md, gate_steps.md and its
   sensitivity check's verdicts.md and fronts.md; then the settings as one family; then the pilot."""
@@ -89,7 +100,7 @@ def fronts_section(directory: Path) -> str:
           "PSNR loss, at matched task gain and by the area of their fronts, with the random gate at "
           "GradProm's own open rate as the control for the amount of task gradient. Computed by "
           "`experiments/evidence_report.py fronts`.\n"]
-  for setting in sorted(p for p in directory.iterdir() if (p / "fronts.md").exists()):
+  for setting in fronts_settings(directory):
     text.append(f"### {setting.name}\n")
     reading = setting / "reading.md"
     if reading.exists():

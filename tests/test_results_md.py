@@ -3,6 +3,7 @@
 Guards the rule that no figure in it is typed by hand: editing RESULTS.md, or a result without
 rebuilding it, fails here.
 """
+import json
 import re
 import subprocess
 import sys
@@ -48,6 +49,12 @@ def test_a_fronts_protocol_prints_each_setting_s_fronts_and_study_then_the_pilot
   (setting / "seeds_0-7" / "verdicts.md").write_text("# Verdicts, seeds 0-7\n")
   (setting / "gate_steps.md").write_text("# Gate steps\n")
   (fronts / "across_settings.md").write_text("# Across settings\n")
+  # Settings print in the order the across-settings report names them (the order they ran), not
+  # by name: "ph2" sorts before "pneumoniamnist".
+  (fronts / "across_settings.json").write_text(
+      json.dumps({"settings": {"pneumoniamnist": [], "ph2": []}}))
+  (fronts / "ph2").mkdir()
+  (fronts / "ph2" / "fronts.md").write_text("# PH2 fronts\n")
   (fronts / "unfinished").mkdir()   # a setting still running: nothing of it is printed
   module = _results_report()
   assert module.is_fronts_directory(fronts)
@@ -61,3 +68,4 @@ def test_a_fronts_protocol_prints_each_setting_s_fronts_and_study_then_the_pilot
       text.index("#### Sensitivity check: seeds 0-7 alone")) < text.index("##### Verdicts, seeds 0-7") < (
       text.index("##### Fronts, seeds 0-7")) < text.index("### Across settings") < text.index("### Pilot")
   assert f"![s]({setting}/seeds_0-7/plots/fronts_auc.png)" in text and "unfinished" not in text
+  assert text.index("### pneumoniamnist") < text.index("### ph2") < text.index("### Across settings")
