@@ -202,7 +202,10 @@ def test_non_finite_batch_is_skipped_and_counted():
   assert int(new_state.nonfinite_streak) == 0 and int(new_state.nonfinite_total) == 1
 
 
-@pytest.mark.parametrize("recognition", ["segmentation", "classification"])
+# Classification's mesh and pmap steps are also checked against one device, class-weighted, by
+# test_class_weighted_update_is_the_global_batchs_in_every_parallel_mode: -m slow here.
+@pytest.mark.parametrize("recognition", [
+    "segmentation", pytest.param("classification", marks=pytest.mark.slow)])
 def test_mesh_and_pmap_equal_one_device(recognition):
   if jax.device_count() < 4:
     pytest.skip("needs 4 devices")
